@@ -1,0 +1,331 @@
+//! The Captain: one per container, keeps the CFS throttle ratio near a target.
+//!
+//! Semantics are those of the original Autothrottle evaluation (design.md section 3); the unit
+//! tests below pin every rule on hand-made sample sequences.
+
+use std::collections::VecDeque;
+
+use crate::sample::{CpuSample, Delta, MIN_LIMIT};
+use crate::scaler::{check_target, Scaler};
+use crate::ControllerError;
+
+/// Samples per decision: the Captain samples every 100 ms and decides every second.
+const SAMPLES_PER_PERIOD: usize = 10;
+/// How many per-sample usage rates the scale-down estimate looks at (5 s).
+const USAGE_HISTORY: usize = 50;
+/// The margin (in standard deviations of usage) a fresh Captain keeps above peak usage.
+const INITIAL_MARGIN: f64 = 3.0;
+
+/// Throttle-ratio controller for one container.
+///
+/// Every 100 ms it records how many CFS periods were throttled and how many cores were used;
+/// every second it scales the limit up when the throttle ratio is over three times the target,
+/// or down towards `max(usage) + margin * stdev(usage)` when that is at most 90% of the limit.
+/// A scale-down that immediately causes heavy throttling is rolled back at the next sample, and
+/// the margin grows by how badly the target was missed, so that the Captain learns how much
+/// headroom this container needs.
+#[derive(Debug, Clone)]
+pub struct Captain {
+    target: f64,
+    limit: f64,
+    last_limit: f64,
+    margin: f64,
+    /// Last [`SAMPLES_PER_PERIOD`] throttled-period deltas; zero-filled after every decision, so
+    /// the ratio is always "throttled periods out of 10".
+    throttled: VecDeque<f64>,
+    usage: VecDeque<f64>,
+    last_was_scale_down: bool,
+    since_decision: usize,
+    prev: Option<CpuSample>,
+}
+
+impl Captain {
+    /// A Captain holding `target` (throttle ratio, 0..=1), starting at `initial_limit` cores
+    /// (`f64::INFINITY` for "no limit").
+    pub fn new(target: f64, initial_limit: f64) -> Self {
+        Captain {
+            target,
+            limit: initial_limit.max(MIN_LIMIT),
+            last_limit: initial_limit.max(MIN_LIMIT),
+            margin: INITIAL_MARGIN,
+            throttled: zeros(),
+            usage: VecDeque::with_capacity(USAGE_HISTORY),
+            last_was_scale_down: false,
+            since_decision: 0,
+            prev: None,
+        }
+    }
+
+    /// The current safety margin, in standard deviations of usage.
+    pub fn margin(&self) -> f64 {
+        self.margin
+    }
+
+    fn throttle_ratio(&self) -> f64 {
+        self.throttled.iter().sum::<f64>() / SAMPLES_PER_PERIOD as f64
+    }
+
+    fn decide(&mut self) {
+        self.last_limit = self.limit;
+        let ratio = self.throttle_ratio();
+        self.margin = (self.margin + ratio - self.target).max(0.0);
+        self.last_was_scale_down = false;
+        if ratio > 3.0 * self.target {
+            self.limit *= 1.0 + (ratio - 3.0 * self.target);
+        } else {
+            let (max, sd) = max_and_stdev(&self.usage);
+            let wanted = max + sd * self.margin;
+            if wanted <= 0.9 * self.limit {
+                // An unlimited container cannot be halved; it goes straight to the estimate.
+                self.limit = if self.limit.is_finite() {
+                    (0.5 * self.limit).max(wanted)
+                } else {
+                    wanted
+                };
+                self.last_was_scale_down = true;
+            }
+        }
+        self.throttled = zeros();
+        self.limit = self.limit.max(MIN_LIMIT);
+    }
+}
+
+impl Scaler for Captain {
+    fn sample(&mut self, now: &CpuSample) -> f64 {
+        let Some(prev) = self.prev.replace(*now) else {
+            return self.limit;
+        };
+        let Some(d) = Delta::between(&prev, now) else {
+            return self.limit;
+        };
+        self.throttled.pop_front();
+        self.throttled.push_back(d.throttled as f64);
+        if self.usage.len() == USAGE_HISTORY {
+            self.usage.pop_front();
+        }
+        self.usage.push_back(d.usage / d.dt);
+
+        let ratio = self.throttle_ratio();
+        if self.last_was_scale_down && ratio > 3.0 * self.target {
+            // The last scale-down hurt: undo it with interest and remember to keep more headroom.
+            self.limit = 2.0 * self.last_limit - self.limit;
+            self.margin += ratio - self.target;
+            self.throttled = zeros();
+            self.last_was_scale_down = false;
+        }
+        self.since_decision += 1;
+        if self.since_decision >= SAMPLES_PER_PERIOD {
+            self.since_decision = 0;
+            self.decide();
+        }
+        self.limit = self.limit.max(MIN_LIMIT);
+        self.limit
+    }
+
+    fn limit(&self) -> f64 {
+        self.limit
+    }
+
+    fn target(&self) -> f64 {
+        self.target
+    }
+
+    fn set_target(&mut self, target: f64) -> Result<(), ControllerError> {
+        check_target(target, 0.0, 1.0)?;
+        self.target = target;
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "captain"
+    }
+}
+
+fn zeros() -> VecDeque<f64> {
+    VecDeque::from(vec![0.0; SAMPLES_PER_PERIOD])
+}
+
+/// Maximum and sample standard deviation (0 for fewer than two values).
+fn max_and_stdev(xs: &VecDeque<f64>) -> (f64, f64) {
+    let n = xs.len();
+    if n == 0 {
+        return (0.0, 0.0);
+    }
+    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if n < 2 {
+        return (max, 0.0);
+    }
+    let mean = xs.iter().sum::<f64>() / n as f64;
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    (max, var.sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scaler::test_support::Feed;
+
+    #[test]
+    fn first_sample_only_sets_the_baseline() {
+        let mut c = Captain::new(0.1, 8.0);
+        let mut feed = Feed::default();
+        assert_eq!(c.sample(&feed.next(5.0, false)), 8.0);
+    }
+
+    #[test]
+    fn scales_down_to_max_usage_plus_margin_times_stdev() {
+        let mut c = Captain::new(0.1, 10.0);
+        let mut feed = Feed::default();
+        c.sample(&feed.start());
+        // Usage alternates 1 and 3 cores: max 3, sample stdev of [1,3,1,3,...] over 10 values.
+        let mut limit = 0.0;
+        for i in 0..10 {
+            limit = c.sample(&feed.next(if i % 2 == 0 { 1.0 } else { 3.0 }, false));
+        }
+        let sd = (10.0f64 / 9.0).sqrt(); // mean 2, squared deviations all 1, n-1 = 9
+                                         // Margin after the decision: 3 + 0 - 0.1 = 2.9.
+        let expected = 3.0 + sd * 2.9;
+        assert!((limit - expected).abs() < 1e-9, "{limit} vs {expected}");
+        assert!((c.margin() - 2.9).abs() < 1e-12);
+    }
+
+    #[test]
+    fn scale_down_is_at_most_half_per_decision() {
+        let mut c = Captain::new(0.1, 32.0);
+        let mut feed = Feed::default();
+        c.sample(&feed.start());
+        let mut limit = 0.0;
+        for _ in 0..10 {
+            limit = c.sample(&feed.next(0.5, false));
+        }
+        assert_eq!(limit, 16.0);
+        for _ in 0..10 {
+            limit = c.sample(&feed.next(0.5, false));
+        }
+        assert_eq!(limit, 8.0);
+    }
+
+    #[test]
+    fn no_scale_down_when_estimate_is_above_ninety_percent() {
+        let mut c = Captain::new(0.1, 2.0);
+        let mut feed = Feed::default();
+        c.sample(&feed.start());
+        let mut limit = 0.0;
+        for _ in 0..10 {
+            limit = c.sample(&feed.next(1.85, false));
+        }
+        assert_eq!(limit, 2.0);
+    }
+
+    #[test]
+    fn scales_up_by_excess_throttle_ratio() {
+        let mut c = Captain::new(0.1, 2.0);
+        let mut feed = Feed::default();
+        c.sample(&feed.start());
+        let mut limit = 0.0;
+        // 6 of 10 periods throttled: ratio 0.6 > 0.3, so limit *= 1 + 0.3.
+        for i in 0..10 {
+            limit = c.sample(&feed.next(2.0, i < 6));
+        }
+        assert!((limit - 2.6).abs() < 1e-9, "{limit}");
+    }
+
+    #[test]
+    fn throttled_periods_needed_to_scale_up_per_target() {
+        // design.md: with 10 samples, targets 0..0.3 need 1,1,2,2,4,5,7,8,9 throttled periods.
+        let needed = [1, 1, 2, 2, 4, 5, 7, 8, 9];
+        for (target, need) in crate::TARGET_GRID.iter().zip(needed) {
+            for k in 0..=10 {
+                let mut c = Captain::new(*target, 4.0);
+                let mut feed = Feed::default();
+                c.sample(&feed.start());
+                let mut limit = 0.0;
+                // Low usage: a decision that does not scale up scales down, so the two are
+                // told apart even where the scale-up factor rounds to 1 (ratio 0.9, target 0.3).
+                for i in 0..10 {
+                    limit = c.sample(&feed.next(1.0, i < k));
+                }
+                assert_eq!(
+                    limit >= 4.0,
+                    k >= need,
+                    "target {target}, {k} throttled periods"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rolls_back_a_scale_down_that_throttles() {
+        let mut c = Captain::new(0.1, 32.0);
+        let mut feed = Feed::default();
+        c.sample(&feed.start());
+        for _ in 0..10 {
+            c.sample(&feed.next(1.0, false));
+        }
+        assert_eq!(c.limit(), 16.0);
+        let margin = c.margin();
+        // Four throttled samples in a row: the ratio (0.4) passes 3 * 0.1 at the fourth.
+        for _ in 0..3 {
+            assert_eq!(c.sample(&feed.next(1.0, true)), 16.0);
+        }
+        let limit = c.sample(&feed.next(1.0, true));
+        assert_eq!(limit, 2.0 * 32.0 - 16.0);
+        assert!((c.margin() - (margin + 0.4 - 0.1)).abs() < 1e-12);
+        // The throttled history was cleared and the flag too: more throttling now does not
+        // roll back again before the next decision.
+        for _ in 0..4 {
+            assert_eq!(c.sample(&feed.next(1.0, true)), 48.0);
+        }
+    }
+
+    #[test]
+    fn margin_never_goes_below_zero() {
+        let mut c = Captain::new(0.3, 32.0);
+        let mut feed = Feed::default();
+        c.sample(&feed.start());
+        for _ in 0..200 {
+            c.sample(&feed.next(1.0, false));
+        }
+        assert_eq!(c.margin(), 0.0);
+    }
+
+    #[test]
+    fn limit_never_below_floor() {
+        let mut c = Captain::new(0.1, 1.0);
+        let mut feed = Feed::default();
+        c.sample(&feed.start());
+        let mut limit = 1.0;
+        for _ in 0..300 {
+            limit = c.sample(&feed.next(0.0, false));
+        }
+        assert_eq!(limit, MIN_LIMIT);
+    }
+
+    #[test]
+    fn unlimited_start_goes_to_the_estimate() {
+        let mut c = Captain::new(0.1, f64::INFINITY);
+        let mut feed = Feed::default();
+        c.sample(&feed.start());
+        let mut limit = f64::INFINITY;
+        for _ in 0..10 {
+            limit = c.sample(&feed.next(2.0, false));
+        }
+        assert_eq!(limit, 2.0);
+    }
+
+    #[test]
+    fn non_advancing_time_is_ignored() {
+        let mut c = Captain::new(0.1, 4.0);
+        let s = CpuSample {
+            t: 1.0,
+            usage: 1.0,
+            nr_periods: 1,
+            nr_throttled: 0,
+            throttled_time: 0.0,
+        };
+        c.sample(&s);
+        for _ in 0..100 {
+            assert_eq!(c.sample(&s), 4.0);
+        }
+    }
+}

@@ -1,0 +1,44 @@
+use serde::{Deserialize, Serialize};
+
+/// The smallest limit any scaler returns, in cores: the kernel's minimum quota is 1 ms per
+/// 100 ms period.
+pub const MIN_LIMIT: f64 = 0.01;
+
+/// One reading of a container's cgroup CPU counters, all cumulative since the container started,
+/// exactly as `cpu.stat` / `cpuacct.usage` report them (converted to seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CpuSample {
+    /// When the sample was taken, in seconds (any origin; only differences matter).
+    pub t: f64,
+    /// CPU time used, in core-seconds.
+    pub usage: f64,
+    /// CFS periods in which the container had runnable work.
+    pub nr_periods: u64,
+    /// Periods in which the container exhausted its quota.
+    pub nr_throttled: u64,
+    /// Total time the container spent throttled, in seconds.
+    pub throttled_time: f64,
+}
+
+/// The delta between two samples, clamped so that a counter reset (container restart) reads as
+/// "nothing happened" instead of a negative usage.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Delta {
+    pub dt: f64,
+    pub usage: f64,
+    pub throttled: u64,
+}
+
+impl Delta {
+    pub(crate) fn between(prev: &CpuSample, now: &CpuSample) -> Option<Delta> {
+        let dt = now.t - prev.t;
+        if !(dt > 0.0 && dt.is_finite()) {
+            return None;
+        }
+        Some(Delta {
+            dt,
+            usage: (now.usage - prev.usage).max(0.0),
+            throttled: now.nr_throttled.saturating_sub(prev.nr_throttled),
+        })
+    }
+}
