@@ -1,0 +1,418 @@
+//! The validated, compiled form of a scenario: indices instead of names, call trees expanded
+//! per request type, distributions ready to sample.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use crate::{Dist, DistSpec, ScenarioError, ScenarioFile};
+
+/// The built-in scenarios.
+pub const BUILTIN: [&str; 4] = [
+    "hotel-reservation",
+    "social-network",
+    "train-ticket",
+    "demo",
+];
+
+/// Expanded call trees larger than this are refused (a call graph that fans out exponentially
+/// is almost certainly a mistake, and would make every request enormous).
+const MAX_TREE: usize = 10_000;
+
+/// A validated application model.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    /// Where it was loaded from (a path or `builtin:NAME`).
+    pub source: String,
+    pub slo_ms: f64,
+    pub multiplier: f64,
+    pub constant_rps: Option<u32>,
+    pub aggregate_rps: f64,
+    pub nodes: Vec<(String, f64)>,
+    pub services: Vec<Service>,
+    pub requests: Vec<RequestType>,
+    pub network_delay: Dist,
+    /// The file as written, for run records.
+    pub file: ScenarioFile,
+}
+
+/// A managed container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    /// Index into [`Scenario::nodes`].
+    pub node: usize,
+    pub threads: u32,
+    /// Tower target group (1 or 2).
+    pub group: u8,
+    /// The limit it starts with, in cores.
+    pub initial_limit: f64,
+}
+
+/// A request type with its call tree expanded: `nodes[0]` is the root.
+#[derive(Debug, Clone)]
+pub struct RequestType {
+    pub name: String,
+    pub weight: f64,
+    pub nodes: Vec<CallNode>,
+}
+
+/// One call in an expanded tree.
+#[derive(Debug, Clone)]
+pub struct CallNode {
+    /// The call definition's name.
+    pub call: String,
+    /// Index into [`Scenario::services`].
+    pub service: usize,
+    pub cpu: Dist,
+    pub cpu_after: Option<Dist>,
+    /// Children by index into the request's `nodes`, as sequential stages of parallel calls.
+    pub stages: Vec<Vec<u32>>,
+    pub probability: f64,
+    /// The parent does not wait for this call.
+    pub detached: bool,
+    /// Mean CPU (before + after), in seconds: for calibration reports.
+    pub mean_cpu: f64,
+}
+
+impl Scenario {
+    /// A built-in scenario by name.
+    pub fn builtin(name: &str) -> Result<Scenario, ScenarioError> {
+        let text = match name {
+            "hotel-reservation" => include_str!("../hotel-reservation.toml"),
+            "social-network" => include_str!("../social-network.toml"),
+            "train-ticket" => include_str!("../train-ticket.toml"),
+            "demo" => include_str!("../demo.toml"),
+            _ => return Err(ScenarioError::UnknownBuiltin(name.to_string())),
+        };
+        let mut s = Scenario::parse(&format!("builtin:{name}"), text)?;
+        s.source = format!("builtin:{name}");
+        Ok(s)
+    }
+
+    /// A built-in name or a path to a TOML file.
+    pub fn load(spec: &str) -> Result<Scenario, ScenarioError> {
+        match Scenario::builtin(spec) {
+            Err(ScenarioError::UnknownBuiltin(_))
+                if spec.ends_with(".toml") || spec.contains('/') || Path::new(spec).exists() =>
+            {
+                Scenario::read(Path::new(spec))
+            }
+            other => other,
+        }
+    }
+
+    /// Reads and validates a scenario file.
+    pub fn read(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Scenario::parse(&path.display().to_string(), &text)
+    }
+
+    /// Parses and validates scenario text; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
+        let de = toml::Deserializer::new(text);
+        let parsed: ScenarioFile = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let (line, column) = inner
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((0, 0));
+            ScenarioError::Syntax {
+                file: file.to_string(),
+                line,
+                column,
+                path: if path == "." {
+                    "(top level)".into()
+                } else {
+                    path
+                },
+                message: inner.message().trim().to_string(),
+            }
+        })?;
+        Scenario::from_file(file, parsed)
+    }
+
+    /// Validates an already-parsed file.
+    pub fn from_file(file: &str, f: ScenarioFile) -> Result<Scenario, ScenarioError> {
+        let invalid = |path: String, reason: String| ScenarioError::Invalid {
+            file: file.to_string(),
+            path,
+            reason,
+        };
+        let positive = |path: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(invalid(
+                    path.into(),
+                    format!("must be a positive number, got {v}"),
+                ))
+            }
+        };
+        positive("slo_ms", f.slo_ms)?;
+        positive("multiplier", f.multiplier)?;
+        positive("aggregate_rps", f.aggregate_rps)?;
+        if let Some(l) = f.initial_limit {
+            positive("initial_limit", l)?;
+        }
+        f.network_delay
+            .check(true)
+            .map_err(|r| invalid("network_delay".into(), r))?;
+
+        if f.nodes.is_empty() {
+            return Err(invalid("nodes".into(), "no nodes".into()));
+        }
+        let mut node_index = HashMap::new();
+        for (i, n) in f.nodes.iter().enumerate() {
+            if node_index.insert(n.name.as_str(), i).is_some() {
+                return Err(invalid(
+                    format!("nodes[{i}].name"),
+                    format!("duplicate node '{}'", n.name),
+                ));
+            }
+            positive(&format!("nodes[{i}].cores"), n.cores)?;
+        }
+
+        if f.services.is_empty() {
+            return Err(invalid("services".into(), "no services".into()));
+        }
+        let mut service_index = HashMap::new();
+        let mut services = Vec::new();
+        for (i, s) in f.services.iter().enumerate() {
+            if service_index.insert(s.name.as_str(), i).is_some() {
+                return Err(invalid(
+                    format!("services[{i}].name"),
+                    format!("duplicate service '{}'", s.name),
+                ));
+            }
+            let node = *node_index.get(s.node.as_str()).ok_or_else(|| {
+                invalid(
+                    format!("services[{i}].node"),
+                    format!("unknown node '{}'", s.node),
+                )
+            })?;
+            let cores = f.nodes[node].cores;
+            let threads = s.threads.unwrap_or(cores.ceil() as u32);
+            if threads == 0 {
+                return Err(invalid(
+                    format!("services[{i}].threads"),
+                    "must be at least 1".into(),
+                ));
+            }
+            if s.group != 1 && s.group != 2 {
+                return Err(invalid(
+                    format!("services[{i}].group"),
+                    format!("must be 1 (CPU-heavy) or 2, got {}", s.group),
+                ));
+            }
+            services.push(Service {
+                name: s.name.clone(),
+                node,
+                threads,
+                group: s.group,
+                initial_limit: f.initial_limit.unwrap_or(cores),
+            });
+        }
+
+        for (name, c) in &f.calls {
+            let at = format!("calls.\"{name}\"");
+            if !service_index.contains_key(c.service.as_str()) {
+                return Err(invalid(
+                    format!("{at}.service"),
+                    format!("unknown service '{}'", c.service),
+                ));
+            }
+            c.cpu
+                .check(false)
+                .map_err(|r| invalid(format!("{at}.cpu"), r))?;
+            if let Some(after) = &c.cpu_after {
+                after
+                    .check(false)
+                    .map_err(|r| invalid(format!("{at}.cpu_after"), r))?;
+            }
+            if !(c.probability > 0.0 && c.probability <= 1.0) {
+                return Err(invalid(
+                    format!("{at}.probability"),
+                    format!("must be within (0, 1], got {}", c.probability),
+                ));
+            }
+            for (si, stage) in c.calls.iter().enumerate() {
+                if stage.is_empty() {
+                    return Err(invalid(format!("{at}.calls[{si}]"), "empty stage".into()));
+                }
+                for (ci, child) in stage.iter().enumerate() {
+                    if !f.calls.contains_key(child) {
+                        return Err(invalid(
+                            format!("{at}.calls[{si}][{ci}]"),
+                            format!("unknown call '{child}'"),
+                        ));
+                    }
+                }
+            }
+        }
+        find_cycle(&f).map_err(|(path, reason)| invalid(path, reason))?;
+
+        if f.requests.is_empty() {
+            return Err(invalid(
+                "requests".into(),
+                "the request mix is empty".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut requests = Vec::new();
+        for (i, r) in f.requests.iter().enumerate() {
+            if !names.insert(r.name.as_str()) {
+                return Err(invalid(
+                    format!("requests[{i}].name"),
+                    format!("duplicate request '{}'", r.name),
+                ));
+            }
+            positive(&format!("requests[{i}].weight"), r.weight)?;
+            if !f.calls.contains_key(&r.call) {
+                return Err(invalid(
+                    format!("requests[{i}].call"),
+                    format!("unknown call '{}'", r.call),
+                ));
+            }
+            let mut nodes = Vec::new();
+            expand(&f, &service_index, &r.call, &mut nodes)
+                .map_err(|reason| invalid(format!("requests[{i}].call"), reason))?;
+            requests.push(RequestType {
+                name: r.name.clone(),
+                weight: r.weight,
+                nodes,
+            });
+        }
+
+        Ok(Scenario {
+            name: f.name.clone(),
+            description: f.description.clone(),
+            source: file.to_string(),
+            slo_ms: f.slo_ms,
+            multiplier: f.multiplier,
+            constant_rps: f.constant_rps,
+            aggregate_rps: f.aggregate_rps,
+            nodes: f.nodes.iter().map(|n| (n.name.clone(), n.cores)).collect(),
+            services,
+            requests,
+            network_delay: f.network_delay.build(),
+            file: f,
+        })
+    }
+
+    /// Index of a service by name.
+    pub fn service(&self, name: &str) -> Option<usize> {
+        self.services.iter().position(|s| s.name == name)
+    }
+
+    /// Expected CPU per request, in core-seconds, for each service (averaged over the request
+    /// mix, counting call probabilities): what the calibration notes in the files reason about.
+    pub fn mean_cpu_per_request(&self) -> Vec<f64> {
+        let total: f64 = self.requests.iter().map(|r| r.weight).sum();
+        let mut per_service = vec![0.0; self.services.len()];
+        for r in &self.requests {
+            let share = r.weight / total;
+            let mut reach = vec![0.0; r.nodes.len()];
+            reach[0] = r.nodes[0].probability;
+            for (i, n) in r.nodes.iter().enumerate() {
+                per_service[n.service] += share * reach[i] * n.mean_cpu;
+                for &c in n.stages.iter().flatten() {
+                    reach[c as usize] = reach[i] * r.nodes[c as usize].probability;
+                }
+            }
+        }
+        per_service
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |p| p + 1) + 1;
+    (line, column)
+}
+
+/// Depth-first search over call names; reports the first cycle with its path.
+fn find_cycle(f: &ScenarioFile) -> Result<(), (String, String)> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Open,
+        Done,
+    }
+    fn visit<'a>(
+        f: &'a ScenarioFile,
+        name: &'a str,
+        marks: &mut HashMap<&'a str, Mark>,
+        stack: &mut Vec<&'a str>,
+    ) -> Result<(), (String, String)> {
+        match marks.get(name).copied().unwrap_or(Mark::New) {
+            Mark::Done => return Ok(()),
+            Mark::Open => {
+                let start = stack.iter().position(|s| *s == name).unwrap_or(0);
+                let mut cycle: Vec<&str> = stack[start..].to_vec();
+                cycle.push(name);
+                return Err((
+                    format!("calls.\"{}\".calls", stack.last().copied().unwrap_or(name)),
+                    format!("call cycle: {}", cycle.join(" -> ")),
+                ));
+            }
+            Mark::New => {}
+        }
+        marks.insert(name, Mark::Open);
+        stack.push(name);
+        for child in f.calls[name].calls.iter().flatten() {
+            visit(f, child, marks, stack)?;
+        }
+        stack.pop();
+        marks.insert(name, Mark::Done);
+        Ok(())
+    }
+    let mut marks = HashMap::new();
+    for name in f.calls.keys() {
+        visit(f, name, &mut marks, &mut Vec::new())?;
+    }
+    Ok(())
+}
+
+/// Expands the call tree rooted at `name` into `nodes` (pre-order); returns the root's index.
+fn expand(
+    f: &ScenarioFile,
+    services: &HashMap<&str, usize>,
+    name: &str,
+    nodes: &mut Vec<CallNode>,
+) -> Result<u32, String> {
+    if nodes.len() >= MAX_TREE {
+        return Err(format!(
+            "the call tree expands to more than {MAX_TREE} calls"
+        ));
+    }
+    let def = &f.calls[name];
+    let index = nodes.len();
+    let mean = |d: &DistSpec| d.mean_ms() / 1000.0;
+    nodes.push(CallNode {
+        call: name.to_string(),
+        service: services[def.service.as_str()],
+        cpu: def.cpu.build(),
+        cpu_after: def.cpu_after.as_ref().map(DistSpec::build),
+        stages: Vec::new(),
+        probability: def.probability,
+        detached: def.detached,
+        mean_cpu: mean(&def.cpu) + def.cpu_after.as_ref().map_or(0.0, mean),
+    });
+    let mut stages = Vec::with_capacity(def.calls.len());
+    for stage in &def.calls {
+        let mut children = Vec::with_capacity(stage.len());
+        for child in stage {
+            children.push(expand(f, services, child, nodes)?);
+        }
+        stages.push(children);
+    }
+    nodes[index].stages = stages;
+    Ok(index as u32)
+}

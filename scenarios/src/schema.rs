@@ -1,0 +1,148 @@
+//! The TOML schema of a scenario file. Every field is documented here; unknown fields are
+//! refused so that a typo does not silently fall back to a default.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::DistSpec;
+
+/// A scenario file.
+///
+/// ```toml
+/// name = "tiny"
+/// slo_ms = 50              # P99 latency SLO
+/// multiplier = 2.0         # traces are multiplied by this (default 1)
+/// constant_rps = 300       # the "Constant" workload (optional)
+/// aggregate_rps = 20       # the Tower's RPS bucket (default 20)
+/// initial_limit = 8        # cores every container starts with (default: its node's cores)
+/// network_delay = { kind = "const", ms = 0.1 }   # per hop and direction (default 0.1 ms)
+///
+/// [[nodes]]
+/// name = "node-1"
+/// cores = 8
+///
+/// [[services]]
+/// name = "front"
+/// node = "node-1"
+/// threads = 8              # calls that may run on the CPU at once (default: node cores)
+/// group = 1                # Tower target group: 1 = CPU-heavy, 2 = the rest (default 2)
+///
+/// [[requests]]
+/// name = "get"
+/// weight = 1.0             # relative frequency in the request mix
+/// call = "front.get"       # the root call
+///
+/// [calls."front.get"]
+/// service = "front"
+/// cpu = { kind = "exp", mean_ms = 1.0 }     # CPU demand before the children
+/// calls = [["db.get"], ["a", "b"]]          # stages run one after another; calls within a
+///                                           # stage run in parallel
+/// cpu_after = { kind = "const", ms = 0.2 }  # optional CPU after the children
+/// probability = 1.0        # chance this call happens when its parent reaches it (default 1)
+/// detached = false         # true: the parent does not wait for it (default false)
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFile {
+    /// The application's name, used in records.
+    pub name: String,
+    /// What the scenario models and where its numbers come from.
+    #[serde(default)]
+    pub description: String,
+    /// The P99 latency SLO, in milliseconds.
+    pub slo_ms: f64,
+    /// Trace multiplier: a trace value of N means N * multiplier requests per second.
+    #[serde(default = "one")]
+    pub multiplier: f64,
+    /// Requests per second of the "Constant" workload.
+    #[serde(default)]
+    pub constant_rps: Option<u32>,
+    /// The Tower's RPS bucket size.
+    #[serde(default = "twenty")]
+    pub aggregate_rps: f64,
+    /// Cores every container starts with; defaults to the container's node size.
+    #[serde(default)]
+    pub initial_limit: Option<f64>,
+    /// Network delay of one hop, each way.
+    #[serde(default = "default_delay")]
+    pub network_delay: DistSpec,
+    pub nodes: Vec<NodeDef>,
+    pub services: Vec<ServiceDef>,
+    #[serde(default)]
+    pub requests: Vec<RequestDef>,
+    /// Call definitions by name; requests and other calls refer to them.
+    #[serde(default)]
+    pub calls: BTreeMap<String, CallDef>,
+}
+
+/// A machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeDef {
+    pub name: String,
+    /// CPU cores; the node's containers together never use more.
+    pub cores: f64,
+}
+
+/// A container whose CPU limit is managed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDef {
+    pub name: String,
+    /// The node it runs on.
+    pub node: String,
+    /// Worker threads: at most this many calls use the CPU at once, the rest wait in FIFO
+    /// order. Defaults to the node's cores.
+    #[serde(default)]
+    pub threads: Option<u32>,
+    /// Tower target group: 1 for the CPU-heavy services, 2 for the rest.
+    #[serde(default = "two")]
+    pub group: u8,
+}
+
+/// A request type of the load's mix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestDef {
+    pub name: String,
+    /// Relative frequency; the mix is normalised over all request types.
+    pub weight: f64,
+    /// The root call.
+    pub call: String,
+}
+
+/// One call to a service, and what it calls in turn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallDef {
+    pub service: String,
+    /// CPU demand before the children are called.
+    pub cpu: DistSpec,
+    /// CPU demand after the last child returned, if any.
+    #[serde(default)]
+    pub cpu_after: Option<DistSpec>,
+    /// Children, as stages: stages run one after another, the calls of a stage in parallel.
+    #[serde(default)]
+    pub calls: Vec<Vec<String>>,
+    /// The chance that this call happens when a parent reaches it (a cache miss, say).
+    #[serde(default = "one")]
+    pub probability: f64,
+    /// The parent does not wait for this call (a message-queue hand-off): its latency does not
+    /// count in the request's, its CPU does count.
+    #[serde(default)]
+    pub detached: bool,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn two() -> u8 {
+    2
+}
+fn twenty() -> f64 {
+    20.0
+}
+fn default_delay() -> DistSpec {
+    DistSpec::Const { ms: 0.1 }
+}

@@ -1,0 +1,325 @@
+//! Every built-in scenario loads; every kind of bad file gets its own error naming the field.
+
+use scenarios::{Scenario, ScenarioError, BUILTIN};
+
+#[test]
+fn builtins_load_with_the_papers_shapes() {
+    let expect = [
+        ("hotel-reservation", 17, 100.0, 10.0, Some(2000)),
+        ("social-network", 30, 200.0, 1.5, Some(500)),
+        ("train-ticket", 68, 1000.0, 1.0, Some(200)),
+        ("demo", 3, 50.0, 0.2, Some(40)),
+    ];
+    for (name, services, slo, mult, constant) in expect {
+        let s = Scenario::builtin(name).unwrap();
+        assert_eq!(s.services.len(), services, "{name}");
+        assert_eq!(
+            (s.slo_ms, s.multiplier, s.constant_rps),
+            (slo, mult, constant),
+            "{name}"
+        );
+        assert!(
+            s.services.iter().any(|x| x.group == 1),
+            "{name} has a CPU-heavy group"
+        );
+        assert!(
+            s.services.iter().any(|x| x.group == 2),
+            "{name} has a second group"
+        );
+    }
+    assert_eq!(BUILTIN.len(), expect.len());
+}
+
+#[test]
+fn request_mixes_are_the_originals() {
+    let mix = |name: &str| -> Vec<(String, f64)> {
+        Scenario::builtin(name)
+            .unwrap()
+            .requests
+            .iter()
+            .map(|r| (r.name.clone(), r.weight))
+            .collect()
+    };
+    let s = |v: &[(&str, f64)]| {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), *b))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        mix("hotel-reservation"),
+        s(&[
+            ("search", 600.0),
+            ("recommend", 390.0),
+            ("login", 5.0),
+            ("reserve", 5.0)
+        ])
+    );
+    assert_eq!(
+        mix("social-network"),
+        s(&[
+            ("compose-post", 20.0),
+            ("read-home-timeline", 65.0),
+            ("read-user-timeline", 15.0)
+        ])
+    );
+}
+
+/// The calibration the scenario descriptions state: CPU per request on the mix, in ms.
+#[test]
+fn calibration_matches_the_documented_costs() {
+    for (name, lo, hi) in [
+        ("hotel-reservation", 4.5, 6.5),
+        ("social-network", 15.0, 25.0),
+        ("train-ticket", 45.0, 65.0),
+    ] {
+        let s = Scenario::builtin(name).unwrap();
+        let ms: f64 = s.mean_cpu_per_request().iter().sum::<f64>() * 1000.0;
+        assert!(ms > lo && ms < hi, "{name}: {ms:.2} ms of CPU per request");
+        // Group 1 is the CPU-heavy group: it holds most of the CPU.
+        let per = s.mean_cpu_per_request();
+        let g1: f64 = s
+            .services
+            .iter()
+            .zip(&per)
+            .filter(|(x, _)| x.group == 1)
+            .map(|(_, c)| c)
+            .sum();
+        assert!(
+            g1 / per.iter().sum::<f64>() > 0.6,
+            "{name}: group 1 has {g1}"
+        );
+    }
+}
+
+const GOOD: &str = r#"
+name = "t"
+slo_ms = 50
+[[nodes]]
+name = "n1"
+cores = 4
+[[services]]
+name = "a"
+node = "n1"
+[[services]]
+name = "b"
+node = "n1"
+[[requests]]
+name = "r"
+weight = 1
+call = "a.x"
+[calls."a.x"]
+service = "a"
+cpu = { kind = "exp", mean_ms = 1.0 }
+calls = [["b.y"]]
+[calls."b.y"]
+service = "b"
+cpu = { kind = "const", ms = 0.5 }
+"#;
+
+fn err(text: &str) -> String {
+    Scenario::parse("bad.toml", text).unwrap_err().to_string()
+}
+
+#[test]
+fn the_good_file_is_good() {
+    let s = Scenario::parse("good.toml", GOOD).unwrap();
+    assert_eq!(s.requests[0].nodes.len(), 2);
+    assert_eq!(s.services[0].threads, 4, "threads default to node cores");
+    assert_eq!(
+        s.services[0].initial_limit, 4.0,
+        "initial limit defaults to node cores"
+    );
+}
+
+#[test]
+fn each_bad_file_gets_its_own_error() {
+    let cases: &[(&str, &str, &str)] = &[
+        // (what to replace, with what, the expected message)
+        (
+            r#"node = "n1"
+[[services]]
+name = "b""#,
+            r#"node = "n9"
+[[services]]
+name = "b""#,
+            "bad.toml: services[0].node: unknown node 'n9'",
+        ),
+        (
+            r#"service = "b""#,
+            r#"service = "zz""#,
+            "bad.toml: calls.\"b.y\".service: unknown service 'zz'",
+        ),
+        (
+            r#"calls = [["b.y"]]"#,
+            r#"calls = [["b.q"]]"#,
+            "bad.toml: calls.\"a.x\".calls[0][0]: unknown call 'b.q'",
+        ),
+        (
+            r#"ms = 0.5 }"#,
+            r#"ms = 0.5 }
+calls = [["a.x"]]"#,
+            "bad.toml: calls.\"b.y\".calls: call cycle: a.x -> b.y -> a.x",
+        ),
+        (
+            r#"ms = 0.5"#,
+            r#"ms = -0.5"#,
+            "bad.toml: calls.\"b.y\".cpu: ms must be > 0, got -0.5",
+        ),
+        (
+            r#"mean_ms = 1.0"#,
+            r#"mean_ms = 0.0"#,
+            "bad.toml: calls.\"a.x\".cpu: mean_ms must be > 0, got 0",
+        ),
+        (
+            r#"weight = 1"#,
+            r#"weight = 0"#,
+            "bad.toml: requests[0].weight: must be a positive number, got 0",
+        ),
+        (
+            r#"name = "b""#,
+            r#"name = "a""#,
+            "bad.toml: services[1].name: duplicate service 'a'",
+        ),
+        (
+            r#"call = "a.x""#,
+            r#"call = "nope""#,
+            "bad.toml: requests[0].call: unknown call 'nope'",
+        ),
+        (
+            r#"cores = 4"#,
+            r#"cores = 0"#,
+            "bad.toml: nodes[0].cores: must be a positive number, got 0",
+        ),
+        (
+            r#"slo_ms = 50"#,
+            r#"slo_ms = -1"#,
+            "bad.toml: slo_ms: must be a positive number, got -1",
+        ),
+        (
+            r#"node = "n1"
+[[services]]
+name = "b""#,
+            r#"node = "n1"
+group = 3
+[[services]]
+name = "b""#,
+            "bad.toml: services[0].group: must be 1 (CPU-heavy) or 2, got 3",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        assert!(GOOD.contains(from), "fixture lacks {from}");
+        let text = GOOD.replacen(from, to, 1);
+        assert_eq!(&err(&text), expected);
+    }
+}
+
+#[test]
+fn empty_mix_and_duplicates() {
+    let no_requests = GOOD
+        .replace(
+            "[[requests]]\nname = \"r\"\nweight = 1\ncall = \"a.x\"\n",
+            "",
+        )
+        .replace("slo_ms = 50", "slo_ms = 50\nrequests = []");
+    assert_eq!(
+        err(&no_requests),
+        "bad.toml: requests: the request mix is empty"
+    );
+    let dup = GOOD.replace(
+        "[[requests]]",
+        "[[requests]]\nname = \"r\"\nweight = 1\ncall = \"a.x\"\n[[requests]]",
+    );
+    assert_eq!(
+        err(&dup),
+        "bad.toml: requests[1].name: duplicate request 'r'"
+    );
+    let dup_node = GOOD.replace(
+        "[[services]]\nname = \"a\"",
+        "[[nodes]]\nname = \"n1\"\ncores = 2\n[[services]]\nname = \"a\"",
+    );
+    assert_eq!(
+        err(&dup_node),
+        "bad.toml: nodes[1].name: duplicate node 'n1'"
+    );
+}
+
+#[test]
+fn syntax_errors_name_line_and_field() {
+    let unknown_kind = GOOD.replace(r#"kind = "exp""#, r#"kind = "weibull""#);
+    let e = err(&unknown_kind);
+    assert!(e.starts_with("bad.toml:19:"), "{e}");
+    assert!(
+        e.contains("calls.a.x.cpu") && e.contains("unknown variant `weibull`"),
+        "{e}"
+    );
+
+    let typo = GOOD.replace("slo_ms = 50", "slo_ms = 50\nslo_msx = 3");
+    let e = err(&typo);
+    assert!(
+        e.starts_with("bad.toml:4:") && e.contains("unknown field `slo_msx`"),
+        "{e}"
+    );
+
+    let wrong_type = GOOD.replace("cores = 4", "cores = \"four\"");
+    let e = err(&wrong_type);
+    assert!(
+        e.starts_with("bad.toml:6:") && e.contains("nodes[0].cores"),
+        "{e}"
+    );
+
+    let e = err("name = ");
+    assert!(e.starts_with("bad.toml:1:"), "{e}");
+}
+
+#[test]
+fn missing_files_and_unknown_builtins() {
+    let e = Scenario::load("/nonexistent/app.toml").unwrap_err();
+    assert!(matches!(e, ScenarioError::Read { .. }));
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/app.toml: cannot read"),
+        "{e}"
+    );
+    assert!(matches!(
+        Scenario::load("hotel"),
+        Err(ScenarioError::UnknownBuiltin(_))
+    ));
+}
+
+#[test]
+fn exponential_fan_out_is_refused() {
+    // Each level calls the next ten times: 10^5 calls per request.
+    let mut text = String::from(
+        "name = \"x\"\nslo_ms = 1\n[[nodes]]\nname = \"n\"\ncores = 1\n[[services]]\nname = \"s\"\nnode = \"n\"\n[[requests]]\nname = \"r\"\nweight = 1\ncall = \"l0\"\n",
+    );
+    for level in 0..5 {
+        let child = format!("\"l{}\"", level + 1);
+        text.push_str(&format!(
+            "[calls.l{level}]\nservice = \"s\"\ncpu = {{ kind = \"const\", ms = 1 }}\ncalls = [[{}]]\n",
+            vec![child; 10].join(", ")
+        ));
+    }
+    text.push_str("[calls.l5]\nservice = \"s\"\ncpu = { kind = \"const\", ms = 1 }\n");
+    let e = err(&text);
+    assert!(e.contains("more than 10000 calls"), "{e}");
+}
+
+#[test]
+#[ignore = "prints the calibration table: cargo test -p scenarios -- --ignored --nocapture"]
+fn print_calibration() {
+    for name in BUILTIN {
+        let s = Scenario::builtin(name).unwrap();
+        let per = s.mean_cpu_per_request();
+        let total: f64 = per.iter().sum();
+        println!("{name}: {:.2} ms CPU per request", total * 1000.0);
+        for (svc, c) in s.services.iter().zip(&per) {
+            println!(
+                "  {:<32} group {} {:>7.3} ms ({:>4.1}%)",
+                svc.name,
+                svc.group,
+                c * 1000.0,
+                100.0 * c / total
+            );
+        }
+    }
+}
