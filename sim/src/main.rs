@@ -1,1 +1,466 @@
-fn main() {}
+//! `sim`: run Autothrottle and its baselines on a simulated microservice application.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use controller::{CpuSample, ScalerKind, Targets, TowerMemory};
+use indicatif::{ProgressBar, ProgressStyle};
+use record::RecordWriter;
+use scenarios::Scenario;
+use sim::run::{run, RunConfig, TowerKind};
+use traces::Trace;
+
+#[derive(Parser)]
+#[command(
+    name = "sim",
+    version,
+    about = "Autothrottle on a simulated microservice app: runs, sweeps, the paper's evaluation, plots",
+    long_about = "Autothrottle on a simulated microservice application.\n\n\
+        The simulator models each container under Linux CFS bandwidth control (100 ms periods, \
+        burst-then-stall throttling), requests walking their call trees, and runs the same \
+        controller code (Captains, Tower, K8s-CPU baselines) as the live agent.\n\n\
+        Scenarios: hotel-reservation, social-network, train-ticket, demo, or a .toml file.\n\
+        Traces: diurnal, noisy, bursty, diurnal-2 (built in, one hour), constant-N, or a file with \
+        one requests-per-second integer per line."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one scenario on one trace with one scaler, write the run record, print the summary.
+    Run(RunArgs),
+    /// Replay recorded cgroup samples (CSV on stdin) through a scaler; writes t,limit.
+    ReplayScaler(ReplayArgs),
+    /// Measure simulator speed: events per second and simulated time per wall time.
+    Bench(BenchArgs),
+    /// Show a trace's statistics, or generate one.
+    #[command(subcommand)]
+    Trace(TraceCmd),
+    /// Check a scenario file and show its calibration (CPU per request per service).
+    Scenario {
+        /// Built-in name or .toml path.
+        scenario: String,
+    },
+}
+
+#[derive(Args, Clone)]
+struct WorkloadArgs {
+    /// Application model: a built-in name or a scenario .toml file.
+    #[arg(long, default_value = "hotel-reservation")]
+    scenario: String,
+    /// Workload: a built-in trace name, constant-N, `constant` (the scenario's constant
+    /// workload) or a trace file.
+    #[arg(long, default_value = "diurnal")]
+    trace: String,
+    /// Multiply the trace by this instead of the scenario's multiplier.
+    #[arg(long)]
+    multiplier: Option<f64>,
+    /// Warm-up ramp before the trace, seconds.
+    #[arg(long, default_value_t = traces::RAMP_SECONDS)]
+    ramp: usize,
+    /// Only replay the first N seconds of the trace (for quick looks).
+    #[arg(long)]
+    duration: Option<usize>,
+}
+
+impl WorkloadArgs {
+    fn load(&self) -> Result<(Arc<Scenario>, Arc<Trace>)> {
+        let scenario = Scenario::load(&self.scenario)?;
+        let trace = load_trace(&self.trace, &scenario)?;
+        let trace = match self.duration {
+            Some(0) => bail!("--duration must be at least 1 second"),
+            Some(d) => trace.truncated(d),
+            None => trace,
+        };
+        Ok((Arc::new(scenario), Arc::new(trace)))
+    }
+}
+
+fn load_trace(spec: &str, scenario: &Scenario) -> Result<Trace> {
+    if spec == "constant" {
+        let rps = scenario
+            .constant_rps
+            .with_context(|| format!("scenario {} has no constant_rps", scenario.name))?;
+        // The constant workload is given in requests per second of the app: undo the multiplier.
+        let per = (rps as f64 / scenario.multiplier).round() as u32;
+        let mut t = Trace::constant(per, 3600);
+        t.name = "constant".into();
+        return Ok(t);
+    }
+    Ok(Trace::load(spec)?)
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    /// captain, k8s-cpu, k8s-cpu-fast or const.
+    #[arg(long, default_value = "captain")]
+    scaler: ScalerKind,
+    /// Targets: "G1,G2" (CPU-heavy group, the rest) or one value for both. Throttle ratio for
+    /// captain, CPU utilisation for k8s-cpu*.
+    #[arg(long, default_value = "0.1,0.1")]
+    targets: Targets,
+    /// Starting limit of every container, cores (default: the scenario's).
+    #[arg(long)]
+    initial_limit: Option<f64>,
+    /// Tower: none (fixed targets), explore (warm-up) or bandit.
+    #[arg(long, default_value = "none")]
+    tower: String,
+    /// Bandit exploration probability.
+    #[arg(long, default_value_t = 0.0)]
+    explore: f64,
+    /// Tower memory to start from (JSON, as written to tower.json); updated after the run.
+    #[arg(long)]
+    tower_memory: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Run record directory.
+    #[arg(long, default_value = "runs/latest")]
+    out: PathBuf,
+    /// Overwrite a run record already in --out.
+    #[arg(long)]
+    force: bool,
+    /// Do not write services.csv (per second per service).
+    #[arg(long)]
+    no_services: bool,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn tower_kind(name: &str, explore: f64) -> Result<TowerKind> {
+    Ok(match name {
+        "none" => TowerKind::None,
+        "explore" => TowerKind::Explore,
+        "bandit" => TowerKind::Bandit { explore },
+        other => bail!("unknown tower '{other}' (expected none, explore or bandit)"),
+    })
+}
+
+fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} {{msg}} (eta {{eta}})"
+        ))
+        .expect("static template"),
+    );
+    bar
+}
+
+fn cmd_run(a: RunArgs) -> Result<()> {
+    let (scenario, trace) = a.workload.load()?;
+    let tower = tower_kind(&a.tower, a.explore)?;
+    let memory = match &a.tower_memory {
+        Some(p) if p.exists() => record::read_json::<TowerMemory>(p)?,
+        _ => TowerMemory::default(),
+    };
+    let cfg = RunConfig {
+        multiplier: a.workload.multiplier,
+        ramp_s: a.workload.ramp,
+        initial_limit: a.initial_limit,
+        tower,
+        memory,
+        seed: a.seed,
+        services_csv: !a.no_services,
+        ..RunConfig::new(scenario, trace, a.scaler, a.targets)
+    };
+    cfg.validate()?;
+    let writer = RecordWriter::create(&a.out, a.force, cfg.services_csv)?;
+    let bar = progress_bar(0, "simulating");
+    let start = Instant::now();
+    let out = run(&cfg, Some(writer), &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    if let Some(p) = &a.tower_memory {
+        record::write_json(p, &out.memory)?;
+    }
+    let s = &out.info.summary;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out.info)?);
+    } else {
+        println!(
+            "{} / {} / {} targets {} tower {}  seed {}",
+            out.info.scenario,
+            out.info.trace,
+            out.info.scaler,
+            out.info.targets,
+            out.info.tower,
+            out.info.seed
+        );
+        println!(
+            "allocation {:.2} cores  usage {:.2} cores  P99 {:.1} ms (SLO {} ms: {})  P50 {:.1} ms  mean {:.0} RPS  throttle ratio {:.3}",
+            s.allocation,
+            s.usage,
+            s.p99_ms,
+            out.info.slo_ms,
+            if s.slo_met { "met" } else { "MISSED" },
+            s.p50_ms,
+            s.mean_rps,
+            s.throttle_ratio
+        );
+        println!(
+            "{} requests ({} incomplete), {} events in {:.1} s; record in {}",
+            s.requests,
+            s.incomplete,
+            out.stats.events,
+            start.elapsed().as_secs_f64(),
+            a.out.display()
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// captain, k8s-cpu, k8s-cpu-fast or const.
+    #[arg(long)]
+    scaler: ScalerKind,
+    /// Throttle ratio (captain) or utilisation (k8s-cpu*); ignored by const.
+    #[arg(long, default_value_t = 0.1)]
+    target: f64,
+    /// Starting limit, cores (the const limit for const).
+    #[arg(long)]
+    initial_limit: f64,
+}
+
+/// One row of recorded samples: cumulative counters, as cgroups report them (seconds).
+#[derive(serde::Deserialize)]
+struct SampleRow {
+    t: f64,
+    cpu_usage: f64,
+    nr_periods: u64,
+    nr_throttled: u64,
+    throttled_time: f64,
+}
+
+fn cmd_replay(a: ReplayArgs) -> Result<()> {
+    let mut scaler = a.scaler.config(a.target, a.initial_limit).build()?;
+    let stdin = std::io::stdin();
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(stdin.lock());
+    let headers = reader
+        .headers()
+        .context("stdin: cannot read the CSV header")?
+        .clone();
+    let expected = [
+        "t",
+        "cpu_usage",
+        "nr_periods",
+        "nr_throttled",
+        "throttled_time",
+    ];
+    if headers.iter().collect::<Vec<_>>() != expected {
+        bail!(
+            "stdin:1: header must be {}, got {}",
+            expected.join(","),
+            headers.iter().collect::<Vec<_>>().join(",")
+        );
+    }
+    let mut out = csv::Writer::from_writer(std::io::stdout().lock());
+    out.write_record(["t", "limit"])?;
+    for (i, row) in reader.deserialize::<SampleRow>().enumerate() {
+        let line = i + 2;
+        let row = row.map_err(|e| anyhow::anyhow!("stdin:{line}: {}", csv_reason(&e)))?;
+        if !row.t.is_finite() || !row.cpu_usage.is_finite() || !row.throttled_time.is_finite() {
+            bail!("stdin:{line}: values must be finite numbers");
+        }
+        let limit = scaler.sample(&CpuSample {
+            t: row.t,
+            usage: row.cpu_usage,
+            nr_periods: row.nr_periods,
+            nr_throttled: row.nr_throttled,
+            throttled_time: row.throttled_time,
+        });
+        out.write_record([row.t.to_string(), limit.to_string()])?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn csv_reason(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::Deserialize { err, .. } => match err.field() {
+            Some(f) => format!("field {}: {}", f + 1, err.kind()),
+            None => err.kind().to_string(),
+        },
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => {
+            format!("expected {expected_len} fields, got {len}")
+        }
+        _ => e.to_string(),
+    }
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    /// Targets for the Captains.
+    #[arg(long, default_value = "0.1,0.06")]
+    targets: Targets,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<()> {
+    let (scenario, trace) = a.workload.load()?;
+    let cfg = RunConfig {
+        multiplier: a.workload.multiplier,
+        ramp_s: a.workload.ramp,
+        seed: a.seed,
+        ..RunConfig::new(scenario, trace, ScalerKind::Captain, a.targets)
+    };
+    let start = Instant::now();
+    let out = run(&cfg, None, &mut |_, _| {})?;
+    let wall = start.elapsed().as_secs_f64();
+    let simulated = (cfg.trace.len() + cfg.ramp_s) as f64;
+    let peak_rss = peak_rss_mb();
+    println!(
+        "scenario {} trace {} ({} s simulated)",
+        out.info.scenario, out.info.trace, simulated
+    );
+    println!("wall time           {wall:.2} s");
+    println!("simulated / wall    {:.0}x", simulated / wall);
+    println!(
+        "events              {} ({:.2} M/s)",
+        out.stats.events,
+        out.stats.events as f64 / wall / 1e6
+    );
+    println!(
+        "requests            {} ({:.0} k/s)",
+        out.stats.arrivals,
+        out.stats.arrivals as f64 / wall / 1e3
+    );
+    println!("calls               {}", out.stats.calls);
+    println!("peak in flight      {}", out.peak_in_flight);
+    match peak_rss {
+        Some(mb) => println!("peak memory (RSS)   {mb:.1} MB"),
+        None => println!("peak memory (RSS)   unknown (no /proc/self/status)"),
+    }
+    println!(
+        "summary             allocation {:.2} cores, P99 {:.1} ms, SLO {}",
+        out.info.summary.allocation,
+        out.info.summary.p99_ms,
+        if out.info.summary.slo_met {
+            "met"
+        } else {
+            "missed"
+        }
+    );
+    Ok(())
+}
+
+/// Peak resident set size from /proc (Linux), in MB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+#[derive(Subcommand)]
+enum TraceCmd {
+    /// Print a trace's statistics as JSON.
+    Stats {
+        /// Built-in name or file.
+        trace: String,
+    },
+    /// Generate a trace from a generator spec (JSON, e.g. '{"kind":"diurnal","trough":100,
+    /// "peak":300,"period_s":3600,"noise":0.04}'); kinds: diurnal, bursty, noisy, step, constant.
+    Gen {
+        /// The generator and its settings, as JSON.
+        spec: String,
+        #[arg(long, default_value_t = 3600)]
+        seconds: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output file (stdout if omitted).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn cmd_trace(c: TraceCmd) -> Result<()> {
+    match c {
+        TraceCmd::Stats { trace } => {
+            let t = Trace::load(&trace)?;
+            println!("{}", serde_json::to_string_pretty(&t.stats())?);
+        }
+        TraceCmd::Gen {
+            spec,
+            seconds,
+            seed,
+            out,
+        } => {
+            let g: traces::Generator = serde_json::from_str(&spec).context("generator spec")?;
+            let t = g.generate(seconds, seed);
+            match out {
+                Some(p) => t.write(&p)?,
+                None => std::io::stdout().write_all(t.to_text().as_bytes())?,
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cmd_scenario(name: &str) -> Result<()> {
+    let s = Scenario::load(name)?;
+    let per = s.mean_cpu_per_request();
+    let total: f64 = per.iter().sum();
+    println!(
+        "{} ({}): {} services on {} nodes, SLO {} ms, multiplier {}",
+        s.name,
+        s.source,
+        s.services.len(),
+        s.nodes.len(),
+        s.slo_ms,
+        s.multiplier
+    );
+    println!("CPU per request on the mix: {:.2} ms", total * 1000.0);
+    println!(
+        "{:<32} {:>5} {:>7} {:>10} {:>6}",
+        "service", "group", "threads", "ms/request", "share"
+    );
+    for (svc, c) in s.services.iter().zip(&per) {
+        println!(
+            "{:<32} {:>5} {:>7} {:>10.3} {:>5.1}%",
+            svc.name,
+            svc.group,
+            svc.threads,
+            c * 1000.0,
+            100.0 * c / total.max(1e-12)
+        );
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => cmd_run(a),
+        Command::ReplayScaler(a) => cmd_replay(a),
+        Command::Bench(a) => cmd_bench(a),
+        Command::Trace(c) => cmd_trace(c),
+        Command::Scenario { scenario } => cmd_scenario(&scenario),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

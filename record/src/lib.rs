@@ -1,0 +1,393 @@
+//! # record: one run, on disk, the same for the simulator and a live cluster
+//!
+//! A run record is a directory:
+//!
+//! | file | what |
+//! |---|---|
+//! | `run.json` | [`RunInfo`]: what ran (scenario, trace, scaler, targets, Tower, seed, SLO) and its [`Summary`] |
+//! | `minutes.csv` | one [`MinuteRow`] per minute: RPS, latency percentiles, allocation, Tower targets |
+//! | `services.csv` | one [`ServiceRow`] per second per service: limit, usage, CFS periods (optional) |
+//! | `tower.json` | the Tower's memory after the run (when a learning Tower ran) |
+//!
+//! The writers stream rows as the run goes, so memory does not grow with the run's length, and
+//! `run.json` is written last: a directory without it is a run that did not finish.
+//!
+//! ```
+//! use record::{MinuteRow, Record, RecordWriter, RunInfo};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let mut w = RecordWriter::create(dir.path(), false, false).unwrap();
+//! w.minute(&MinuteRow { minute: 0, rps: 10.0, allocation: 2.0, ..Default::default() }).unwrap();
+//! w.finish(&RunInfo::example()).unwrap();
+//! let r = Record::read(dir.path()).unwrap();
+//! assert_eq!(r.minutes.len(), 1);
+//! assert_eq!(r.info.scenario, "example");
+//! ```
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use controller::{Targets, TowerMemory};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Bumped when a field changes meaning; readers refuse newer formats.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum RecordError {
+    #[error("{0}: already holds a run record (run.json); pass --force to overwrite it")]
+    Exists(PathBuf),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Csv { path: PathBuf, source: csv::Error },
+    #[error("{path}: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path}: format version {found} is newer than this tool's ({FORMAT_VERSION})")]
+    Version { path: PathBuf, found: u32 },
+    #[error("{0}: not a run record (no run.json); was the run interrupted?")]
+    NotARecord(PathBuf),
+}
+
+/// What ran, and how it went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub format_version: u32,
+    /// `sim` or `live`.
+    pub source: String,
+    pub scenario: String,
+    pub scenario_source: String,
+    pub trace: String,
+    pub multiplier: f64,
+    pub ramp_s: usize,
+    /// Scaler kind (`captain`, `k8s-cpu`, `k8s-cpu-fast`, `const`).
+    pub scaler: String,
+    /// Targets at the start (per group).
+    pub targets: Targets,
+    /// Tower kind (`none`, `explore`, `bandit`).
+    pub tower: String,
+    pub explore: f64,
+    pub seed: u64,
+    pub slo_ms: f64,
+    /// Service names and their target groups, in the order of `services.csv`.
+    pub services: Vec<(String, u8)>,
+    /// False when the run was stopped early (the record holds what was done).
+    pub complete: bool,
+    pub summary: Summary,
+}
+
+impl RunInfo {
+    /// A small, valid example (for docs and tests).
+    pub fn example() -> Self {
+        RunInfo {
+            format_version: FORMAT_VERSION,
+            source: "sim".into(),
+            scenario: "example".into(),
+            scenario_source: "builtin:example".into(),
+            trace: "constant-10".into(),
+            multiplier: 1.0,
+            ramp_s: 0,
+            scaler: "captain".into(),
+            targets: Targets::new(0.1, 0.1),
+            tower: "none".into(),
+            explore: 0.0,
+            seed: 1,
+            slo_ms: 100.0,
+            services: vec![("a".into(), 1)],
+            complete: true,
+            summary: Summary::default(),
+        }
+    }
+}
+
+/// The numbers a run is judged by (design.md section 4).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Time-weighted mean of the summed limits from 210 s on, in cores.
+    pub allocation: f64,
+    /// Mean CPU actually used over the same span, in cores.
+    pub usage: f64,
+    /// Mean latency of the requests after the ramp.
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    /// P99 over all requests that arrived after the ramp.
+    pub p99_ms: f64,
+    pub mean_rps: f64,
+    pub requests: u64,
+    /// Requests that had not completed when the run ended; they count as SLO misses in P99.
+    pub incomplete: u64,
+    pub slo_met: bool,
+    /// Fraction of CFS periods (with work) that were throttled, over all services.
+    pub throttle_ratio: f64,
+}
+
+/// One minute of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MinuteRow {
+    pub minute: u32,
+    /// Requests per second arriving during the minute.
+    pub rps: f64,
+    /// Requests that completed during the minute.
+    pub completed: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    /// Time-weighted mean of the summed limits, in cores.
+    pub allocation: f64,
+    pub allocation_group1: f64,
+    pub allocation_group2: f64,
+    /// CPU used, in cores.
+    pub usage: f64,
+    /// Targets in force during the minute.
+    pub target1: f64,
+    pub target2: f64,
+}
+
+/// One second of one service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRow {
+    /// End of the second.
+    pub t: u32,
+    pub service: String,
+    /// Limit at the end of the second, in cores.
+    pub limit: f64,
+    /// Cores used during the second.
+    pub usage: f64,
+    pub nr_periods: u64,
+    pub nr_throttled: u64,
+    /// nr_throttled / nr_periods over the second (0 when idle).
+    pub throttle_ratio: f64,
+}
+
+/// Streams a record to a directory.
+pub struct RecordWriter {
+    dir: PathBuf,
+    minutes: csv::Writer<BufWriter<File>>,
+    services: Option<csv::Writer<BufWriter<File>>>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RecordError + '_ {
+    move |source| RecordError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl RecordWriter {
+    /// Creates (or, with `force`, reuses) `dir`; `services` also writes `services.csv`.
+    pub fn create(dir: &Path, force: bool, services: bool) -> Result<Self, RecordError> {
+        let info = dir.join("run.json");
+        if info.exists() {
+            if !force {
+                return Err(RecordError::Exists(dir.to_path_buf()));
+            }
+            std::fs::remove_file(&info).map_err(io(&info))?;
+        }
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let open = |name: &str| -> Result<csv::Writer<BufWriter<File>>, RecordError> {
+            let path = dir.join(name);
+            let f = File::create(&path).map_err(io(&path))?;
+            Ok(csv::Writer::from_writer(BufWriter::new(f)))
+        };
+        let minutes = open("minutes.csv")?;
+        let services = if services {
+            Some(open("services.csv")?)
+        } else {
+            let stale = dir.join("services.csv");
+            if stale.exists() {
+                std::fs::remove_file(&stale).map_err(io(&stale))?;
+            }
+            None
+        };
+        Ok(RecordWriter {
+            dir: dir.to_path_buf(),
+            minutes,
+            services,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn wants_services(&self) -> bool {
+        self.services.is_some()
+    }
+
+    pub fn minute(&mut self, row: &MinuteRow) -> Result<(), RecordError> {
+        let path = self.dir.join("minutes.csv");
+        self.minutes
+            .serialize(row)
+            .map_err(|source| RecordError::Csv { path, source })
+    }
+
+    pub fn service(&mut self, row: &ServiceRow) -> Result<(), RecordError> {
+        if let Some(w) = &mut self.services {
+            w.serialize(row).map_err(|source| RecordError::Csv {
+                path: self.dir.join("services.csv"),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Saves the Tower's memory next to the record.
+    pub fn tower(&self, memory: &TowerMemory) -> Result<(), RecordError> {
+        write_json(&self.dir.join("tower.json"), memory)
+    }
+
+    /// Flushes the CSVs and writes `run.json`: the record is complete.
+    pub fn finish(mut self, info: &RunInfo) -> Result<(), RecordError> {
+        let flush = |w: &mut csv::Writer<BufWriter<File>>, name: &str| {
+            let path = self.dir.join(name);
+            w.flush().map_err(io(&path))
+        };
+        flush(&mut self.minutes, "minutes.csv")?;
+        if let Some(w) = &mut self.services {
+            flush(w, "services.csv")?;
+        }
+        write_json(&self.dir.join("run.json"), info)
+    }
+}
+
+/// Writes pretty JSON (with a trailing newline) to `path`.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RecordError> {
+    let mut text = serde_json::to_string_pretty(value).map_err(|source| RecordError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.push('\n');
+    std::fs::write(path, text).map_err(io(path))
+}
+
+/// Reads JSON from `path`, naming the file (and line) on error.
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RecordError> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    serde_json::from_str(&text).map_err(|source| RecordError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A record read back from disk.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub dir: PathBuf,
+    pub info: RunInfo,
+    pub minutes: Vec<MinuteRow>,
+}
+
+impl Record {
+    /// Reads `run.json` and `minutes.csv` (services.csv is read on demand: it can be large).
+    pub fn read(dir: &Path) -> Result<Record, RecordError> {
+        let info_path = dir.join("run.json");
+        if !info_path.exists() {
+            return Err(RecordError::NotARecord(dir.to_path_buf()));
+        }
+        let info: RunInfo = read_json(&info_path)?;
+        if info.format_version > FORMAT_VERSION {
+            return Err(RecordError::Version {
+                path: info_path,
+                found: info.format_version,
+            });
+        }
+        let minutes = read_csv(&dir.join("minutes.csv"))?;
+        Ok(Record {
+            dir: dir.to_path_buf(),
+            info,
+            minutes,
+        })
+    }
+
+    /// The per-second service rows, if the run wrote them.
+    pub fn services(&self) -> Result<Option<Vec<ServiceRow>>, RecordError> {
+        let path = self.dir.join("services.csv");
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_csv(&path).map(Some)
+    }
+}
+
+fn read_csv<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, RecordError> {
+    let mut r = csv::Reader::from_path(path).map_err(|source| RecordError::Csv {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    r.deserialize()
+        .collect::<Result<Vec<T>, _>>()
+        .map_err(|source| RecordError::Csv {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_to_overwrite_without_force() {
+        let dir = tempfile::tempdir().unwrap();
+        RecordWriter::create(dir.path(), false, true)
+            .unwrap()
+            .finish(&RunInfo::example())
+            .unwrap();
+        let e = RecordWriter::create(dir.path(), false, true).err().unwrap();
+        assert!(e.to_string().contains("pass --force"), "{e}");
+        assert!(RecordWriter::create(dir.path(), true, false).is_ok());
+        assert!(
+            !dir.path().join("services.csv").exists(),
+            "stale services.csv removed"
+        );
+    }
+
+    #[test]
+    fn unfinished_runs_are_not_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let _w = RecordWriter::create(dir.path(), false, false).unwrap();
+        let e = Record::read(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("not a run record"), "{e}");
+    }
+
+    #[test]
+    fn round_trips_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = RecordWriter::create(dir.path(), false, true).unwrap();
+        let s = ServiceRow {
+            t: 1,
+            service: "a".into(),
+            limit: 2.5,
+            usage: 1.25,
+            nr_periods: 10,
+            nr_throttled: 3,
+            throttle_ratio: 0.3,
+        };
+        w.service(&s).unwrap();
+        w.finish(&RunInfo::example()).unwrap();
+        let r = Record::read(dir.path()).unwrap();
+        assert_eq!(r.services().unwrap().unwrap(), vec![s]);
+        assert_eq!(r.info, RunInfo::example());
+    }
+
+    #[test]
+    fn corrupt_csv_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        RecordWriter::create(dir.path(), false, false)
+            .unwrap()
+            .finish(&RunInfo::example())
+            .unwrap();
+        std::fs::write(dir.path().join("minutes.csv"), "minute,rps\nx,1\n").unwrap();
+        let e = Record::read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("minutes.csv"), "{e}");
+    }
+}

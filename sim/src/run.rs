@@ -1,0 +1,474 @@
+//! One benchmark run: scenario + trace (+ ramp) + a scaler per service (+ targets) + a Tower +
+//! a seed, sampled exactly as on a real node (scalers every 100 ms, the Tower every minute),
+//! summarised as design.md section 4 says and streamed to a run record.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use controller::{
+    BanditConfig, BanditTower, ExploreTower, MinuteObservation, NoTower, Scaler, ScalerKind,
+    Targets, Tower, TowerMemory,
+};
+use hdrhistogram::Histogram;
+use record::{MinuteRow, RecordWriter, RunInfo, ServiceRow, Summary, FORMAT_VERSION};
+use scenarios::Scenario;
+use serde::{Deserialize, Serialize};
+use traces::Trace;
+
+use crate::cfs::{Counters, PERIOD};
+use crate::engine::{boundary, Completion, Engine, EngineStats};
+
+const PERIODS_PER_SECOND: u64 = 10;
+const PERIODS_PER_MINUTE: u64 = 600;
+/// How long a run goes on after the trace to let requests in flight finish.
+const DRAIN_S: u64 = 60;
+/// Allocation is averaged from this long after the ramp (210 s with the standard 180 s ramp).
+const SETTLE_S: usize = 30;
+/// Latency histogram range, microseconds: 1 us .. 1 h.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// Which Tower runs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum TowerKind {
+    /// Fixed targets.
+    None,
+    /// The warm-up Tower: explores the grid.
+    Explore,
+    /// The contextual bandit, exploring neighbours with probability `explore`.
+    Bandit { explore: f64 },
+}
+
+impl TowerKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            TowerKind::None => "none",
+            TowerKind::Explore => "explore",
+            TowerKind::Bandit { .. } => "bandit",
+        }
+    }
+
+    pub fn explore(&self) -> f64 {
+        match self {
+            TowerKind::Bandit { explore } => *explore,
+            TowerKind::Explore => 1.0,
+            TowerKind::None => 0.0,
+        }
+    }
+}
+
+/// Everything one run needs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub scenario: Arc<Scenario>,
+    pub trace: Arc<Trace>,
+    /// Use the scenario's multiplier unless set.
+    pub multiplier: Option<f64>,
+    pub ramp_s: usize,
+    pub scaler: ScalerKind,
+    /// Initial targets per group (throttle ratio for the Captain, utilisation for K8s-CPU).
+    pub targets: Targets,
+    /// Overrides every service's initial limit (the scenario's by default).
+    pub initial_limit: Option<f64>,
+    /// Overrides the initial limit per service (in scenario order); wins over `initial_limit`.
+    pub initial_limits: Option<Vec<f64>>,
+    pub tower: TowerKind,
+    /// What the Tower knows at the start.
+    pub memory: TowerMemory,
+    pub seed: u64,
+    /// Also write services.csv (one row per second per service).
+    pub services_csv: bool,
+}
+
+impl RunConfig {
+    /// A run with the paper's defaults: 180 s ramp, no Tower, records without services.csv.
+    pub fn new(
+        scenario: Arc<Scenario>,
+        trace: Arc<Trace>,
+        scaler: ScalerKind,
+        targets: Targets,
+    ) -> Self {
+        RunConfig {
+            scenario,
+            trace,
+            multiplier: None,
+            ramp_s: traces::RAMP_SECONDS,
+            scaler,
+            targets,
+            initial_limit: None,
+            initial_limits: None,
+            tower: TowerKind::None,
+            memory: TowerMemory::default(),
+            seed: 1,
+            services_csv: false,
+        }
+    }
+
+    fn multiplier(&self) -> f64 {
+        self.multiplier.unwrap_or(self.scenario.multiplier)
+    }
+
+    /// Refuses what cannot run, before anything runs.
+    pub fn validate(&self) -> Result<()> {
+        for (name, t) in [
+            ("group 1", self.targets.group1),
+            ("group 2", self.targets.group2),
+        ] {
+            let config = self.scaler.config(t, 1.0);
+            config
+                .validate()
+                .with_context(|| format!("target for {name} does not suit {}", self.scaler))?;
+        }
+        if let Some(l) = self.initial_limit {
+            if !positive(l) {
+                bail!("initial limit must be a positive number of cores, got {l}");
+            }
+        }
+        if let Some(ls) = &self.initial_limits {
+            if ls.len() != self.scenario.services.len() {
+                bail!(
+                    "{} initial limits given for {} services",
+                    ls.len(),
+                    self.scenario.services.len()
+                );
+            }
+            if let Some(l) = ls.iter().find(|l| !positive(**l)) {
+                bail!("initial limit must be a positive number of cores, got {l}");
+            }
+        }
+        if self.tower != TowerKind::None && self.scaler != ScalerKind::Captain {
+            bail!(
+                "a Tower sets throttle targets, so it needs --scaler captain (got {})",
+                self.scaler
+            );
+        }
+        if let TowerKind::Bandit { explore } = self.tower {
+            if !(0.0..=1.0).contains(&explore) {
+                bail!("explore must be within 0..1, got {explore}");
+            }
+        }
+        if !positive(self.multiplier()) {
+            bail!("multiplier must be positive, got {}", self.multiplier());
+        }
+        Ok(())
+    }
+
+    /// The run's static description (its summary is filled in at the end).
+    pub fn info(&self) -> RunInfo {
+        RunInfo {
+            format_version: FORMAT_VERSION,
+            source: "sim".into(),
+            scenario: self.scenario.name.clone(),
+            scenario_source: self.scenario.source.clone(),
+            trace: self.trace.name.clone(),
+            multiplier: self.multiplier(),
+            ramp_s: self.ramp_s,
+            scaler: self.scaler.name().into(),
+            targets: self.targets,
+            tower: self.tower.name().into(),
+            explore: self.tower.explore(),
+            seed: self.seed,
+            slo_ms: self.scenario.slo_ms,
+            services: self
+                .scenario
+                .services
+                .iter()
+                .map(|s| (s.name.clone(), s.group))
+                .collect(),
+            complete: true,
+            summary: Summary::default(),
+        }
+    }
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    pub info: RunInfo,
+    /// The Tower's memory after the run (for the next run of a protocol).
+    pub memory: TowerMemory,
+    pub stats: EngineStats,
+    /// Peak number of requests in flight.
+    pub peak_in_flight: u64,
+    /// Mean cores each service used after the ramp (scenario order).
+    pub service_usage: Vec<f64>,
+}
+
+/// A finite number above zero (NaN is not).
+fn positive(x: f64) -> bool {
+    x > 0.0 && x.is_finite()
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("static bounds are valid")
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        0.0
+    } else {
+        h.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// Runs one configuration, streaming the record to `writer` if given; `progress` is called
+/// every simulated second with (seconds done, seconds in total).
+pub fn run(
+    cfg: &RunConfig,
+    mut writer: Option<RecordWriter>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<RunOutput> {
+    cfg.validate()?;
+    let scenario = &*cfg.scenario;
+    let rates = cfg.trace.schedule(cfg.multiplier(), cfg.ramp_s);
+    let seconds = rates.len() as u64;
+    let node_cores: Vec<f64> = scenario
+        .services
+        .iter()
+        .map(|s| scenario.nodes[s.node].1)
+        .collect();
+    let cap = |i: usize, l: f64| l.min(node_cores[i]);
+    let mut scalers: Vec<Box<dyn Scaler>> = Vec::with_capacity(scenario.services.len());
+    let mut limits = Vec::with_capacity(scenario.services.len());
+    for (i, s) in scenario.services.iter().enumerate() {
+        let initial = match &cfg.initial_limits {
+            Some(ls) => ls[i],
+            None => cfg.initial_limit.unwrap_or(s.initial_limit),
+        };
+        let scaler = cfg
+            .scaler
+            .config(cfg.targets.for_group(s.group), initial)
+            .build()?;
+        limits.push(cap(i, scaler.limit()));
+        scalers.push(scaler);
+    }
+    let mut tower: Box<dyn Tower> = match cfg.tower {
+        TowerKind::None => Box::new(NoTower::default()),
+        TowerKind::Explore => Box::new(ExploreTower::new(cfg.memory.clone(), 3, cfg.seed)),
+        TowerKind::Bandit { explore } => Box::new(BanditTower::try_new(
+            BanditConfig {
+                drop_samples: cfg.ramp_s.div_ceil(60),
+                ..BanditConfig::new(scenario.slo_ms, scenario.aggregate_rps).with_explore(explore)
+            },
+            cfg.memory.clone(),
+            cfg.seed,
+        )?),
+    };
+    let mut targets = cfg.targets;
+
+    let mut engine = Engine::new(scenario, rates, &limits, cfg.seed);
+    let n = scenario.services.len();
+    let settle = (cfg.ramp_s + SETTLE_S) as f64;
+
+    let mut overall = histogram();
+    let mut minute_hist = histogram();
+    let ramp_end = cfg.ramp_s as f64;
+    let record_completion =
+        |c: Completion, overall: &mut Histogram<u64>, minute: &mut Histogram<u64>| {
+            let us = ((c.done - c.arrival) * 1e6).round().max(1.0) as u64;
+            minute.saturating_record(us);
+            if c.arrival >= ramp_end {
+                overall.saturating_record(us);
+            }
+        };
+
+    // Accumulators.
+    let mut alloc_sum = 0.0; // core-seconds of limits after settling
+    let mut alloc_time = 0.0;
+    let mut minute_alloc = [0.0f64; 3]; // total, group 1, group 2 (core-seconds)
+    let mut minute_start_arrivals = 0u64;
+    let mut minute_start_usage = 0.0f64;
+    let mut second_prev: Vec<Counters> = vec![Counters::default(); n];
+    let mut ramp_counters: Option<(f64, u64, u64, u64)> = None; // usage, periods, throttled, arrivals at ramp end
+    let mut peak_in_flight = 0u64;
+    let mut service_ramp = vec![0.0; n];
+    let mut minute: u32 = 0;
+    let groups: Vec<u8> = scenario.services.iter().map(|s| s.group).collect();
+
+    let total_periods = seconds * PERIODS_PER_SECOND;
+    for k in 1..=total_periods {
+        let t = boundary(k);
+        engine.run_until(t, &mut |c| {
+            record_completion(c, &mut overall, &mut minute_hist)
+        });
+        peak_in_flight = peak_in_flight.max(engine.in_flight());
+        // The limits in force during the period that just ended.
+        for (i, &l) in limits.iter().enumerate() {
+            let a = l * PERIOD;
+            minute_alloc[0] += a;
+            minute_alloc[groups[i] as usize] += a;
+            if t - PERIOD >= settle - 1e-9 {
+                alloc_sum += a;
+            }
+        }
+        if t - PERIOD >= settle - 1e-9 {
+            alloc_time += PERIOD;
+        }
+        engine.end_period(|i, counters| {
+            let l = cap(i, scalers[i].sample(&counters.sample(t)));
+            limits[i] = l;
+            l
+        });
+
+        if k % PERIODS_PER_SECOND == 0 {
+            let second = k / PERIODS_PER_SECOND;
+            if second as usize == cfg.ramp_s {
+                ramp_counters = Some(totals(&engine, n));
+                service_ramp = (0..n).map(|i| engine.counters(i).usage).collect();
+            }
+            if let Some(w) = writer.as_mut().filter(|w| w.wants_services()) {
+                for i in 0..n {
+                    let now = engine.counters(i);
+                    let prev = second_prev[i];
+                    let periods = now.nr_periods - prev.nr_periods;
+                    let throttled = now.nr_throttled - prev.nr_throttled;
+                    w.service(&ServiceRow {
+                        t: second as u32,
+                        service: scenario.services[i].name.clone(),
+                        limit: limits[i],
+                        usage: now.usage - prev.usage,
+                        nr_periods: periods,
+                        nr_throttled: throttled,
+                        throttle_ratio: if periods > 0 {
+                            throttled as f64 / periods as f64
+                        } else {
+                            0.0
+                        },
+                    })?;
+                    second_prev[i] = now;
+                }
+            }
+            progress(second, seconds);
+        }
+
+        if k % PERIODS_PER_MINUTE == 0 {
+            let (usage, _, _, arrivals) = totals(&engine, n);
+            let arrived = arrivals - minute_start_arrivals;
+            let rps = arrived as f64 / 60.0;
+            let completed = minute_hist.len();
+            let p99 = if completed == 0 && arrived > 0 {
+                60_000.0
+            } else {
+                ms(&minute_hist, 0.99)
+            };
+            let row = MinuteRow {
+                minute,
+                rps,
+                completed,
+                p50_ms: ms(&minute_hist, 0.50),
+                p90_ms: ms(&minute_hist, 0.90),
+                p99_ms: p99,
+                allocation: minute_alloc[0] / 60.0,
+                allocation_group1: minute_alloc[1] / 60.0,
+                allocation_group2: minute_alloc[2] / 60.0,
+                usage: (usage - minute_start_usage) / 60.0,
+                target1: targets.group1,
+                target2: targets.group2,
+            };
+            if let Some(w) = writer.as_mut() {
+                w.minute(&row)?;
+            }
+            if let Some(new) = tower.observe(&MinuteObservation {
+                rps,
+                p99_ms: p99,
+                allocation: row.allocation,
+            }) {
+                targets = new;
+                for (i, s) in scalers.iter_mut().enumerate() {
+                    s.set_target(targets.for_group(groups[i]))?;
+                }
+            }
+            minute += 1;
+            minute_hist.reset();
+            minute_alloc = [0.0; 3];
+            minute_start_arrivals = arrivals;
+            minute_start_usage = usage;
+        }
+    }
+
+    // Let the requests still in flight finish (CFS and scalers keep running), then count the
+    // rest as misses at the longest latency the histogram holds.
+    let (usage_end, periods_end, throttled_end, arrivals_end) = totals(&engine, n);
+    let service_end: Vec<f64> = (0..n).map(|i| engine.counters(i).usage).collect();
+    let mut k = total_periods;
+    while engine.in_flight() > 0 && k < total_periods + DRAIN_S * PERIODS_PER_SECOND {
+        k += 1;
+        let t = boundary(k);
+        engine.run_until(t, &mut |c| {
+            record_completion(c, &mut overall, &mut minute_hist)
+        });
+        engine.end_period(|i, counters| {
+            let l = cap(i, scalers[i].sample(&counters.sample(t)));
+            limits[i] = l;
+            l
+        });
+    }
+    let stuck = engine.in_flight_arrivals();
+    let incomplete = stuck.iter().filter(|&&a| a >= ramp_end).count() as u64;
+    for _ in 0..incomplete {
+        overall.saturating_record(MAX_LATENCY_US);
+    }
+
+    let (usage0, periods0, throttled0, arrivals0) = ramp_counters.unwrap_or((0.0, 0, 0, 0));
+    let trace_s = (seconds as usize).saturating_sub(cfg.ramp_s).max(1) as f64;
+    let p99 = ms(&overall, 0.99);
+    let periods = periods_end - periods0;
+    let mut info = cfg.info();
+    info.summary = Summary {
+        allocation: if alloc_time > 0.0 {
+            alloc_sum / alloc_time
+        } else {
+            0.0
+        },
+        usage: (usage_end - usage0) / trace_s,
+        mean_ms: if overall.is_empty() {
+            0.0
+        } else {
+            overall.mean() / 1000.0
+        },
+        p50_ms: ms(&overall, 0.50),
+        p90_ms: ms(&overall, 0.90),
+        p99_ms: p99,
+        mean_rps: (arrivals_end - arrivals0) as f64 / trace_s,
+        requests: overall.len(),
+        incomplete,
+        slo_met: p99 <= scenario.slo_ms && !overall.is_empty(),
+        throttle_ratio: if periods > 0 {
+            (throttled_end - throttled0) as f64 / periods as f64
+        } else {
+            0.0
+        },
+    };
+    let memory = tower.into_memory();
+    if let Some(w) = writer {
+        if cfg.tower != TowerKind::None {
+            w.tower(&memory)?;
+        }
+        w.finish(&info)?;
+    }
+    Ok(RunOutput {
+        info,
+        memory,
+        stats: engine.stats,
+        peak_in_flight,
+        service_usage: service_end
+            .iter()
+            .zip(&service_ramp)
+            .map(|(e, r)| (e - r) / trace_s)
+            .collect(),
+    })
+}
+
+/// (usage, nr_periods, nr_throttled) summed over services, and arrivals so far.
+fn totals(engine: &Engine, n: usize) -> (f64, u64, u64, u64) {
+    let mut usage = 0.0;
+    let mut periods = 0;
+    let mut throttled = 0;
+    for i in 0..n {
+        let c = engine.counters(i);
+        usage += c.usage;
+        periods += c.nr_periods;
+        throttled += c.nr_throttled;
+    }
+    (usage, periods, throttled, engine.stats.arrivals)
+}

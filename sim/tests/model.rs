@@ -1,0 +1,165 @@
+//! The simulator against queueing theory, against itself (determinism) and against the SLO.
+
+use std::sync::Arc;
+
+use controller::{ScalerKind, Targets};
+use scenarios::Scenario;
+use sim::run::{run, RunConfig, RunOutput};
+use traces::Trace;
+
+fn one_service(threads: u32, cores: u32, mean_ms: f64) -> Arc<Scenario> {
+    let text = format!(
+        r#"
+name = "queue"
+slo_ms = 1000
+network_delay = {{ kind = "const", ms = 0 }}
+[[nodes]]
+name = "n"
+cores = {cores}
+[[services]]
+name = "s"
+node = "n"
+threads = {threads}
+[[requests]]
+name = "r"
+weight = 1
+call = "s.x"
+[calls."s.x"]
+service = "s"
+cpu = {{ kind = "exp", mean_ms = {mean_ms} }}
+"#
+    );
+    Arc::new(Scenario::parse("queue.toml", &text).unwrap())
+}
+
+fn run_constant(scenario: Arc<Scenario>, rps: u32, seconds: usize, seed: u64) -> RunOutput {
+    let mut cfg = RunConfig::new(
+        scenario,
+        Arc::new(Trace::constant(rps, seconds)),
+        ScalerKind::Const,
+        Targets::new(0.1, 0.1),
+    );
+    cfg.ramp_s = 0;
+    cfg.seed = seed;
+    run(&cfg, None, &mut |_, _| {}).unwrap()
+}
+
+#[test]
+fn mm1_matches_the_analytic_response_time() {
+    // lambda = 50/s, mu = 100/s: the response time is exponential with mean 1/(mu - lambda).
+    let out = run_constant(one_service(1, 4, 10.0), 50, 7200, 1);
+    let s = &out.info.summary;
+    let mean = 1000.0 / (100.0 - 50.0);
+    assert!(
+        (s.mean_ms - mean).abs() / mean < 0.05,
+        "mean {} vs {mean} ms",
+        s.mean_ms
+    );
+    let p99 = mean * 100f64.ln();
+    assert!(
+        (s.p99_ms - p99).abs() / p99 < 0.05,
+        "P99 {} vs {p99} ms",
+        s.p99_ms
+    );
+    assert!((s.usage - 0.5).abs() < 0.02, "utilisation {}", s.usage);
+}
+
+/// Erlang C: probability of waiting in an M/M/c queue.
+fn erlang_c(c: u32, a: f64) -> f64 {
+    let mut term = 1.0;
+    let mut sum = 0.0;
+    for k in 0..c {
+        if k > 0 {
+            term *= a / k as f64;
+        }
+        sum += term;
+    }
+    let last = term * a / c as f64;
+    let rho = a / c as f64;
+    let top = last / (1.0 - rho);
+    top / (sum + top)
+}
+
+#[test]
+fn mmc_matches_erlang_c() {
+    // c = 4 threads on 8 cores, lambda = 300/s, mu = 100/s per thread (rho = 0.75).
+    let (c, lambda, mu) = (4, 300.0, 100.0);
+    let out = run_constant(one_service(c, 8, 1000.0 / mu), lambda as u32, 7200, 2);
+    let wait = erlang_c(c, lambda / mu) / (c as f64 * mu - lambda);
+    let mean = 1000.0 * (wait + 1.0 / mu);
+    let got = out.info.summary.mean_ms;
+    assert!((got - mean).abs() / mean < 0.05, "mean {got} vs {mean} ms");
+}
+
+#[test]
+fn node_capacity_is_shared() {
+    // 8 threads but a 1-core node at 0.5 load: like M/M/1 with processor sharing, mean 20 ms.
+    let out = run_constant(one_service(8, 1, 10.0), 50, 7200, 3);
+    let got = out.info.summary.mean_ms;
+    assert!((got - 20.0).abs() / 20.0 < 0.05, "mean {got} ms");
+    assert!(out.info.summary.usage <= 1.0 + 1e-9);
+}
+
+#[test]
+fn same_seed_same_records_byte_for_byte() {
+    let scenario = Arc::new(Scenario::builtin("social-network").unwrap());
+    let trace = Arc::new(Trace::builtin("bursty").unwrap().truncated(240));
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    for (i, dir) in dirs.iter().enumerate() {
+        let mut cfg = RunConfig::new(
+            scenario.clone(),
+            trace.clone(),
+            ScalerKind::Captain,
+            Targets::new(0.1, 0.06),
+        );
+        cfg.seed = if i < 2 { 7 } else { 8 };
+        cfg.services_csv = true;
+        cfg.tower = sim::run::TowerKind::Bandit { explore: 0.5 };
+        let w = record::RecordWriter::create(dir.path(), false, true).unwrap();
+        run(&cfg, Some(w), &mut |_, _| {}).unwrap();
+    }
+    for file in ["run.json", "minutes.csv", "services.csv", "tower.json"] {
+        let read = |i: usize| std::fs::read(dirs[i].path().join(file)).unwrap();
+        assert_eq!(
+            read(0),
+            read(1),
+            "{file} differs between two runs with seed 7"
+        );
+        if file != "run.json" {
+            assert_ne!(read(0), read(2), "{file} is the same for seeds 7 and 8");
+        }
+    }
+}
+
+/// Per built-in app on its constant workload: 32 cores each meets the SLO with room to spare;
+/// limits at the measured mean usage break it.
+#[test]
+fn the_slo_trade_off_is_real() {
+    for name in ["hotel-reservation", "social-network", "train-ticket"] {
+        let scenario = Arc::new(Scenario::builtin(name).unwrap());
+        let rps = scenario.constant_rps.unwrap() as f64 / scenario.multiplier;
+        let trace = Arc::new(Trace::constant(rps.round() as u32, 240));
+        let mut cfg = RunConfig::new(
+            scenario.clone(),
+            trace,
+            ScalerKind::Const,
+            Targets::new(0.1, 0.1),
+        );
+        cfg.ramp_s = 60;
+        let free = run(&cfg, None, &mut |_, _| {}).unwrap();
+        let slo = scenario.slo_ms;
+        assert!(
+            free.info.summary.p99_ms < slo / 3.0,
+            "{name}: P99 {} at 32 cores",
+            free.info.summary.p99_ms
+        );
+        cfg.initial_limits = Some(free.service_usage.iter().map(|u| u.max(0.01)).collect());
+        let tight = run(&cfg, None, &mut |_, _| {}).unwrap();
+        assert!(
+            tight.info.summary.p99_ms > slo,
+            "{name}: P99 {} with limits at the mean usage ({:.2} cores in all)",
+            tight.info.summary.p99_ms,
+            free.info.summary.usage
+        );
+    }
+}
