@@ -1,1 +1,468 @@
+//! # plots: PNG charts of run records
+//!
+//! One chart, four panels on a shared time axis (minutes):
+//!
+//! 1. **allocation** in cores: the summed CPU limits. With one run, stacked by Tower target
+//!    group (or by service, the largest eight and "other", when the record has `services.csv`
+//!    and per-service stacking is asked for); with several runs, one line each;
+//! 2. **RPS** per minute;
+//! 3. **P99 latency** per minute against the SLO line;
+//! 4. the **Tower's targets** (group 1 solid, group 2 dashed).
+//!
+//! Several runs overlay for comparison (say K8s-CPU against Autothrottle on one trace).
+//! Text needs a TrueType font: [`find_font`] looks in the usual system places (DejaVu,
+//! Liberation, Noto, FreeFont) or takes `AUTOTHROTTLE_FONT`; nothing depends on what one
+//! machine happens to have, and a missing font is a clear error, not a blank chart.
+//!
+//! ```no_run
+//! let run = record::Record::read(std::path::Path::new("runs/latest")).unwrap();
+//! plots::plot(&[run], std::path::Path::new("run.png"), &plots::Options::default()).unwrap();
+//! ```
 
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+use record::{Record, ServiceRow};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum PlotError {
+    #[error(
+        "no TrueType font found (looked for {0}); install one (Debian: apt-get install fonts-dejavu-core) or set AUTOTHROTTLE_FONT to a .ttf file"
+    )]
+    NoFont(String),
+    #[error("{path}: not a usable TrueType font")]
+    BadFont { path: PathBuf },
+    #[error("nothing to plot: {0}")]
+    Empty(String),
+    #[error("{path}: cannot draw: {message}")]
+    Draw { path: PathBuf, message: String },
+    #[error(transparent)]
+    Record(#[from] record::RecordError),
+}
+
+/// Chart options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub width: u32,
+    pub height: u32,
+    /// Stack one run's allocation by service (needs services.csv) instead of by group.
+    pub per_service: bool,
+    /// A title; defaults to the runs' scenario and trace.
+    pub title: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            width: 1400,
+            height: 1300,
+            per_service: false,
+            title: None,
+        }
+    }
+}
+
+const FONT_CANDIDATES: [&str; 8] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
+    "/usr/share/fonts/truetype/freefont/FreeSans.ttf",
+    "/System/Library/Fonts/Supplemental/Arial.ttf",
+    "/Library/Fonts/Arial.ttf",
+];
+
+/// The font file to draw text with: `AUTOTHROTTLE_FONT`, else the first usual system font.
+pub fn find_font() -> Result<PathBuf, PlotError> {
+    if let Some(p) = std::env::var_os("AUTOTHROTTLE_FONT") {
+        return Ok(PathBuf::from(p));
+    }
+    FONT_CANDIDATES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| PlotError::NoFont(FONT_CANDIDATES.join(", ")))
+}
+
+/// Registers the font with plotters once per process.
+fn ensure_font() -> Result<(), PlotError> {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    let r = DONE.get_or_init(|| {
+        let path = find_font().map_err(|e| e.to_string())?;
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // plotters keeps fonts for the life of the process.
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+            .map_err(|_| format!("{}: not a usable TrueType font", path.display()))
+    });
+    r.clone().map_err(|m| PlotError::Draw {
+        path: PathBuf::from("(font)"),
+        message: m,
+    })
+}
+
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+fn label(r: &Record) -> String {
+    let i = &r.info;
+    match i.tower.as_str() {
+        "none" => format!("{} {}", i.scaler, i.targets),
+        tower => format!("{} + {} tower", i.scaler, tower),
+    }
+}
+
+/// Draws `runs` into a PNG at `out`.
+pub fn plot(runs: &[Record], out: &Path, opts: &Options) -> Result<(), PlotError> {
+    if runs.is_empty() {
+        return Err(PlotError::Empty("no runs given".into()));
+    }
+    if runs.iter().all(|r| r.minutes.is_empty()) {
+        return Err(PlotError::Empty(format!(
+            "{} has no minutes (runs shorter than a minute have nothing per minute)",
+            runs[0].dir.display()
+        )));
+    }
+    ensure_font()?;
+    let draw_err = |e: &dyn std::fmt::Display| PlotError::Draw {
+        path: out.to_path_buf(),
+        message: e.to_string(),
+    };
+    let services = if runs.len() == 1 && opts.per_service {
+        runs[0].services()?
+    } else {
+        None
+    };
+
+    let root = BitMapBackend::new(out, (opts.width, opts.height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| draw_err(&e))?;
+    let title = opts.title.clone().unwrap_or_else(|| {
+        let i = &runs[0].info;
+        format!("{} on {} (x{})", i.scenario, i.trace, i.multiplier)
+    });
+    let root = root
+        .titled(&title, ("sans-serif", 26))
+        .map_err(|e| draw_err(&e))?;
+    let panels = root.split_evenly((4, 1));
+    let minutes = runs.iter().map(|r| r.minutes.len()).max().unwrap_or(1) as f64;
+    let x_range = 0.0..minutes.max(1.0);
+
+    // 1. Allocation.
+    {
+        let top = runs
+            .iter()
+            .flat_map(|r| r.minutes.iter().map(|m| m.allocation.max(m.usage)))
+            .fold(1.0f64, f64::max)
+            * 1.1;
+        let mut chart = ChartBuilder::on(&panels[0])
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .caption("allocation (cores)", ("sans-serif", 18))
+            .build_cartesian_2d(x_range.clone(), 0.0..top)
+            .map_err(|e| draw_err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("minute")
+            .y_desc("cores")
+            .draw()
+            .map_err(|e| draw_err(&e))?;
+        if runs.len() == 1 {
+            let r = &runs[0];
+            match &services {
+                Some(rows) => stack_services(&mut chart, rows).map_err(|e| draw_err(&e))?,
+                None => {
+                    let g1: Vec<(f64, f64)> = r
+                        .minutes
+                        .iter()
+                        .map(|m| (m.minute as f64 + 0.5, m.allocation_group1))
+                        .collect();
+                    let all: Vec<(f64, f64)> = r
+                        .minutes
+                        .iter()
+                        .map(|m| (m.minute as f64 + 0.5, m.allocation))
+                        .collect();
+                    chart
+                        .draw_series(AreaSeries::new(all, 0.0, PALETTE[1].mix(0.35)))
+                        .map_err(|e| draw_err(&e))?
+                        .label("group 2 (rest)")
+                        .legend(|(x, y)| {
+                            Rectangle::new(
+                                [(x, y - 5), (x + 15, y + 5)],
+                                PALETTE[1].mix(0.35).filled(),
+                            )
+                        });
+                    chart
+                        .draw_series(AreaSeries::new(g1, 0.0, PALETTE[0].mix(0.5)))
+                        .map_err(|e| draw_err(&e))?
+                        .label("group 1 (CPU-heavy)")
+                        .legend(|(x, y)| {
+                            Rectangle::new(
+                                [(x, y - 5), (x + 15, y + 5)],
+                                PALETTE[0].mix(0.5).filled(),
+                            )
+                        });
+                }
+            }
+            let usage: Vec<(f64, f64)> = r
+                .minutes
+                .iter()
+                .map(|m| (m.minute as f64 + 0.5, m.usage))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(usage, BLACK.stroke_width(2)))
+                .map_err(|e| draw_err(&e))?
+                .label("CPU used")
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 15, y)], BLACK.stroke_width(2))
+                });
+        } else {
+            for (i, r) in runs.iter().enumerate() {
+                let color = PALETTE[i % PALETTE.len()];
+                let pts: Vec<(f64, f64)> = r
+                    .minutes
+                    .iter()
+                    .map(|m| (m.minute as f64 + 0.5, m.allocation))
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                    .map_err(|e| draw_err(&e))?
+                    .label(format!(
+                        "{} (mean {:.1})",
+                        label(r),
+                        r.info.summary.allocation
+                    ))
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2))
+                    });
+            }
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(|e| draw_err(&e))?;
+    }
+
+    // 2. RPS.
+    {
+        let top = runs
+            .iter()
+            .flat_map(|r| r.minutes.iter().map(|m| m.rps))
+            .fold(1.0f64, f64::max)
+            * 1.1;
+        let mut chart = ChartBuilder::on(&panels[1])
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .caption("requests per second", ("sans-serif", 18))
+            .build_cartesian_2d(x_range.clone(), 0.0..top)
+            .map_err(|e| draw_err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("minute")
+            .y_desc("RPS")
+            .draw()
+            .map_err(|e| draw_err(&e))?;
+        for (i, r) in runs.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let pts: Vec<(f64, f64)> = r
+                .minutes
+                .iter()
+                .map(|m| (m.minute as f64 + 0.5, m.rps))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                .map_err(|e| draw_err(&e))?;
+        }
+    }
+
+    // 3. P99 against the SLO.
+    {
+        let slo = runs[0].info.slo_ms;
+        let worst = runs
+            .iter()
+            .flat_map(|r| r.minutes.iter().map(|m| m.p99_ms))
+            .fold(0.0f64, f64::max);
+        // Keep the SLO line readable: very bad minutes are clipped at 4x the SLO.
+        let top = worst.clamp(slo * 1.3, slo * 4.0);
+        let mut chart = ChartBuilder::on(&panels[2])
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .caption(
+                format!("P99 latency per minute (ms; SLO {slo} ms, clipped at {top:.0})"),
+                ("sans-serif", 18),
+            )
+            .build_cartesian_2d(x_range.clone(), 0.0..top)
+            .map_err(|e| draw_err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("minute")
+            .y_desc("ms")
+            .draw()
+            .map_err(|e| draw_err(&e))?;
+        chart
+            .draw_series(LineSeries::new(
+                vec![(0.0, slo), (minutes, slo)],
+                BLACK.stroke_width(1),
+            ))
+            .map_err(|e| draw_err(&e))?
+            .label("SLO")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLACK));
+        for (i, r) in runs.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let pts: Vec<(f64, f64)> = r
+                .minutes
+                .iter()
+                .map(|m| (m.minute as f64 + 0.5, m.p99_ms.min(top)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                .map_err(|e| draw_err(&e))?
+                .label(format!(
+                    "{} (run P99 {:.1})",
+                    label(r),
+                    r.info.summary.p99_ms
+                ))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(|e| draw_err(&e))?;
+    }
+
+    // 4. Targets.
+    {
+        let top = runs
+            .iter()
+            .flat_map(|r| r.minutes.iter().map(|m| m.target1.max(m.target2)))
+            .fold(0.1f64, f64::max)
+            * 1.15;
+        let mut chart = ChartBuilder::on(&panels[3])
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .caption(
+                "targets (group 1 solid, group 2 dashed)",
+                ("sans-serif", 18),
+            )
+            .build_cartesian_2d(x_range, 0.0..top)
+            .map_err(|e| draw_err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("minute")
+            .y_desc("target")
+            .draw()
+            .map_err(|e| draw_err(&e))?;
+        for (i, r) in runs.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let g1: Vec<(f64, f64)> = r
+                .minutes
+                .iter()
+                .map(|m| (m.minute as f64 + 0.5, m.target1))
+                .collect();
+            let g2: Vec<(f64, f64)> = r
+                .minutes
+                .iter()
+                .map(|m| (m.minute as f64 + 0.5, m.target2))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(g1, color.stroke_width(2)))
+                .map_err(|e| draw_err(&e))?;
+            chart
+                .draw_series(DashedLineSeries::new(g2, 6, 4, color.stroke_width(2)))
+                .map_err(|e| draw_err(&e))?;
+        }
+    }
+    root.present().map_err(|e| draw_err(&e))?;
+    Ok(())
+}
+
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    BitMapBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// Stacks per-service allocation (per-minute means of the per-second limits): the eight
+/// largest services and "other".
+fn stack_services(chart: &mut Chart<'_, '_>, rows: &[ServiceRow]) -> Result<(), String> {
+    use std::collections::BTreeMap;
+    let mut per: BTreeMap<&str, BTreeMap<u32, (f64, u32)>> = BTreeMap::new();
+    for r in rows {
+        let minute = r.t.saturating_sub(1) / 60;
+        let e = per
+            .entry(&r.service)
+            .or_default()
+            .entry(minute)
+            .or_insert((0.0, 0));
+        e.0 += r.limit;
+        e.1 += 1;
+    }
+    let mean = |m: &BTreeMap<u32, (f64, u32)>| m.values().map(|(s, n)| s / *n as f64).sum::<f64>();
+    let mut names: Vec<&str> = per.keys().copied().collect();
+    names.sort_by(|a, b| mean(&per[b]).total_cmp(&mean(&per[a])).then(a.cmp(b)));
+    let minutes = per
+        .values()
+        .flat_map(|m| m.keys().copied())
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let value =
+        |name: &str, minute: u32| per[name].get(&minute).map_or(0.0, |(s, n)| s / *n as f64);
+    let shown = names.len().min(8);
+    let mut layers: Vec<(String, Vec<f64>)> = names[..shown]
+        .iter()
+        .map(|n| (n.to_string(), (0..minutes).map(|m| value(n, m)).collect()))
+        .collect();
+    if names.len() > shown {
+        let other = (0..minutes)
+            .map(|m| names[shown..].iter().map(|n| value(n, m)).sum())
+            .collect();
+        layers.push(("other".into(), other));
+    }
+    // Draw from the top of the stack down so each area covers the ones below it.
+    let mut cumulative = vec![0.0; minutes as usize];
+    let mut tops = Vec::new();
+    for (name, vals) in &layers {
+        for (c, v) in cumulative.iter_mut().zip(vals) {
+            *c += v;
+        }
+        tops.push((name.clone(), cumulative.clone()));
+    }
+    for (i, (name, top)) in tops.iter().enumerate().rev() {
+        let color = Palette99::pick(i).mix(0.7);
+        let pts: Vec<(f64, f64)> = top
+            .iter()
+            .enumerate()
+            .map(|(m, v)| (m as f64 + 0.5, *v))
+            .collect();
+        chart
+            .draw_series(AreaSeries::new(pts, 0.0, color))
+            .map_err(|e| e.to_string())?
+            .label(name.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
+    }
+    Ok(())
+}

@@ -39,17 +39,17 @@ pub const FORMAT_VERSION: u32 = 1;
 pub enum RecordError {
     #[error("{0}: already holds a run record (run.json); pass --force to overwrite it")]
     Exists(PathBuf),
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{path}: {source}")]
-    Csv { path: PathBuf, source: csv::Error },
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
+    Csv { path: PathBuf, cause: csv::Error },
+    #[error("{path}: {cause}")]
     Json {
         path: PathBuf,
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     #[error("{path}: format version {found} is newer than this tool's ({FORMAT_VERSION})")]
     Version { path: PathBuf, found: u32 },
@@ -176,9 +176,9 @@ pub struct RecordWriter {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RecordError + '_ {
-    move |source| RecordError::Io {
+    move |cause| RecordError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -227,14 +227,14 @@ impl RecordWriter {
         let path = self.dir.join("minutes.csv");
         self.minutes
             .serialize(row)
-            .map_err(|source| RecordError::Csv { path, source })
+            .map_err(|cause| RecordError::Csv { path, cause })
     }
 
     pub fn service(&mut self, row: &ServiceRow) -> Result<(), RecordError> {
         if let Some(w) = &mut self.services {
-            w.serialize(row).map_err(|source| RecordError::Csv {
+            w.serialize(row).map_err(|cause| RecordError::Csv {
                 path: self.dir.join("services.csv"),
-                source,
+                cause,
             })?;
         }
         Ok(())
@@ -261,9 +261,9 @@ impl RecordWriter {
 
 /// Writes pretty JSON (with a trailing newline) to `path`.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RecordError> {
-    let mut text = serde_json::to_string_pretty(value).map_err(|source| RecordError::Json {
+    let mut text = serde_json::to_string_pretty(value).map_err(|cause| RecordError::Json {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     text.push('\n');
     std::fs::write(path, text).map_err(io(path))
@@ -272,9 +272,9 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RecordErro
 /// Reads JSON from `path`, naming the file (and line) on error.
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RecordError> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
-    serde_json::from_str(&text).map_err(|source| RecordError::Json {
+    serde_json::from_str(&text).map_err(|cause| RecordError::Json {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 
@@ -319,15 +319,15 @@ impl Record {
 }
 
 fn read_csv<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, RecordError> {
-    let mut r = csv::Reader::from_path(path).map_err(|source| RecordError::Csv {
+    let mut r = csv::Reader::from_path(path).map_err(|cause| RecordError::Csv {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     r.deserialize()
         .collect::<Result<Vec<T>, _>>()
-        .map_err(|source| RecordError::Csv {
+        .map_err(|cause| RecordError::Csv {
             path: path.to_path_buf(),
-            source,
+            cause,
         })
 }
 

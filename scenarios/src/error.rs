@@ -5,10 +5,10 @@ use thiserror::Error;
 /// Why a scenario could not be loaded. Every variant names the file.
 #[derive(Debug, Error)]
 pub enum ScenarioError {
-    #[error("{file}: cannot read: {source}")]
+    #[error("{file}: cannot read: {cause}")]
     Read {
         file: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The TOML is malformed or a field has the wrong type or an unknown value.
     #[error("{file}:{line}:{column}: {path}: {message}")]

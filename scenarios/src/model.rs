@@ -105,9 +105,9 @@ impl Scenario {
 
     /// Reads and validates a scenario file.
     pub fn read(path: &Path) -> Result<Scenario, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ScenarioError::Read {
             file: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Scenario::parse(&path.display().to_string(), &text)
     }

@@ -29,3 +29,4 @@ pub mod cfs;
 pub mod engine;
 mod mintree;
 pub mod run;
+pub mod sweep;

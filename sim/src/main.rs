@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use record::RecordWriter;
 use scenarios::Scenario;
 use sim::run::{run, RunConfig, TowerKind};
+use sim::sweep::{self, Contender, Settings, Unit, Workload};
 use traces::Trace;
 
 #[derive(Parser)]
@@ -48,6 +49,16 @@ enum Command {
         /// Built-in name or .toml path.
         scenario: String,
     },
+    /// Tune scalers over their target grids on one workload and report each one's best target
+    /// (lowest allocation that meets the SLO); Autothrottle runs its warm-up protocol first.
+    Sweep(SweepArgs),
+    /// The paper's evaluation (Table 1): three apps x four workloads, K8s-CPU and K8s-CPU-Fast
+    /// tuned per cell, Autothrottle after its warm-up; writes table.csv, table.md and plots.
+    Evaluate(EvaluateArgs),
+    /// Combine the outputs of `sweep --shard` or `evaluate --shard` runs into one result.
+    Merge(MergeArgs),
+    /// Draw run records as a PNG: allocation, RPS, P99 vs SLO and Tower targets over time.
+    Plot(PlotArgs),
 }
 
 #[derive(Args, Clone)]
@@ -458,9 +469,380 @@ fn main() {
         Command::Bench(a) => cmd_bench(a),
         Command::Trace(c) => cmd_trace(c),
         Command::Scenario { scenario } => cmd_scenario(&scenario),
+        Command::Sweep(a) => cmd_sweep(a),
+        Command::Evaluate(a) => cmd_evaluate(a),
+        Command::Merge(a) => cmd_merge(a),
+        Command::Plot(a) => cmd_plot(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+#[derive(Args, Clone)]
+struct ManyArgs {
+    /// Base seed: every run's seed derives from it and its place in the protocol.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Warm-up ramp before each trace, seconds.
+    #[arg(long, default_value_t = traces::RAMP_SECONDS)]
+    ramp: usize,
+    /// Only replay the first N seconds of each trace (for quick looks; not the protocol).
+    #[arg(long)]
+    duration: Option<usize>,
+    /// Parallel runs (default: the machine's cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Run only the K-th of N disjoint slices of the work (K from 0, e.g. a Kubernetes Indexed
+    /// Job's completion index); combine the slices with `sim merge`.
+    #[arg(long)]
+    shard: Option<String>,
+    /// Re-run everything instead of reusing finished runs found in the output directory.
+    #[arg(long)]
+    no_resume: bool,
+    /// Write services.csv (per second per service) for every run.
+    #[arg(long)]
+    services: bool,
+}
+
+impl ManyArgs {
+    fn settings(&self, out: &std::path::Path) -> Settings {
+        Settings {
+            out: out.to_path_buf(),
+            seed: self.seed,
+            ramp_s: self.ramp,
+            jobs: self
+                .jobs
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            services_csv: self.services,
+            resume: !self.no_resume,
+        }
+    }
+
+    fn trim(&self, t: Trace) -> Result<Arc<Trace>> {
+        Ok(Arc::new(match self.duration {
+            Some(0) => bail!("--duration must be at least 1 second"),
+            Some(d) => t.truncated(d),
+            None => t,
+        }))
+    }
+
+    fn shard(&self, units: Vec<Unit>) -> Result<Vec<Unit>> {
+        match &self.shard {
+            Some(s) => {
+                let (k, n) = sweep::parse_shard(s)?;
+                sweep::shard(units, k, n)
+            }
+            None => Ok(units),
+        }
+    }
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    /// Application model: a built-in name or a scenario .toml file.
+    #[arg(long, default_value = "hotel-reservation")]
+    scenario: String,
+    /// Workload: built-in trace, constant-N, `constant` (the scenario's) or a trace file.
+    #[arg(long, default_value = "diurnal")]
+    trace: String,
+    /// Comma-separated: k8s-cpu, k8s-cpu-fast, captain (fixed targets), autothrottle.
+    #[arg(
+        long,
+        default_value = "k8s-cpu,k8s-cpu-fast,autothrottle",
+        value_delimiter = ','
+    )]
+    scalers: Vec<Contender>,
+    /// Trace of Autothrottle's warm-up runs.
+    #[arg(long, default_value = "diurnal-2")]
+    warmup_trace: String,
+    /// Stop each grid at the cheapest target that meets the SLO instead of running all of it.
+    #[arg(long)]
+    descending: bool,
+    #[command(flatten)]
+    many: ManyArgs,
+    /// Output directory: results.csv, best.csv and the run records.
+    #[arg(long, default_value = "runs/sweep")]
+    out: PathBuf,
+}
+
+/// Grid order for a descending search: cheapest first (high utilisation / high throttle target).
+fn grid_for(c: Contender, descending: bool) -> Vec<Targets> {
+    let mut g = sweep::grid(c);
+    if descending {
+        g.reverse();
+    }
+    g
+}
+
+fn cmd_sweep(a: SweepArgs) -> Result<()> {
+    let app = Arc::new(Scenario::load(&a.scenario)?);
+    let workload = Workload {
+        name: workload_name(&a.trace),
+        trace: a.many.trim(load_trace(&a.trace, &app)?)?,
+    };
+    let mut units = Vec::new();
+    for c in &a.scalers {
+        if *c == Contender::Autothrottle {
+            let warmup = Workload {
+                name: workload_name(&a.warmup_trace),
+                trace: a.many.trim(load_trace(&a.warmup_trace, &app)?)?,
+            };
+            // The long sequential chain goes first so that it starts at once.
+            units.insert(
+                0,
+                Unit::Autothrottle {
+                    app: app.clone(),
+                    warmup,
+                    evals: vec![workload.clone()],
+                },
+            );
+        } else {
+            units.push(Unit::Grid {
+                app: app.clone(),
+                workload: workload.clone(),
+                contender: *c,
+                targets: grid_for(*c, a.descending),
+                descending: a.descending,
+            });
+        }
+    }
+    let units = a.many.shard(units)?;
+    let settings = a.many.settings(&a.out);
+    let rows = execute_with_progress(&units, &settings)?;
+    let best = sweep::best(&rows);
+    sweep::write_csv(&a.out.join("results.csv"), &rows)?;
+    sweep::write_csv(&a.out.join("best.csv"), &best)?;
+    print!("{}", sweep::best_table(&best));
+    println!(
+        "results: {}  best: {}",
+        a.out.join("results.csv").display(),
+        a.out.join("best.csv").display()
+    );
+    Ok(())
+}
+
+fn workload_name(spec: &str) -> String {
+    std::path::Path::new(spec)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| spec.to_string())
+}
+
+fn execute_with_progress(units: &[Unit], settings: &Settings) -> Result<Vec<sweep::ResultRow>> {
+    let total: usize = units.iter().map(Unit::max_runs).sum();
+    let bar = progress_bar(total as u64, "runs");
+    let start = Instant::now();
+    let rows = sweep::execute(units, settings, &|n| bar.inc(n as u64))?;
+    bar.finish_and_clear();
+    eprintln!(
+        "{} runs ({} planned) in {:.1} s with {} worker(s)",
+        rows.len(),
+        total,
+        start.elapsed().as_secs_f64(),
+        settings.jobs
+    );
+    Ok(rows)
+}
+
+#[derive(Args)]
+struct EvaluateArgs {
+    /// Comma-separated applications (built-in names or .toml files).
+    #[arg(
+        long,
+        default_value = "hotel-reservation,social-network,train-ticket",
+        value_delimiter = ','
+    )]
+    apps: Vec<String>,
+    /// Comma-separated workloads: diurnal, constant, noisy, bursty (or any trace name).
+    #[arg(
+        long,
+        default_value = "diurnal,constant,noisy,bursty",
+        value_delimiter = ','
+    )]
+    workloads: Vec<String>,
+    /// Read the workload traces (NAME.txt, and diurnal-2.txt for the warm-up) from this
+    /// directory instead of the built-in generated ones (e.g. ../shared/traces).
+    #[arg(long)]
+    trace_dir: Option<PathBuf>,
+    /// Run every baseline target instead of stopping at the cheapest that meets the SLO.
+    #[arg(long)]
+    full_grid: bool,
+    /// Do not draw the comparison PNGs.
+    #[arg(long)]
+    no_plots: bool,
+    #[command(flatten)]
+    many: ManyArgs,
+    /// Output directory: results.csv, best.csv, table.csv, table.md, plots/ and run records.
+    #[arg(long, default_value = "runs/evaluate")]
+    out: PathBuf,
+}
+
+fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
+    let trace = |name: &str, app: &Scenario| -> Result<Arc<Trace>> {
+        let t = match (&a.trace_dir, name) {
+            (_, "constant") => load_trace("constant", app)?,
+            (Some(dir), n) => Trace::read(&dir.join(format!("{n}.txt")))?,
+            (None, n) => load_trace(n, app)?,
+        };
+        a.many.trim(t)
+    };
+    let mut chains = Vec::new();
+    let mut grids = Vec::new();
+    for spec in &a.apps {
+        let app = Arc::new(Scenario::load(spec)?);
+        let workloads = a
+            .workloads
+            .iter()
+            .map(|w| {
+                Ok(Workload {
+                    name: w.clone(),
+                    trace: trace(w, &app)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        chains.push(Unit::Autothrottle {
+            app: app.clone(),
+            warmup: Workload {
+                name: "diurnal-2".into(),
+                trace: trace("diurnal-2", &app)?,
+            },
+            evals: workloads.clone(),
+        });
+        for w in &workloads {
+            for c in [Contender::K8sCpu, Contender::K8sCpuFast] {
+                grids.push(Unit::Grid {
+                    app: app.clone(),
+                    workload: w.clone(),
+                    contender: c,
+                    targets: grid_for(c, !a.full_grid),
+                    descending: !a.full_grid,
+                });
+            }
+        }
+    }
+    // Long chains first, so that they start at once.
+    chains.extend(grids);
+    let units = a.many.shard(chains)?;
+    let settings = a.many.settings(&a.out);
+    let rows = execute_with_progress(&units, &settings)?;
+    finish_evaluation(&a.out, rows, !a.no_plots)
+}
+
+/// Writes results, best, the table (CSV and Markdown) and, optionally, the comparison plots.
+fn finish_evaluation(
+    out: &std::path::Path,
+    rows: Vec<sweep::ResultRow>,
+    plots: bool,
+) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let best = sweep::best(&rows);
+    let table = sweep::table(&best);
+    sweep::write_csv(&out.join("results.csv"), &rows)?;
+    sweep::write_csv(&out.join("best.csv"), &best)?;
+    sweep::write_csv(&out.join("table.csv"), &table)?;
+    let md = sweep::table_markdown(&table);
+    std::fs::write(out.join("table.md"), &md)
+        .with_context(|| format!("{}: cannot write table.md", out.display()))?;
+    print!("{md}");
+    if plots {
+        let dir = out.join("plots");
+        std::fs::create_dir_all(&dir)?;
+        let mut cells: Vec<(String, String)> = best
+            .iter()
+            .map(|b| (b.app.clone(), b.workload.clone()))
+            .collect();
+        cells.dedup();
+        for (app, workload) in cells {
+            let runs: Vec<record::Record> = best
+                .iter()
+                .filter(|b| b.app == app && b.workload == workload)
+                .filter_map(|b| b.run.as_ref())
+                .map(|r| record::Record::read(&out.join(r)))
+                .collect::<Result<_, _>>()?;
+            if runs.is_empty() {
+                continue;
+            }
+            let file = dir.join(format!("{app}-{workload}.png"));
+            let opts = plots::Options {
+                title: Some(format!(
+                    "{app} on {workload}: best K8s-CPU, K8s-CPU-Fast and Autothrottle"
+                )),
+                ..Default::default()
+            };
+            if let Err(e) = plots::plot(&runs, &file, &opts) {
+                eprintln!("warning: {}: not drawn: {e}", file.display());
+            }
+        }
+        println!("plots: {}", dir.display());
+    }
+    println!(
+        "table: {}  results: {}",
+        out.join("table.md").display(),
+        out.join("results.csv").display()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// Output directories of the shards.
+    #[arg(required = true)]
+    dirs: Vec<PathBuf>,
+    /// Where the merged results go.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also draw the evaluation plots (needs the shards' run records under --out).
+    #[arg(long)]
+    plots: bool,
+}
+
+fn cmd_merge(a: MergeArgs) -> Result<()> {
+    let parts = a
+        .dirs
+        .iter()
+        .map(|d| sweep::read_results(&d.join("results.csv")))
+        .collect::<Result<Vec<_>>>()?;
+    let rows = sweep::merge(parts)?;
+    finish_evaluation(&a.out, rows, a.plots)
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// Run record directories (several overlay for comparison).
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// The PNG to write.
+    #[arg(long, default_value = "run.png")]
+    out: PathBuf,
+    /// Stack one run's allocation by service (needs services.csv).
+    #[arg(long)]
+    per_service: bool,
+    #[arg(long)]
+    title: Option<String>,
+    #[arg(long, default_value_t = 1400)]
+    width: u32,
+    #[arg(long, default_value_t = 1300)]
+    height: u32,
+}
+
+fn cmd_plot(a: PlotArgs) -> Result<()> {
+    let runs = a
+        .runs
+        .iter()
+        .map(|d| record::Record::read(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    plots::plot(
+        &runs,
+        &a.out,
+        &plots::Options {
+            width: a.width,
+            height: a.height,
+            per_service: a.per_service,
+            title: a.title,
+        },
+    )?;
+    println!("{}", a.out.display());
+    Ok(())
 }

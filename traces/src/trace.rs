@@ -10,15 +10,15 @@ pub const RAMP_SECONDS: usize = 180;
 /// Why a trace could not be read or written.
 #[derive(Debug, Error)]
 pub enum TraceError {
-    #[error("{file}: cannot read: {source}")]
+    #[error("{file}: cannot read: {cause}")]
     Read {
         file: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{file}: cannot write: {source}")]
+    #[error("{file}: cannot write: {cause}")]
     Write {
         file: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{file}:{line}: {reason}")]
     BadLine {
@@ -100,18 +100,18 @@ impl Trace {
 
     /// Reads a trace file.
     pub fn read(path: &Path) -> Result<Self, TraceError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TraceError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| TraceError::Read {
             file: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Trace::parse(&path.display().to_string(), &text)
     }
 
     /// Writes the trace in the same format [`read`](Self::read) takes.
     pub fn write(&self, path: &Path) -> Result<(), TraceError> {
-        std::fs::write(path, self.to_text()).map_err(|source| TraceError::Write {
+        std::fs::write(path, self.to_text()).map_err(|cause| TraceError::Write {
             file: path.to_path_buf(),
-            source,
+            cause,
         })
     }
 

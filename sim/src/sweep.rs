@@ -1,0 +1,642 @@
+//! Many runs: target sweeps, the Autothrottle warm-up protocol, the paper's evaluation grid,
+//! sharding over machines and merging the shards back.
+//!
+//! Work is planned as [`Unit`]s. A unit is a sequence of runs that must happen in order (a
+//! warm-up chain, or a descending target search that stops at the first target meeting the
+//! SLO); units are independent, so they run in parallel and shard cleanly: a unit is never split,
+//! and every run is seeded by its configuration alone, so results do not depend on the number
+//! of threads, on sharding, or on what was resumed from disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use controller::{ScalerKind, Targets, TowerMemory};
+use record::{Record, RecordWriter, RunInfo};
+use scenarios::Scenario;
+use serde::{Deserialize, Serialize};
+use traces::Trace;
+
+use crate::run::{run, RunConfig, TowerKind};
+
+/// The utilisation targets the baselines are tuned over (design.md section 4).
+pub const BASELINE_GRID: [f64; 9] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
+/// Warm-up protocol: explore runs, then bandit runs with this exploration.
+pub const EXPLORE_RUNS: usize = 6;
+pub const BANDIT_RUNS: usize = 6;
+pub const WARMUP_EXPLORE: f64 = 0.5;
+
+/// A named workload: a trace and the name tables use for it.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub name: String,
+    pub trace: Arc<Trace>,
+}
+
+/// Something to compare: a baseline tuned over a grid, Captains with fixed targets, or the
+/// full Autothrottle protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum Contender {
+    K8sCpu,
+    K8sCpuFast,
+    /// Captains with one fixed target pair, swept over the Tower's grid diagonal.
+    Captain,
+    Autothrottle,
+}
+
+impl Contender {
+    pub const ALL: [Contender; 4] = [
+        Contender::K8sCpu,
+        Contender::K8sCpuFast,
+        Contender::Captain,
+        Contender::Autothrottle,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Contender::K8sCpu => "k8s-cpu",
+            Contender::K8sCpuFast => "k8s-cpu-fast",
+            Contender::Captain => "captain",
+            Contender::Autothrottle => "autothrottle",
+        }
+    }
+
+    /// The column title of the paper's table.
+    pub fn title(self) -> &'static str {
+        match self {
+            Contender::K8sCpu => "K8s-CPU",
+            Contender::K8sCpuFast => "K8s-CPU-Fast",
+            Contender::Captain => "Captain (fixed)",
+            Contender::Autothrottle => "Autothrottle",
+        }
+    }
+
+    pub fn is_baseline(self) -> bool {
+        matches!(self, Contender::K8sCpu | Contender::K8sCpuFast)
+    }
+}
+
+impl std::str::FromStr for Contender {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Contender::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| {
+                format!("unknown scaler '{s}' (expected k8s-cpu, k8s-cpu-fast, captain or autothrottle)")
+            })
+    }
+}
+
+/// One row of `results.csv`: one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultRow {
+    pub app: String,
+    pub workload: String,
+    pub scaler: String,
+    /// `grid` for a target sweep; `warmup-explore`, `warmup-bandit` or `eval` for Autothrottle.
+    pub phase: String,
+    pub target1: f64,
+    pub target2: f64,
+    pub seed: u64,
+    pub allocation: f64,
+    pub usage: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub slo_ms: f64,
+    pub slo_met: bool,
+    pub mean_rps: f64,
+    pub throttle_ratio: f64,
+    /// The run record, relative to the output directory.
+    pub run: String,
+}
+
+/// A sequence of runs that must happen in order.
+#[derive(Debug, Clone)]
+pub enum Unit {
+    /// Tune `contender` over `targets`. With `descending`, `targets` are ordered from the
+    /// cheapest (highest utilisation) to the most generous, and the search stops at the first
+    /// one that meets the SLO: the cheapest target that meets it, without running the rest.
+    Grid {
+        app: Arc<Scenario>,
+        workload: Workload,
+        contender: Contender,
+        targets: Vec<Targets>,
+        descending: bool,
+    },
+    /// The warm-up protocol on `warmup`, then one evaluation run per workload, each starting
+    /// from what the warm-up learnt.
+    Autothrottle {
+        app: Arc<Scenario>,
+        warmup: Workload,
+        evals: Vec<Workload>,
+    },
+}
+
+impl Unit {
+    /// How many runs it may take (for progress bars).
+    pub fn max_runs(&self) -> usize {
+        match self {
+            Unit::Grid { targets, .. } => targets.len(),
+            Unit::Autothrottle { evals, .. } => EXPLORE_RUNS + BANDIT_RUNS + evals.len(),
+        }
+    }
+
+    /// A stable label, for logs and for checking shards.
+    pub fn label(&self) -> String {
+        match self {
+            Unit::Grid {
+                app,
+                workload,
+                contender,
+                ..
+            } => format!("{}/{}/{}", app.name, workload.name, contender.name()),
+            Unit::Autothrottle { app, .. } => format!("{}/autothrottle", app.name),
+        }
+    }
+}
+
+/// How runs are made and where they go.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub out: PathBuf,
+    pub seed: u64,
+    pub ramp_s: usize,
+    /// Worker threads.
+    pub jobs: usize,
+    /// Write services.csv for every run.
+    pub services_csv: bool,
+    /// Reuse runs already on disk when their configuration matches.
+    pub resume: bool,
+}
+
+/// The targets of a contender's grid.
+pub fn grid(contender: Contender) -> Vec<Targets> {
+    match contender {
+        Contender::K8sCpu | Contender::K8sCpuFast => {
+            BASELINE_GRID.iter().map(|&t| Targets::new(t, t)).collect()
+        }
+        Contender::Captain => controller::TARGET_GRID
+            .iter()
+            .map(|&t| Targets::new(t, t))
+            .collect(),
+        Contender::Autothrottle => Vec::new(),
+    }
+}
+
+/// Keeps the K-th of N slices of `units` (K from 0), by position: deterministic and disjoint.
+pub fn shard(units: Vec<Unit>, k: usize, n: usize) -> Result<Vec<Unit>> {
+    if n == 0 || k >= n {
+        bail!("--shard K/N needs 0 <= K < N, got {k}/{n}");
+    }
+    Ok(units
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % n == k)
+        .map(|(_, u)| u)
+        .collect())
+}
+
+/// Parses "K/N".
+pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
+    let (k, n) = s
+        .split_once('/')
+        .with_context(|| format!("--shard takes K/N (e.g. 0/4), got '{s}'"))?;
+    let k: usize = k
+        .trim()
+        .parse()
+        .with_context(|| format!("--shard: bad K in '{s}'"))?;
+    let n: usize = n
+        .trim()
+        .parse()
+        .with_context(|| format!("--shard: bad N in '{s}'"))?;
+    if n == 0 || k >= n {
+        bail!("--shard K/N needs 0 <= K < N, got {k}/{n}");
+    }
+    Ok((k, n))
+}
+
+/// Runs every unit, `settings.jobs` at a time, calling `tick` after each run (with the number
+/// of runs a unit skipped when it stopped early). Rows come back in unit order.
+pub fn execute(
+    units: &[Unit],
+    settings: &Settings,
+    tick: &(dyn Fn(usize) + Sync),
+) -> Result<Vec<ResultRow>> {
+    std::fs::create_dir_all(&settings.out)
+        .with_context(|| format!("{}: cannot create", settings.out.display()))?;
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<Vec<ResultRow>>>>> =
+        Mutex::new((0..units.len()).map(|_| None).collect());
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(settings.jobs.max(1))
+        .build()
+        .context("cannot start worker threads")?;
+    pool.scope(|s| {
+        for _ in 0..settings.jobs.max(1) {
+            s.spawn(|_| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= units.len() {
+                    break;
+                }
+                let r = run_unit(&units[i], settings, tick);
+                let failed = r.is_err();
+                results.lock().expect("no panics hold this lock")[i] = Some(r);
+                if failed {
+                    // Stop handing out work; the error is reported below.
+                    next.store(units.len(), Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let mut rows = Vec::new();
+    for (unit, r) in units
+        .iter()
+        .zip(results.into_inner().expect("workers are done"))
+    {
+        match r {
+            Some(Ok(mut r)) => rows.append(&mut r),
+            Some(Err(e)) => return Err(e.context(format!("unit {}", unit.label()))),
+            None => bail!("unit {} did not run (an earlier unit failed)", unit.label()),
+        }
+    }
+    Ok(rows)
+}
+
+fn run_unit(
+    unit: &Unit,
+    settings: &Settings,
+    tick: &(dyn Fn(usize) + Sync),
+) -> Result<Vec<ResultRow>> {
+    let mut rows = Vec::new();
+    match unit {
+        Unit::Grid {
+            app,
+            workload,
+            contender,
+            targets,
+            descending,
+        } => {
+            let scaler = match contender {
+                Contender::K8sCpu => ScalerKind::K8sCpu,
+                Contender::K8sCpuFast => ScalerKind::K8sCpuFast,
+                Contender::Captain => ScalerKind::Captain,
+                Contender::Autothrottle => bail!("autothrottle is not a grid"),
+            };
+            for (i, t) in targets.iter().enumerate() {
+                let mut cfg = RunConfig::new(app.clone(), workload.trace.clone(), scaler, *t);
+                cfg.seed = settings.seed;
+                cfg.ramp_s = settings.ramp_s;
+                cfg.services_csv = settings.services_csv;
+                let dir = format!(
+                    "runs/{}/{}/{}-{}",
+                    app.name,
+                    workload.name,
+                    contender.name(),
+                    target_label(*t)
+                );
+                let (info, _) = run_or_resume(&cfg, settings, &dir)?;
+                tick(1);
+                let met = info.summary.slo_met;
+                rows.push(row(&info, &workload.name, contender.name(), "grid", &dir));
+                if *descending && met {
+                    tick(targets.len() - i - 1);
+                    break;
+                }
+            }
+        }
+        Unit::Autothrottle { app, warmup, evals } => {
+            let mut memory = TowerMemory::default();
+            let phases = (0..EXPLORE_RUNS)
+                .map(|i| ("warmup-explore", i, TowerKind::Explore))
+                .chain((0..BANDIT_RUNS).map(|i| {
+                    (
+                        "warmup-bandit",
+                        i,
+                        TowerKind::Bandit {
+                            explore: WARMUP_EXPLORE,
+                        },
+                    )
+                }));
+            for (n, (phase, i, tower)) in phases.enumerate() {
+                let mut cfg = captain_config(app, &warmup.trace, settings, tower, memory.clone());
+                cfg.seed = settings.seed + 1 + n as u64;
+                let dir = format!("runs/{}/autothrottle/{phase}-{}", app.name, i + 1);
+                let (info, learnt) = run_or_resume(&cfg, settings, &dir)?;
+                memory = learnt;
+                tick(1);
+                rows.push(row(&info, &warmup.name, "autothrottle", phase, &dir));
+            }
+            for w in evals {
+                let cfg = captain_config(
+                    app,
+                    &w.trace,
+                    settings,
+                    TowerKind::Bandit { explore: 0.0 },
+                    memory.clone(),
+                );
+                let dir = format!("runs/{}/autothrottle/eval-{}", app.name, w.name);
+                let (info, _) = run_or_resume(&cfg, settings, &dir)?;
+                tick(1);
+                rows.push(row(&info, &w.name, "autothrottle", "eval", &dir));
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn captain_config(
+    app: &Arc<Scenario>,
+    trace: &Arc<Trace>,
+    settings: &Settings,
+    tower: TowerKind,
+    memory: TowerMemory,
+) -> RunConfig {
+    let initial = controller::BanditConfig::new(app.slo_ms, app.aggregate_rps)
+        .initial
+        .targets();
+    let mut cfg = RunConfig::new(app.clone(), trace.clone(), ScalerKind::Captain, initial);
+    cfg.seed = settings.seed;
+    cfg.ramp_s = settings.ramp_s;
+    cfg.services_csv = settings.services_csv;
+    cfg.tower = tower;
+    cfg.memory = memory;
+    cfg
+}
+
+fn target_label(t: Targets) -> String {
+    if t.group1 == t.group2 {
+        format!("{}", t.group1)
+    } else {
+        format!("{}-{}", t.group1, t.group2)
+    }
+}
+
+/// Runs `cfg` into `out/dir`, or reuses the record there when it is a finished run of the same
+/// configuration (the Tower memory that was fed in is part of "the same": it is stored as
+/// `tower-in.json` beside the record and compared).
+fn run_or_resume(
+    cfg: &RunConfig,
+    settings: &Settings,
+    dir: &str,
+) -> Result<(RunInfo, TowerMemory)> {
+    let path = settings.out.join(dir);
+    let learning = cfg.tower != TowerKind::None;
+    if settings.resume {
+        if let Some(found) = reusable(cfg, &path, learning)? {
+            return Ok(found);
+        }
+    }
+    let writer = RecordWriter::create(&path, true, cfg.services_csv)?;
+    if learning {
+        record::write_json(&path.join("tower-in.json"), &cfg.memory)?;
+    }
+    let out = run(cfg, Some(writer), &mut |_, _| {})
+        .with_context(|| format!("run {}", path.display()))?;
+    Ok((out.info, out.memory))
+}
+
+fn reusable(
+    cfg: &RunConfig,
+    path: &Path,
+    learning: bool,
+) -> Result<Option<(RunInfo, TowerMemory)>> {
+    let Ok(found) = Record::read(path) else {
+        return Ok(None);
+    };
+    let mut want = cfg.info();
+    want.summary = found.info.summary.clone();
+    if found.info != want {
+        return Ok(None);
+    }
+    if !learning {
+        return Ok(Some((found.info, TowerMemory::default())));
+    }
+    let fed: Option<TowerMemory> = record::read_json(&path.join("tower-in.json")).ok();
+    let learnt: Option<TowerMemory> = record::read_json(&path.join("tower.json")).ok();
+    match (fed, learnt) {
+        (Some(fed), Some(learnt)) if fed == cfg.memory => Ok(Some((found.info, learnt))),
+        _ => Ok(None),
+    }
+}
+
+fn row(info: &RunInfo, workload: &str, scaler: &str, phase: &str, dir: &str) -> ResultRow {
+    let s = &info.summary;
+    ResultRow {
+        app: info.scenario.clone(),
+        workload: workload.to_string(),
+        scaler: scaler.to_string(),
+        phase: phase.to_string(),
+        target1: info.targets.group1,
+        target2: info.targets.group2,
+        seed: info.seed,
+        allocation: s.allocation,
+        usage: s.usage,
+        p50_ms: s.p50_ms,
+        p99_ms: s.p99_ms,
+        slo_ms: info.slo_ms,
+        slo_met: s.slo_met,
+        mean_rps: s.mean_rps,
+        throttle_ratio: s.throttle_ratio,
+        run: dir.to_string(),
+    }
+}
+
+/// The best run of one contender on one (app, workload): the lowest allocation that met the
+/// SLO among grid runs, or the evaluation run for Autothrottle. `None` when nothing met it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Best {
+    pub app: String,
+    pub workload: String,
+    pub scaler: String,
+    pub target1: Option<f64>,
+    pub target2: Option<f64>,
+    pub allocation: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub slo_ms: f64,
+    pub run: Option<String>,
+}
+
+/// Picks the best per (app, workload, contender), in a stable order.
+pub fn best(rows: &[ResultRow]) -> Vec<Best> {
+    let mut keys: Vec<(String, String, String)> = rows
+        .iter()
+        .filter(|r| r.phase == "grid" || r.phase == "eval")
+        .map(|r| (r.app.clone(), r.workload.clone(), r.scaler.clone()))
+        .collect();
+    keys.sort_by(|a, b| (&a.0, &a.1, order(&a.2)).cmp(&(&b.0, &b.1, order(&b.2))));
+    keys.dedup();
+    keys.into_iter()
+        .map(|(app, workload, scaler)| {
+            let candidates = rows.iter().filter(|r| {
+                r.app == app
+                    && r.workload == workload
+                    && r.scaler == scaler
+                    && (r.phase == "grid" || r.phase == "eval")
+            });
+            let slo_ms = rows.iter().find(|r| r.app == app).map_or(0.0, |r| r.slo_ms);
+            let winner = candidates
+                .filter(|r| r.slo_met)
+                .min_by(|a, b| a.allocation.total_cmp(&b.allocation));
+            Best {
+                app,
+                workload,
+                scaler,
+                target1: winner.map(|r| r.target1),
+                target2: winner.map(|r| r.target2),
+                allocation: winner.map(|r| r.allocation),
+                p99_ms: winner.map(|r| r.p99_ms),
+                slo_ms,
+                run: winner.map(|r| r.run.clone()),
+            }
+        })
+        .collect()
+}
+
+fn order(scaler: &str) -> usize {
+    Contender::ALL
+        .iter()
+        .position(|c| c.name() == scaler)
+        .unwrap_or(usize::MAX)
+}
+
+/// Writes rows as CSV.
+pub fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
+    let mut w = csv::Writer::from_path(path)
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    for r in rows {
+        w.serialize(r)?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads `results.csv` rows, naming the file and line on error.
+pub fn read_results(path: &Path) -> Result<Vec<ResultRow>> {
+    let mut r =
+        csv::Reader::from_path(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    r.deserialize()
+        .enumerate()
+        .map(|(i, row)| {
+            row.with_context(|| format!("{}:{}: bad results row", path.display(), i + 2))
+        })
+        .collect()
+}
+
+/// Combines shard outputs: concatenates their results (in the unsharded order, given each
+/// shard's unit order) and checks that no run appears twice.
+pub fn merge(parts: Vec<Vec<ResultRow>>) -> Result<Vec<ResultRow>> {
+    let mut rows: Vec<ResultRow> = parts.into_iter().flatten().collect();
+    rows.sort_by(|a, b| {
+        (&a.app, &a.workload, order(&a.scaler), &a.run).cmp(&(
+            &b.app,
+            &b.workload,
+            order(&b.scaler),
+            &b.run,
+        ))
+    });
+    for w in rows.windows(2) {
+        if w[0].run == w[1].run {
+            bail!("run {} appears in more than one shard", w[0].run);
+        }
+    }
+    Ok(rows)
+}
+
+/// Sorts rows the way [`merge`] does, so unsharded and merged outputs compare equal.
+pub fn canonical(rows: Vec<ResultRow>) -> Vec<ResultRow> {
+    merge(vec![rows]).expect("one shard has no duplicate runs")
+}
+
+/// A plain-text table of best results.
+pub fn best_table(best: &[Best]) -> String {
+    let mut s = format!(
+        "{:<20} {:<12} {:<16} {:>11} {:>12} {:>10} {:>8}\n",
+        "app", "workload", "scaler", "targets", "allocation", "P99 ms", "SLO ms"
+    );
+    for b in best {
+        let targets = match (b.target1, b.target2) {
+            _ if b.scaler == "autothrottle" => "tower".into(),
+            (Some(a), Some(c)) if a == c => format!("{a}"),
+            (Some(a), Some(c)) => format!("{a},{c}"),
+            _ => "-".into(),
+        };
+        let alloc = b.allocation.map_or("N/A".into(), |a| format!("{a:.2}"));
+        let p99 = b.p99_ms.map_or("-".into(), |p| format!("{p:.1}"));
+        s.push_str(&format!(
+            "{:<20} {:<12} {:<16} {:>11} {:>12} {:>10} {:>8}\n",
+            b.app, b.workload, b.scaler, targets, alloc, p99, b.slo_ms
+        ));
+    }
+    s
+}
+
+/// One row of the paper's Table 1: an (app, workload) and each contender's best allocation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableRow {
+    pub app: String,
+    pub workload: String,
+    pub k8s_cpu: Option<f64>,
+    pub k8s_cpu_fast: Option<f64>,
+    pub autothrottle: Option<f64>,
+    /// Autothrottle's saving over the best baseline that met the SLO, in %.
+    pub saving_pct: Option<f64>,
+}
+
+/// Builds the Table-1 grid from the best results.
+pub fn table(best: &[Best]) -> Vec<TableRow> {
+    let mut cells: Vec<(String, String)> = best
+        .iter()
+        .map(|b| (b.app.clone(), b.workload.clone()))
+        .collect();
+    cells.dedup();
+    cells
+        .into_iter()
+        .map(|(app, workload)| {
+            let get = |c: Contender| {
+                best.iter()
+                    .find(|b| b.app == app && b.workload == workload && b.scaler == c.name())
+                    .and_then(|b| b.allocation)
+            };
+            let (k, f, a) = (
+                get(Contender::K8sCpu),
+                get(Contender::K8sCpuFast),
+                get(Contender::Autothrottle),
+            );
+            let baseline = [k, f].into_iter().flatten().reduce(f64::min);
+            TableRow {
+                saving_pct: match (baseline, a) {
+                    (Some(b), Some(a)) if b > 0.0 => Some(100.0 * (b - a) / b),
+                    _ => None,
+                },
+                app,
+                workload,
+                k8s_cpu: k,
+                k8s_cpu_fast: f,
+                autothrottle: a,
+            }
+        })
+        .collect()
+}
+
+/// The table as Markdown, cells in cores (N/A: the SLO was never met).
+pub fn table_markdown(rows: &[TableRow]) -> String {
+    let cell = |v: Option<f64>| v.map_or("N/A".to_string(), |v| format!("{v:.2}"));
+    let mut s = String::from(
+        "| App | Workload | K8s-CPU | K8s-CPU-Fast | Autothrottle | Saving vs best baseline |\n|---|---|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            r.app,
+            r.workload,
+            cell(r.k8s_cpu),
+            cell(r.k8s_cpu_fast),
+            cell(r.autothrottle),
+            r.saving_pct.map_or("-".into(), |p| format!("{p:.1}%"))
+        ));
+    }
+    s
+}
