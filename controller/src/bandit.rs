@@ -1,20 +1,24 @@
 //! The learning Tower: a contextual bandit over the 9 x 9 target grid with RPS as context.
 //!
 //! The original ran Vowpal Wabbit with a tiny neural network as the cost model. This one keeps
-//! the same interface and cost definition but uses a cost model that is easy to reason about:
+//! the interface and the cost definition (normalised allocation when the SLO is met, 2 + the
+//! normalised latency when it is not) but uses a model built for the problem's structure:
 //!
-//! 1. every sample gets its normalised cost ([`TowerMemory::costs`]); samples are grouped by
-//!    (action, RPS bucket) and each group is summarised by its median, which shrugs off the odd
-//!    minute that straddled a target change;
-//! 2. the cost of action `a` at RPS `r` is a Gaussian-kernel average, over RPS, of `a`'s bucket
-//!    medians (bandwidth: `bandwidth_buckets` buckets); actions with no bucket within about three
-//!    bandwidths of `r` are not trusted there;
-//! 3. SLO misses propagate along the grid's order: if `a` missed the SLO at bucket `b`, every
-//!    action with both targets at least `a`'s (less CPU, never better latency) is assumed to miss
-//!    at any RPS of at least `b`. This is what lets a greedy policy stay safe at an RPS it has
-//!    only seen a few actions at;
-//! 4. the cheapest trusted action is chosen; with probability `explore` a random grid neighbour
-//!    of it is chosen instead.
+//! 1. samples are grouped by (action, RPS bucket) and each group is summarised by medians, which
+//!    shrugs off the odd minute that straddled a target change;
+//! 2. **allocation is multiplicative**: `ln alloc(a, rps) = theta_a + s(rps)`: the load sets how
+//!    much CPU is needed (`s`, shared by all actions and smoothed over RPS with a Gaussian kernel
+//!    of `bandwidth_buckets` buckets), the action sets the headroom kept over it (`theta_a`).
+//!    Fitted by backfitting, this compares actions fairly even when each was tried at a
+//!    different load, which a per-action average cannot do: an action seen only at low RPS
+//!    would look cheap at any RPS;
+//! 3. **SLO safety follows the grid's order**: looser targets (both at least as high) never
+//!    allocate more and never have better latency. So `a` is *unsafe* at `rps` if an action it
+//!    is at least as loose as missed the SLO at a bucket at or below `rps`'s, and *known safe* if
+//!    an action at least as loose met it at a bucket at or above (one bucket of slack);
+//! 4. the greedy choice is the known-safe, not-unsafe action with the lowest `theta`; when none
+//!    is known safe (an RPS beyond everything seen) the configured `initial` action is used;
+//!    with probability `explore` a random grid neighbour of the choice is taken instead.
 
 use std::collections::BTreeMap;
 
@@ -26,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use crate::tower::{check_probability, Recorder};
 use crate::{Action, ControllerError, MinuteObservation, Targets, Tower, TowerMemory};
 
-/// Kernel weight below which an action is not trusted at an RPS (about three bandwidths away).
-const MIN_SUPPORT: f64 = 0.011;
+/// Backfitting rounds; the fit settles in a handful.
+const BACKFIT_ROUNDS: usize = 12;
 
 /// How a [`BanditTower`] learns and explores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,11 +95,44 @@ pub struct BanditTower {
     rng: Pcg64Mcg,
 }
 
-/// One (action, RPS bucket) group of samples, summarised.
+/// The fitted allocation model.
+struct Fit {
+    theta: Vec<Option<f64>>,
+    buckets: Vec<i64>,
+    load: Vec<f64>,
+    bandwidth: f64,
+}
+
+impl Fit {
+    /// The load term at a (fractional) bucket, smoothed like the fit.
+    fn load_at(&self, bucket: f64) -> f64 {
+        let (mut num, mut den) = (0.0, 0.0);
+        for (b, l) in self.buckets.iter().zip(&self.load) {
+            let w = (-0.5 * ((bucket - *b as f64) / self.bandwidth).powi(2)).exp();
+            num += w * l;
+            den += w;
+        }
+        if den > 1e-300 {
+            num / den
+        } else {
+            // Far beyond every bucket seen: the nearest one.
+            self.buckets
+                .iter()
+                .zip(&self.load)
+                .min_by(|x, y| (bucket - *x.0 as f64).abs().total_cmp(&(bucket - *y.0 as f64).abs()))
+                .map_or(0.0, |(_, l)| *l)
+        }
+    }
+}
+
+/// One (action, RPS bucket) group of samples, summarised by medians.
 #[derive(Debug, Clone, Copy)]
 struct Point {
     action: Action,
-    rps: f64,
+    bucket: i64,
+    /// Log of the allocation, in cores.
+    alloc: f64,
+    /// The paper's cost (>= 2 for an SLO miss).
     cost: f64,
 }
 
@@ -121,60 +158,127 @@ impl BanditTower {
 
     fn points(&self) -> Vec<Point> {
         let memory = &self.recorder.memory;
-        let costs = memory.costs(self.config.slo_ms);
-        let mut groups: BTreeMap<(Action, i64), Vec<f64>> = BTreeMap::new();
+        let slo = self.config.slo_ms;
+        let costs = memory.costs(slo);
+        let mut groups: BTreeMap<(Action, i64), (Vec<f64>, Vec<f64>)> = BTreeMap::new();
         for (s, c) in memory.samples.iter().zip(costs) {
             let bucket = (s.rps / self.config.aggregate_rps).round() as i64;
-            groups.entry((s.action, bucket)).or_default().push(c);
+            let alloc = s.allocation.max(1e-3).ln();
+            let g = groups.entry((s.action, bucket)).or_default();
+            g.0.push(alloc);
+            g.1.push(c);
         }
         groups
             .into_iter()
-            .map(|((action, bucket), mut costs)| Point {
+            .map(|((action, bucket), (mut alloc, mut cost))| Point {
                 action,
-                rps: bucket as f64 * self.config.aggregate_rps,
-                cost: median(&mut costs),
+                bucket,
+                alloc: median(&mut alloc),
+                cost: median(&mut cost),
             })
             .collect()
     }
 
-    /// Predicted cost of every action at `rps`; `None` where the action is not trusted there.
+    /// Fits `theta_a` and the load curve (see the module documentation); `theta` is `None` for
+    /// actions never tried.
+    fn fit(&self, points: &[Point]) -> Fit {
+        let mut theta = vec![0.0f64; Action::COUNT];
+        let mut tried = vec![false; Action::COUNT];
+        for p in points {
+            tried[p.action.index()] = true;
+        }
+        let buckets: Vec<i64> = {
+            let mut b: Vec<i64> = points.iter().map(|p| p.bucket).collect();
+            b.sort_unstable();
+            b.dedup();
+            b
+        };
+        let slot = |b: i64| buckets.binary_search(&b).expect("bucket of a point");
+        let h = self.config.bandwidth_buckets;
+        let mut load = vec![0.0f64; buckets.len()];
+        for _ in 0..BACKFIT_ROUNDS {
+            // Load term: kernel-smoothed mean residual per bucket.
+            let mut sum = vec![0.0f64; buckets.len()];
+            let mut n = vec![0.0f64; buckets.len()];
+            for p in points {
+                let k = slot(p.bucket);
+                sum[k] += p.alloc - theta[p.action.index()];
+                n[k] += 1.0;
+            }
+            for (i, &bi) in buckets.iter().enumerate() {
+                let (mut num, mut den) = (0.0, 0.0);
+                for (j, &bj) in buckets.iter().enumerate() {
+                    let w = (-0.5 * ((bi - bj) as f64 / h).powi(2)).exp();
+                    num += w * sum[j];
+                    den += w * n[j];
+                }
+                load[i] = if den > 0.0 { num / den } else { 0.0 };
+            }
+            // Action term: mean residual per action.
+            let mut sum = vec![0.0f64; Action::COUNT];
+            let mut n = vec![0.0f64; Action::COUNT];
+            for p in points {
+                sum[p.action.index()] += p.alloc - load[slot(p.bucket)];
+                n[p.action.index()] += 1.0;
+            }
+            for a in 0..Action::COUNT {
+                if n[a] > 0.0 {
+                    theta[a] = sum[a] / n[a];
+                }
+            }
+        }
+        Fit {
+            theta: theta
+                .into_iter()
+                .zip(tried)
+                .map(|(t, tried)| tried.then_some(t))
+                .collect(),
+            buckets,
+            load,
+            bandwidth: h,
+        }
+    }
+
+    /// Predicted cost of every action at `rps`: the action term for known-safe actions, at
+    /// least 2 for unsafe ones, `None` where the action was never tried or its safety at this
+    /// load is unknown.
     pub fn predict(&self, rps: f64) -> Vec<Option<f64>> {
         let points = self.points();
-        let h = self.config.bandwidth_buckets * self.config.aggregate_rps;
-        let mut sums = vec![(0.0f64, 0.0f64); Action::COUNT];
-        for p in &points {
-            let w = (-0.5 * ((rps - p.rps) / h).powi(2)).exp();
-            let s = &mut sums[p.action.index()];
-            s.0 += w * p.cost;
-            s.1 += w;
-        }
-        // Bucket of `rps`, so that a miss seen in the same bucket counts even slightly above.
-        let here = (rps / self.config.aggregate_rps).round() * self.config.aggregate_rps;
-        let misses: Vec<&Point> = points.iter().filter(|p| p.cost >= 2.0).collect();
+        let fit = self.fit(&points);
+        let here = (rps / self.config.aggregate_rps).round() as i64;
+        // Express predictions as the paper's cost: allocation scaled over what was seen.
+        let (lo, hi) = points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+            (lo.min(p.alloc.exp()), hi.max(p.alloc.exp()))
+        });
+        let load = fit.load_at(rps / self.config.aggregate_rps);
         Action::all()
             .map(|a| {
-                let (wc, w) = sums[a.index()];
-                if w < MIN_SUPPORT {
-                    return None;
+                let theta = fit.theta[a.index()]?;
+                let alloc = (theta + load).exp();
+                let t = if hi > lo { ((alloc - lo) / (hi - lo)).clamp(0.0, 1.99) } else { 0.0 };
+                let miss = points
+                    .iter()
+                    .filter(|p| p.cost >= 2.0 && p.bucket <= here && a.at_least(p.action))
+                    .map(|p| p.cost)
+                    .fold(None, |m: Option<f64>, c| Some(m.map_or(c, |m| m.max(c))));
+                if let Some(c) = miss {
+                    return Some(c.max(2.0 + t.max(0.0)));
                 }
-                let mut cost = wc / w;
-                for m in &misses {
-                    if m.rps <= here && a.at_least(m.action) {
-                        cost = cost.max(m.cost);
-                    }
-                }
-                Some(cost)
+                let known_safe = points
+                    .iter()
+                    .any(|p| p.cost < 2.0 && p.bucket >= here - 1 && p.action.at_least(a));
+                known_safe.then_some(t)
             })
             .collect()
     }
 
-    /// The greedy choice at `rps`: the cheapest trusted action (the initial action when nothing
-    /// is trusted yet).
+    /// The greedy choice at `rps`: the cheapest known-safe action (the initial action when no
+    /// action is known safe at this load).
     pub fn best(&self, rps: f64) -> Action {
         let predicted = self.predict(rps);
         let mut best: Option<(Action, f64)> = None;
         for (a, c) in Action::all().zip(predicted) {
-            if let Some(c) = c {
+            if let Some(c) = c.filter(|c| *c < 2.0) {
                 // Ties go to the lower targets: cheaper is only worth it when it is cheaper.
                 if best.is_none_or(|(_, b)| c < b - 1e-12) {
                     best = Some((a, c));
@@ -290,7 +394,9 @@ mod tests {
     fn untrusted_far_away_rps_falls_back_to_initial() {
         let tower = BanditTower::new(BanditConfig::new(SLO, 20.0), memory_of_every_action(), 1);
         assert_eq!(tower.best(5000.0), BanditConfig::new(SLO, 20.0).initial);
-        assert!(tower.predict(5000.0).iter().all(Option::is_none));
+        // Nothing is known safe that far beyond what was seen; what missed lower down is unsafe.
+        assert!(tower.predict(5000.0).iter().all(|c| c.is_none_or(|c| c >= 2.0)));
+        assert!(tower.predict(5000.0)[Action::new(8, 8).index()].unwrap() >= 2.0);
     }
 
     #[test]
@@ -319,11 +425,12 @@ mod tests {
     #[test]
     fn deterministic_per_seed_and_explores_neighbours() {
         let run = |seed| {
-            let mut t = BanditTower::new(
-                BanditConfig::new(SLO, 20.0).with_explore(0.5),
-                memory_of_every_action(),
-                seed,
-            );
+            // Nothing new is learnt (every minute is dropped), so the greedy choice stays put.
+            let config = BanditConfig {
+                drop_samples: 1000,
+                ..BanditConfig::new(SLO, 20.0).with_explore(0.5)
+            };
+            let mut t = BanditTower::new(config, memory_of_every_action(), seed);
             (0..40)
                 .map(|i| {
                     let rps = if i % 2 == 0 { LOW } else { HIGH };

@@ -1,0 +1,100 @@
+//! Sweeps: the same results whatever the thread count, and sharded + merged = unsharded.
+
+use std::sync::Arc;
+
+use scenarios::Scenario;
+use sim::sweep::{self, Contender, ResultRow, Settings, Unit, Workload};
+use traces::Trace;
+
+fn units() -> Vec<Unit> {
+    let app = Arc::new(Scenario::builtin("demo").unwrap());
+    let w = |name: &str, t: Trace| Workload { name: name.into(), trace: Arc::new(t.truncated(180)) };
+    let diurnal = w("diurnal", Trace::builtin("diurnal").unwrap());
+    let bursty = w("bursty", Trace::builtin("bursty").unwrap());
+    let mut units = vec![Unit::Autothrottle {
+        app: app.clone(),
+        warmup: w("diurnal-2", Trace::builtin("diurnal-2").unwrap()),
+        evals: vec![diurnal.clone(), bursty.clone()],
+    }];
+    for workload in [diurnal, bursty] {
+        for (contender, descending) in [(Contender::K8sCpu, false), (Contender::K8sCpuFast, true)] {
+            let mut targets = sweep::grid(contender);
+            if descending {
+                targets.reverse();
+            }
+            units.push(Unit::Grid { app: app.clone(), workload: workload.clone(), contender, targets, descending });
+        }
+    }
+    units
+}
+
+fn settings(dir: &std::path::Path, jobs: usize) -> Settings {
+    Settings { out: dir.to_path_buf(), seed: 3, ramp_s: 30, jobs, services_csv: false, resume: true }
+}
+
+
+#[test]
+fn deterministic_across_threads_and_shards() {
+    let one = tempfile::tempdir().unwrap();
+    let two = tempfile::tempdir().unwrap();
+    let serial = sweep::execute(&units(), &settings(one.path(), 1), &|_| {}).unwrap();
+    let parallel = sweep::execute(&units(), &settings(two.path(), 2), &|_| {}).unwrap();
+    assert_eq!(serial, parallel, "1 vs 2 worker threads");
+    assert!(serial.iter().any(|r| r.phase == "eval") && serial.iter().any(|r| r.phase == "grid"));
+    // Every run record is byte-identical too.
+    for r in &serial {
+        let a = std::fs::read(one.path().join(&r.run).join("minutes.csv")).unwrap();
+        let b = std::fs::read(two.path().join(&r.run).join("minutes.csv")).unwrap();
+        assert_eq!(a, b, "{}", r.run);
+    }
+
+    // Two shards in separate directories, merged.
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let parts: Vec<Vec<ResultRow>> = (0..2)
+        .map(|k| {
+            let mine = sweep::shard(units(), k, 2).unwrap();
+            let rows = sweep::execute(&mine, &settings(dirs[k].path(), 1), &|_| {}).unwrap();
+            sweep::write_csv(&dirs[k].path().join("results.csv"), &rows).unwrap();
+            sweep::read_results(&dirs[k].path().join("results.csv")).unwrap()
+        })
+        .collect();
+    assert!(!parts[0].is_empty() && !parts[1].is_empty());
+    let merged = sweep::merge(parts).unwrap();
+    assert_eq!(merged, sweep::canonical(serial.clone()));
+    assert_eq!(sweep::table(&sweep::best(&merged)), sweep::table(&sweep::best(&serial)));
+}
+
+#[test]
+fn resume_reuses_finished_runs_and_reruns_changed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = sweep::execute(&units()[1..2], &settings(dir.path(), 1), &|_| {}).unwrap();
+    let marker = dir.path().join(&first[0].run).join("minutes.csv");
+    let before = std::fs::metadata(&marker).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let again = sweep::execute(&units()[1..2], &settings(dir.path(), 1), &|_| {}).unwrap();
+    assert_eq!(first, again);
+    assert_eq!(std::fs::metadata(&marker).unwrap().modified().unwrap(), before, "reused, not re-run");
+    // A different seed is a different run: it is redone in place.
+    let mut other = settings(dir.path(), 1);
+    other.seed = 4;
+    let changed = sweep::execute(&units()[1..2], &other, &|_| {}).unwrap();
+    assert!(changed.iter().all(|r| r.seed == 4));
+    assert_ne!(std::fs::metadata(&marker).unwrap().modified().unwrap(), before);
+}
+
+#[test]
+fn shard_arguments_are_checked() {
+    assert!(sweep::parse_shard("1/4").is_ok());
+    assert!(sweep::parse_shard("4/4").is_err());
+    assert!(sweep::parse_shard("x/4").is_err());
+    assert!(sweep::parse_shard("3").is_err());
+    assert!(sweep::shard(units(), 0, 0).is_err());
+}
+
+#[test]
+fn merge_refuses_the_same_run_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = sweep::execute(&units()[1..2], &settings(dir.path(), 1), &|_| {}).unwrap();
+    let e = sweep::merge(vec![rows.clone(), rows]).unwrap_err();
+    assert!(e.to_string().contains("more than one shard"), "{e}");
+}
