@@ -13,9 +13,11 @@
 //!    different load, which a per-action average cannot do: an action seen only at low RPS
 //!    would look cheap at any RPS;
 //! 3. **SLO safety follows the grid's order**: looser targets (both at least as high) never
-//!    allocate more and never have better latency. So `a` is *unsafe* at `rps` if an action it
-//!    is at least as loose as missed the SLO at a bucket at or below `rps`'s, and *known safe* if
-//!    an action at least as loose met it at a bucket at or above (one bucket of slack);
+//!    allocate more and never have better latency. So `a` is *unsafe* at `rps` if it missed the
+//!    SLO itself at a bucket at or below `rps`'s, or if an action it is at least as loose as did
+//!    so in a group of at least two samples (one unlucky minute of a tight action must not rule
+//!    out most of the grid); and it is *known safe* if an action at least as loose met the SLO
+//!    at a bucket at or above (one bucket of slack);
 //! 4. the greedy choice is the known-safe, not-unsafe action with the lowest `theta`; when none
 //!    is known safe (an RPS beyond everything seen) the configured `initial` action is used;
 //!    with probability `explore` a random grid neighbour of the choice is taken instead.
@@ -119,7 +121,11 @@ impl Fit {
             self.buckets
                 .iter()
                 .zip(&self.load)
-                .min_by(|x, y| (bucket - *x.0 as f64).abs().total_cmp(&(bucket - *y.0 as f64).abs()))
+                .min_by(|x, y| {
+                    (bucket - *x.0 as f64)
+                        .abs()
+                        .total_cmp(&(bucket - *y.0 as f64).abs())
+                })
                 .map_or(0.0, |(_, l)| *l)
         }
     }
@@ -134,6 +140,8 @@ struct Point {
     alloc: f64,
     /// The paper's cost (>= 2 for an SLO miss).
     cost: f64,
+    /// Samples in the group.
+    n: usize,
 }
 
 impl BanditTower {
@@ -173,6 +181,7 @@ impl BanditTower {
             .map(|((action, bucket), (mut alloc, mut cost))| Point {
                 action,
                 bucket,
+                n: cost.len(),
                 alloc: median(&mut alloc),
                 cost: median(&mut cost),
             })
@@ -247,18 +256,28 @@ impl BanditTower {
         let fit = self.fit(&points);
         let here = (rps / self.config.aggregate_rps).round() as i64;
         // Express predictions as the paper's cost: allocation scaled over what was seen.
-        let (lo, hi) = points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
-            (lo.min(p.alloc.exp()), hi.max(p.alloc.exp()))
-        });
+        let (lo, hi) = points
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+                (lo.min(p.alloc.exp()), hi.max(p.alloc.exp()))
+            });
         let load = fit.load_at(rps / self.config.aggregate_rps);
         Action::all()
             .map(|a| {
                 let theta = fit.theta[a.index()]?;
                 let alloc = (theta + load).exp();
-                let t = if hi > lo { ((alloc - lo) / (hi - lo)).clamp(0.0, 1.99) } else { 0.0 };
+                let t = if hi > lo {
+                    ((alloc - lo) / (hi - lo)).clamp(0.0, 1.99)
+                } else {
+                    0.0
+                };
                 let miss = points
                     .iter()
-                    .filter(|p| p.cost >= 2.0 && p.bucket <= here && a.at_least(p.action))
+                    .filter(|p| {
+                        p.cost >= 2.0
+                            && p.bucket <= here
+                            && (p.action == a || (p.n >= 2 && a.at_least(p.action)))
+                    })
                     .map(|p| p.cost)
                     .fold(None, |m: Option<f64>, c| Some(m.map_or(c, |m| m.max(c))));
                 if let Some(c) = miss {
@@ -308,7 +327,7 @@ impl Tower for BanditTower {
             } else {
                 (greedy, 1.0 - self.config.explore)
             };
-        self.recorder.decided(minute.rps, action, probability);
+        self.recorder.decided(action, probability);
         Some(action.targets())
     }
 
@@ -395,7 +414,10 @@ mod tests {
         let tower = BanditTower::new(BanditConfig::new(SLO, 20.0), memory_of_every_action(), 1);
         assert_eq!(tower.best(5000.0), BanditConfig::new(SLO, 20.0).initial);
         // Nothing is known safe that far beyond what was seen; what missed lower down is unsafe.
-        assert!(tower.predict(5000.0).iter().all(|c| c.is_none_or(|c| c >= 2.0)));
+        assert!(tower
+            .predict(5000.0)
+            .iter()
+            .all(|c| c.is_none_or(|c| c >= 2.0)));
         assert!(tower.predict(5000.0)[Action::new(8, 8).index()].unwrap() >= 2.0);
     }
 
@@ -413,13 +435,22 @@ mod tests {
         let memory = TowerMemory {
             samples: vec![
                 s(400.0, Action::new(5, 4), 300.0, 10.0),
+                s(405.0, Action::new(5, 4), 280.0, 10.0),
                 s(400.0, Action::new(8, 8), 50.0, 5.0),
                 s(100.0, loose, 50.0, 2.0),
             ],
         };
-        let tower = BanditTower::new(BanditConfig::new(SLO, 20.0), memory, 1);
+        let tower = BanditTower::new(BanditConfig::new(SLO, 20.0), memory.clone(), 1);
         let p = tower.predict(420.0);
         assert!(p[loose.index()].unwrap() >= 2.0, "{:?}", p[loose.index()]);
+
+        // A single unlucky minute marks only its own action.
+        let mut one = memory;
+        one.samples.remove(1);
+        let tower = BanditTower::new(BanditConfig::new(SLO, 20.0), one, 1);
+        let p = tower.predict(420.0);
+        assert!(p[Action::new(5, 4).index()].unwrap() >= 2.0);
+        assert!(p[loose.index()].unwrap() < 2.0, "{:?}", p[loose.index()]);
     }
 
     #[test]

@@ -155,10 +155,12 @@ pub struct MinuteObservation {
     pub allocation: f64,
 }
 
-/// One minute the Tower learnt from: the context it decided in, what it chose, what came of it.
+/// One minute the Tower learnt from: the load, what it chose, what came of it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TowerSample {
-    /// RPS of the minute before the decision (the context the action was chosen in).
+    /// RPS of the minute the action was in force. (The original recorded the RPS of the minute
+    /// before the decision; when load moves, that labels an outcome with a load it did not
+    /// see, and a Tower deciding at a new load learns from mislabelled minutes.)
     pub rps: f64,
     pub action: Action,
     /// The probability with which the action was chosen.
@@ -260,7 +262,7 @@ pub(crate) struct Recorder {
     pub memory: TowerMemory,
     minutes: usize,
     drop_samples: usize,
-    pending: Option<(f64, Action, f64)>,
+    pending: Option<(Action, f64)>,
 }
 
 impl Recorder {
@@ -276,10 +278,10 @@ impl Recorder {
     /// Records the outcome of the pending decision; returns the minute number (1-based).
     pub fn record(&mut self, minute: &MinuteObservation) -> usize {
         self.minutes += 1;
-        if let Some((rps, action, probability)) = self.pending.take() {
+        if let Some((action, probability)) = self.pending.take() {
             if self.minutes > self.drop_samples {
                 self.memory.samples.push(TowerSample {
-                    rps,
+                    rps: minute.rps,
                     action,
                     probability,
                     p99_ms: minute.p99_ms,
@@ -290,8 +292,8 @@ impl Recorder {
         self.minutes
     }
 
-    pub fn decided(&mut self, context_rps: f64, action: Action, probability: f64) {
-        self.pending = Some((context_rps, action, probability));
+    pub fn decided(&mut self, action: Action, probability: f64) {
+        self.pending = Some((action, probability));
     }
 }
 
@@ -344,7 +346,7 @@ impl Tower for ExploreTower {
             }
         };
         self.current = Some(action);
-        self.recorder.decided(minute.rps, action, probability);
+        self.recorder.decided(action, probability);
         Some(action.targets())
     }
 
@@ -423,18 +425,18 @@ mod tests {
     }
 
     #[test]
-    fn recorder_drops_ramp_minutes_and_uses_the_decision_context() {
+    fn recorder_drops_ramp_minutes_and_records_the_load_served() {
         let mut r = Recorder::new(TowerMemory::default(), 2);
         r.record(&obs(10.0, 1.0, 1.0));
-        r.decided(10.0, Action::new(1, 1), 1.0);
+        r.decided(Action::new(1, 1), 1.0);
         r.record(&obs(20.0, 2.0, 2.0)); // minute 2: dropped
-        r.decided(20.0, Action::new(2, 2), 0.5);
-        r.record(&obs(30.0, 3.0, 3.0)); // minute 3: recorded with context 20
+        r.decided(Action::new(2, 2), 0.5);
+        r.record(&obs(30.0, 3.0, 3.0)); // minute 3: the action served 30 RPS
         assert_eq!(r.memory.samples.len(), 1);
         let s = r.memory.samples[0];
         assert_eq!(
             (s.rps, s.action, s.probability, s.p99_ms),
-            (20.0, Action::new(2, 2), 0.5, 3.0)
+            (30.0, Action::new(2, 2), 0.5, 3.0)
         );
     }
 

@@ -242,12 +242,19 @@ pub fn run(
         limits.push(cap(i, scaler.limit()));
         scalers.push(scaler);
     }
+    // Minutes not learnt from: the ramp's, and the first one after it, which still carries the
+    // ramp's squeezed limits.
+    let drop_samples = cfg.ramp_s.div_ceil(60) + 1;
     let mut tower: Box<dyn Tower> = match cfg.tower {
         TowerKind::None => Box::new(NoTower::default()),
-        TowerKind::Explore => Box::new(ExploreTower::new(cfg.memory.clone(), 3, cfg.seed)),
+        TowerKind::Explore => Box::new(ExploreTower::new(
+            cfg.memory.clone(),
+            drop_samples,
+            cfg.seed,
+        )),
         TowerKind::Bandit { explore } => Box::new(BanditTower::try_new(
             BanditConfig {
-                drop_samples: cfg.ramp_s.div_ceil(60),
+                drop_samples,
                 ..BanditConfig::new(scenario.slo_ms, scenario.aggregate_rps).with_explore(explore)
             },
             cfg.memory.clone(),

@@ -8,7 +8,10 @@ use traces::Trace;
 
 fn units() -> Vec<Unit> {
     let app = Arc::new(Scenario::builtin("demo").unwrap());
-    let w = |name: &str, t: Trace| Workload { name: name.into(), trace: Arc::new(t.truncated(180)) };
+    let w = |name: &str, t: Trace| Workload {
+        name: name.into(),
+        trace: Arc::new(t.truncated(180)),
+    };
     let diurnal = w("diurnal", Trace::builtin("diurnal").unwrap());
     let bursty = w("bursty", Trace::builtin("bursty").unwrap());
     let mut units = vec![Unit::Autothrottle {
@@ -22,16 +25,28 @@ fn units() -> Vec<Unit> {
             if descending {
                 targets.reverse();
             }
-            units.push(Unit::Grid { app: app.clone(), workload: workload.clone(), contender, targets, descending });
+            units.push(Unit::Grid {
+                app: app.clone(),
+                workload: workload.clone(),
+                contender,
+                targets,
+                descending,
+            });
         }
     }
     units
 }
 
 fn settings(dir: &std::path::Path, jobs: usize) -> Settings {
-    Settings { out: dir.to_path_buf(), seed: 3, ramp_s: 30, jobs, services_csv: false, resume: true }
+    Settings {
+        out: dir.to_path_buf(),
+        seed: 3,
+        ramp_s: 30,
+        jobs,
+        services_csv: false,
+        resume: true,
+    }
 }
-
 
 #[test]
 fn deterministic_across_threads_and_shards() {
@@ -61,7 +76,10 @@ fn deterministic_across_threads_and_shards() {
     assert!(!parts[0].is_empty() && !parts[1].is_empty());
     let merged = sweep::merge(parts).unwrap();
     assert_eq!(merged, sweep::canonical(serial.clone()));
-    assert_eq!(sweep::table(&sweep::best(&merged)), sweep::table(&sweep::best(&serial)));
+    assert_eq!(
+        sweep::table(&sweep::best(&merged)),
+        sweep::table(&sweep::best(&serial))
+    );
 }
 
 #[test]
@@ -73,13 +91,20 @@ fn resume_reuses_finished_runs_and_reruns_changed_ones() {
     std::thread::sleep(std::time::Duration::from_millis(20));
     let again = sweep::execute(&units()[1..2], &settings(dir.path(), 1), &|_| {}).unwrap();
     assert_eq!(first, again);
-    assert_eq!(std::fs::metadata(&marker).unwrap().modified().unwrap(), before, "reused, not re-run");
+    assert_eq!(
+        std::fs::metadata(&marker).unwrap().modified().unwrap(),
+        before,
+        "reused, not re-run"
+    );
     // A different seed is a different run: it is redone in place.
     let mut other = settings(dir.path(), 1);
     other.seed = 4;
     let changed = sweep::execute(&units()[1..2], &other, &|_| {}).unwrap();
     assert!(changed.iter().all(|r| r.seed == 4));
-    assert_ne!(std::fs::metadata(&marker).unwrap().modified().unwrap(), before);
+    assert_ne!(
+        std::fs::metadata(&marker).unwrap().modified().unwrap(),
+        before
+    );
 }
 
 #[test]
