@@ -83,7 +83,11 @@ impl Root {
         }
         let (cpu, acct) = (canon.join("cpu"), canon.join("cpuacct"));
         if cpu.join("cpu.cfs_quota_us").exists() {
-            let acct = if acct.join("cpuacct.usage").exists() { acct } else { cpu.clone() };
+            let acct = if acct.join("cpuacct.usage").exists() {
+                acct
+            } else {
+                cpu.clone()
+            };
             return Ok(Root {
                 version: Version::V1,
                 cpu: canonical(&cpu)?,
@@ -105,7 +109,11 @@ impl Root {
 
     /// The directories of the group `rel` (relative to the root), checked to lie under it.
     fn dirs(&self, rel: &Path) -> Result<(PathBuf, Option<PathBuf>), LiveError> {
-        if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
             return Err(LiveError::Cgroup {
                 path: rel.to_path_buf(),
                 reason: "a group must be a relative path without '..'".into(),
@@ -172,12 +180,21 @@ impl Cgroup {
                 name: name.to_string(),
                 version: Version::V1,
                 stat: open(&dir.join("cpu.stat"), false)?,
-                usage: Some(open(&acct.unwrap_or_else(|| dir.clone()).join("cpuacct.usage"), false)?),
+                usage: Some(open(
+                    &acct.unwrap_or_else(|| dir.clone()).join("cpuacct.usage"),
+                    false,
+                )?),
                 quota: open(&dir.join("cpu.cfs_quota_us"), true)?,
                 period: Some(open(&dir.join("cpu.cfs_period_us"), true)?),
                 dir,
-                original: Quota { quota_us: None, period_us: 100_000 },
-                current: Quota { quota_us: None, period_us: 100_000 },
+                original: Quota {
+                    quota_us: None,
+                    period_us: 100_000,
+                },
+                current: Quota {
+                    quota_us: None,
+                    period_us: 100_000,
+                },
                 buf: Vec::with_capacity(512),
             },
             Version::V2 => Cgroup {
@@ -188,8 +205,14 @@ impl Cgroup {
                 quota: open(&dir.join("cpu.max"), true)?,
                 period: None,
                 dir,
-                original: Quota { quota_us: None, period_us: 100_000 },
-                current: Quota { quota_us: None, period_us: 100_000 },
+                original: Quota {
+                    quota_us: None,
+                    period_us: 100_000,
+                },
+                current: Quota {
+                    quota_us: None,
+                    period_us: 100_000,
+                },
                 buf: Vec::with_capacity(512),
             },
         };
@@ -209,10 +232,12 @@ impl Cgroup {
         self.buf.resize(4096, 0);
         let mut filled = 0;
         loop {
-            let n = file.read_at(&mut self.buf[filled..], filled as u64).map_err(|e| LiveError::Cgroup {
-                path: self.dir.join(which.file(self.version)),
-                reason: e.to_string(),
-            })?;
+            let n = file
+                .read_at(&mut self.buf[filled..], filled as u64)
+                .map_err(|e| LiveError::Cgroup {
+                    path: self.dir.join(which.file(self.version)),
+                    reason: e.to_string(),
+                })?;
             if n == 0 {
                 break;
             }
@@ -271,7 +296,8 @@ impl Cgroup {
         let nr_throttled = field("nr_throttled").ok_or_else(|| missing("nr_throttled"))?;
         match self.version {
             Version::V1 => {
-                let throttled_ns = field("throttled_time").ok_or_else(|| missing("throttled_time"))?;
+                let throttled_ns =
+                    field("throttled_time").ok_or_else(|| missing("throttled_time"))?;
                 let u = self.read(Which::Usage)?.trim().to_string();
                 let usage_ns: u64 = u.parse().map_err(|_| self.bad(Which::Usage, &u))?;
                 Ok(CpuSample {
@@ -284,7 +310,8 @@ impl Cgroup {
             }
             Version::V2 => {
                 let usage_us = field("usage_usec").ok_or_else(|| missing("usage_usec"))?;
-                let throttled_us = field("throttled_usec").ok_or_else(|| missing("throttled_usec"))?;
+                let throttled_us =
+                    field("throttled_usec").ok_or_else(|| missing("throttled_usec"))?;
                 Ok(CpuSample {
                     t,
                     usage: usage_us as f64 / 1e6,
@@ -318,7 +345,11 @@ impl Cgroup {
             Version::V1 => {
                 if q.period_us != self.current.period_us {
                     let p = q.period_us.to_string();
-                    write_all(self.period.as_ref().expect("v1"), &self.dir.join("cpu.cfs_period_us"), &p)?;
+                    write_all(
+                        self.period.as_ref().expect("v1"),
+                        &self.dir.join("cpu.cfs_period_us"),
+                        &p,
+                    )?;
                 }
                 let text = match q.quota_us {
                     Some(v) => v.to_string(),
@@ -364,7 +395,11 @@ fn write_all(file: &File, path: &Path, text: &str) -> Result<(), LiveError> {
     let bytes = format!("{text}\n");
     file.write_all_at(bytes.as_bytes(), 0).map_err(err)?;
     // cgroupfs ignores the length; a plain file (a test hierarchy) must not keep a longer tail.
-    if file.metadata().map(|m| m.len() > bytes.len() as u64).unwrap_or(false) {
+    if file
+        .metadata()
+        .map(|m| m.len() > bytes.len() as u64)
+        .unwrap_or(false)
+    {
         file.set_len(bytes.len() as u64).map_err(err)?;
     }
     Ok(())
@@ -378,8 +413,15 @@ pub fn parse_cpu_max(text: &str) -> Option<Quota> {
     if parts.next().is_some() || period_us == 0 {
         return None;
     }
-    let quota_us = if quota == "max" { None } else { Some(quota.parse().ok()?) };
-    Some(Quota { quota_us, period_us })
+    let quota_us = if quota == "max" {
+        None
+    } else {
+        Some(quota.parse().ok()?)
+    };
+    Some(Quota {
+        quota_us,
+        period_us,
+    })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -436,8 +478,15 @@ pub enum Driver {
 ///
 /// `container_id` is the status' `containerID` (`containerd://abc...`); the runtime prefix
 /// picks the scope name (`cri-containerd-`, `crio-`, `docker-`).
-pub fn kubepods_path(driver: Driver, qos: QosClass, pod_uid: &str, container_id: &str) -> Result<PathBuf, LiveError> {
-    let (runtime, id) = container_id.split_once("://").unwrap_or(("containerd", container_id));
+pub fn kubepods_path(
+    driver: Driver,
+    qos: QosClass,
+    pod_uid: &str,
+    container_id: &str,
+) -> Result<PathBuf, LiveError> {
+    let (runtime, id) = container_id
+        .split_once("://")
+        .unwrap_or(("containerd", container_id));
     if id.is_empty() || id.contains('/') || pod_uid.is_empty() || pod_uid.contains('/') {
         return Err(LiveError::Cgroup {
             path: PathBuf::from(container_id),
@@ -509,9 +558,18 @@ mod tests {
         assert_eq!(root.version, Version::V2);
         let mut g = Cgroup::open("web", &root, Path::new("app/web")).unwrap();
         let s = g.sample(1.5).unwrap();
-        assert_eq!((s.t, s.usage, s.nr_periods, s.nr_throttled), (1.5, 2.5, 40, 7));
+        assert_eq!(
+            (s.t, s.usage, s.nr_periods, s.nr_throttled),
+            (1.5, 2.5, 40, 7)
+        );
         assert!((s.throttled_time - 0.35).abs() < 1e-12);
-        assert_eq!(g.original(), Quota { quota_us: None, period_us: 100_000 });
+        assert_eq!(
+            g.original(),
+            Quota {
+                quota_us: None,
+                period_us: 100_000
+            }
+        );
     }
 
     #[test]
@@ -525,7 +583,13 @@ mod tests {
         // Under the kernel's minimum: 1 ms.
         g.set_limit(0.001).unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "1000 100000\n");
-        assert_eq!(g.read_quota().unwrap(), Quota { quota_us: Some(1000), period_us: 100_000 });
+        assert_eq!(
+            g.read_quota().unwrap(),
+            Quota {
+                quota_us: Some(1000),
+                period_us: 100_000
+            }
+        );
         g.restore().unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "max 100000\n");
         assert!(g.set_limit(f64::NAN).is_err());
@@ -549,7 +613,10 @@ mod tests {
         let (d, root) = v2_fixture();
         std::fs::write(d.path().join("app/web/cpu.max"), "lots\n").unwrap();
         let e = Cgroup::open("web", &root, Path::new("app/web")).unwrap_err();
-        assert!(e.to_string().contains("cpu.max") && e.to_string().contains("lots"), "{e}");
+        assert!(
+            e.to_string().contains("cpu.max") && e.to_string().contains("lots"),
+            "{e}"
+        );
         std::fs::write(d.path().join("app/web/cpu.max"), "max 100000\n").unwrap();
         std::fs::write(d.path().join("app/web/cpu.stat"), "usage_usec 5\n").unwrap();
         let mut g = Cgroup::open("web", &root, Path::new("app/web")).unwrap();
@@ -559,9 +626,27 @@ mod tests {
 
     #[test]
     fn cpu_max_parsing() {
-        assert_eq!(parse_cpu_max("max 100000"), Some(Quota { quota_us: None, period_us: 100_000 }));
-        assert_eq!(parse_cpu_max("50000 100000"), Some(Quota { quota_us: Some(50_000), period_us: 100_000 }));
-        assert_eq!(parse_cpu_max("max"), Some(Quota { quota_us: None, period_us: 100_000 }));
+        assert_eq!(
+            parse_cpu_max("max 100000"),
+            Some(Quota {
+                quota_us: None,
+                period_us: 100_000
+            })
+        );
+        assert_eq!(
+            parse_cpu_max("50000 100000"),
+            Some(Quota {
+                quota_us: Some(50_000),
+                period_us: 100_000
+            })
+        );
+        assert_eq!(
+            parse_cpu_max("max"),
+            Some(Quota {
+                quota_us: None,
+                period_us: 100_000
+            })
+        );
         assert_eq!(parse_cpu_max("x 1"), None);
         assert_eq!(parse_cpu_max("1 0"), None);
         assert_eq!(Quota::for_cores(1.5, 100_000).cores(), 1.5);
@@ -571,9 +656,18 @@ mod tests {
     fn kubelet_layouts() {
         let uid = "1a2b-3c";
         let p = |d, q| kubepods_path(d, q, uid, "containerd://abc123").unwrap();
-        assert_eq!(p(Driver::Cgroupfs, QosClass::Guaranteed), PathBuf::from("kubepods/pod1a2b-3c/abc123"));
-        assert_eq!(p(Driver::Cgroupfs, QosClass::Burstable), PathBuf::from("kubepods/burstable/pod1a2b-3c/abc123"));
-        assert_eq!(p(Driver::Cgroupfs, QosClass::BestEffort), PathBuf::from("kubepods/besteffort/pod1a2b-3c/abc123"));
+        assert_eq!(
+            p(Driver::Cgroupfs, QosClass::Guaranteed),
+            PathBuf::from("kubepods/pod1a2b-3c/abc123")
+        );
+        assert_eq!(
+            p(Driver::Cgroupfs, QosClass::Burstable),
+            PathBuf::from("kubepods/burstable/pod1a2b-3c/abc123")
+        );
+        assert_eq!(
+            p(Driver::Cgroupfs, QosClass::BestEffort),
+            PathBuf::from("kubepods/besteffort/pod1a2b-3c/abc123")
+        );
         assert_eq!(
             p(Driver::Systemd, QosClass::Guaranteed),
             PathBuf::from("kubepods.slice/kubepods-pod1a2b_3c.slice/cri-containerd-abc123.scope")
@@ -587,6 +681,12 @@ mod tests {
             PathBuf::from("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1a2b_3c.slice/crio-ff.scope")
         );
         assert!(kubepods_path(Driver::Systemd, QosClass::Burstable, uid, "containerd://").is_err());
-        assert!(kubepods_path(Driver::Systemd, QosClass::Burstable, "../x", "containerd://a").is_err());
+        assert!(kubepods_path(
+            Driver::Systemd,
+            QosClass::Burstable,
+            "../x",
+            "containerd://a"
+        )
+        .is_err());
     }
 }

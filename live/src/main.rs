@@ -1,1 +1,349 @@
-fn main() {}
+//! `live`: the Autothrottle node agent and its tools.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use live::cgroup::{Driver, Root};
+use live::discovery::Scope;
+use live::journal::Journal;
+
+#[derive(Parser)]
+#[command(
+    name = "live",
+    version,
+    about = "Autothrottle on a real node: the agent that runs the Captains on containers' cgroups",
+    long_about = "Autothrottle on a real node.\n\n\
+        `live agent` runs on every node: it finds the app's containers (Kubernetes pods on this \
+        node, or groups named with --cgroup), samples their cgroups every 100 ms, runs the \
+        scalers the coordinator starts, and writes their CPU quotas. Whenever control ends \
+        (stop, SIGTERM/SIGINT, a silent coordinator, a scaler panic, the agent being killed) \
+        the original quotas are put back."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node agent.
+    Agent(Box<AgentArgs>),
+    /// Put back the original limits recorded in a journal (what a crashed agent left).
+    Restore {
+        #[arg(long, default_value = "/var/lib/autothrottle/journal.json")]
+        journal: PathBuf,
+    },
+    /// Measure the agent's own overhead: N containers controlled at 100 ms.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Clone)]
+struct AgentArgs {
+    /// Address for the coordinator protocol.
+    #[arg(long, default_value = "0.0.0.0:7070")]
+    listen: SocketAddr,
+    /// Address for Prometheus metrics (GET /metrics); none if omitted.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// File holding the shared token (else the AUTOTHROTTLE_TOKEN environment variable).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The cgroup hierarchy (v1 or v2, detected).
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    cgroup_root: PathBuf,
+    /// Where the original limits are recorded before the first write.
+    #[arg(long, default_value = "/var/lib/autothrottle/journal.json")]
+    journal: PathBuf,
+    /// End control and restore limits when the coordinator is silent this long, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    coordinator_timeout: f64,
+    /// A container to control without Kubernetes: NAME=GROUP (GROUP relative to the root).
+    #[arg(long = "cgroup", value_name = "NAME=GROUP")]
+    cgroups: Vec<String>,
+    /// Kubernetes namespace of the app (enables pod discovery).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// This node's name (Kubernetes discovery).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Label selector for the app's pods.
+    #[arg(long)]
+    selector: Option<String>,
+    /// The kubelet's cgroup driver.
+    #[arg(long, default_value = "systemd", value_parser = ["systemd", "cgroupfs"])]
+    cgroup_driver: String,
+    /// Seconds between pod listings.
+    #[arg(long, default_value_t = 10)]
+    relist: u64,
+    /// Run without a supervisor process (the journal still restores at the next start).
+    #[arg(long)]
+    no_supervisor: bool,
+    #[arg(long, hide = true)]
+    worker: bool,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Agent(a) => {
+            if a.no_supervisor || a.worker {
+                agent(*a)
+            } else {
+                supervise(&a)
+            }
+        }
+        Command::Restore { journal } => restore(&journal),
+        Command::Bench(b) => bench(b),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn restore(journal: &Path) -> Result<()> {
+    let restored = Journal::restore_file(journal)?;
+    if restored.is_empty() {
+        println!("nothing to restore ({} holds no limits)", journal.display());
+    } else {
+        println!("restored: {}", restored.join(", "));
+    }
+    Ok(())
+}
+
+/// Runs the agent as a child and restores from the journal if the child dies without doing so
+/// itself (SIGKILL, OOM kill, a crash). Signals are passed on to the child.
+fn supervise(a: &AgentArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    args.push("--worker".into());
+    let mut child = std::process::Command::new(exe)
+        .args(&args)
+        .spawn()
+        .context("cannot start the agent worker")?;
+    let pid = child.id() as i32;
+    // Forward SIGTERM/SIGINT to the worker, which restores and exits cleanly.
+    let forward = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
+            let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).expect("signal");
+            loop {
+                let sig = tokio::select! { _ = term.recv() => libc::SIGTERM, _ = int.recv() => libc::SIGINT };
+                unsafe { libc::kill(pid, sig) };
+            }
+        });
+    });
+    drop(forward);
+    let status = child.wait().context("waiting for the agent worker")?;
+    if !status.success() {
+        eprintln!(
+            "agent worker ended with {status}; restoring from {}",
+            a.journal.display()
+        );
+        let restored = Journal::restore_file(&a.journal)?;
+        if !restored.is_empty() {
+            eprintln!("restored: {}", restored.join(", "));
+        }
+        bail!("agent worker ended with {status}");
+    }
+    Ok(())
+}
+
+fn agent(a: AgentArgs) -> Result<()> {
+    if a.worker {
+        // If the supervisor dies, end this worker through its clean path.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+    }
+    let token = live::agent::load_token(
+        a.token_file.as_deref(),
+        std::env::var("AUTOTHROTTLE_TOKEN").ok(),
+    )?;
+    let root = Root::detect(&a.cgroup_root)?;
+    let mut statics = BTreeMap::new();
+    for spec in &a.cgroups {
+        let (name, group) = spec
+            .split_once('=')
+            .with_context(|| format!("--cgroup takes NAME=GROUP, got '{spec}'"))?;
+        if name.is_empty() || group.is_empty() {
+            bail!("--cgroup takes NAME=GROUP, got '{spec}'");
+        }
+        statics.insert(
+            name.to_string(),
+            PathBuf::from(group.trim_start_matches('/')),
+        );
+    }
+    let driver = if a.cgroup_driver == "cgroupfs" {
+        Driver::Cgroupfs
+    } else {
+        Driver::Systemd
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let kube = match &a.namespace {
+            Some(ns) => {
+                let node = a
+                    .node_name
+                    .clone()
+                    .context("Kubernetes discovery needs --node-name (or NODE_NAME)")?;
+                let client = kube::Client::try_default()
+                    .await
+                    .context("cannot reach the Kubernetes API")?;
+                Some((
+                    client,
+                    Scope {
+                        namespace: ns.clone(),
+                        node,
+                        selector: a.selector.clone(),
+                        driver,
+                    },
+                ))
+            }
+            None => None,
+        };
+        if kube.is_none() && statics.is_empty() {
+            bail!("nothing to control: give --namespace (Kubernetes) or --cgroup NAME=GROUP");
+        }
+        let node = a.node_name.clone().unwrap_or_else(hostname);
+        let config = live::server::Config {
+            node,
+            listen: a.listen,
+            metrics: a.metrics,
+            token,
+            root,
+            journal: a.journal.clone(),
+            timeout_s: a.coordinator_timeout,
+            statics,
+            kube,
+            relist: Duration::from_secs(a.relist.max(1)),
+        };
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("signal");
+            tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
+        };
+        live::server::run(config, tx, shutdown).await?;
+        Ok(())
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "node".into())
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Containers to control.
+    #[arg(long, default_value_t = 70)]
+    containers: usize,
+    /// How long to run, seconds.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// The cgroup v1 root to create the groups under (they are removed afterwards).
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    cgroup_root: PathBuf,
+}
+
+/// Creates N empty groups, controls them with Captains at 100 ms for a while, and reports the
+/// agent's CPU use and how late its ticks were.
+fn bench(b: BenchArgs) -> Result<()> {
+    use controller::{ScalerConfig, ScalerKind};
+    use live::protocol::{Call, Request};
+    let root = Root::detect(&b.cgroup_root)?;
+    let base = format!("autothrottle-bench-{}", std::process::id());
+    let groups = live::testing::Groups::create(&root, &base, b.containers)?;
+    let dir = tempfile_dir()?;
+    let mut agent = live::agent::Agent::new(
+        "bench",
+        "t",
+        root.clone(),
+        Journal::new(&dir.join("journal.json")),
+        1e9,
+    );
+    agent.set_known(groups.known());
+    let scalers: BTreeMap<String, ScalerConfig> = groups
+        .names()
+        .into_iter()
+        .map(|n| (n, ScalerKind::Captain.config(0.1, 1.0)))
+        .collect();
+    let r = agent.handle(
+        Request {
+            id: 1,
+            token: "t".into(),
+            call: Call::Start { scalers },
+        },
+        0.0,
+    );
+    if !r.ok {
+        bail!("start failed: {:?}", r.error);
+    }
+    let usage0 = cpu_time();
+    let start = Instant::now();
+    let mut lateness = Vec::new();
+    let mut k = 1u64;
+    while start.elapsed() < Duration::from_secs(b.seconds) {
+        let due = start + Duration::from_millis(100 * k);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        lateness.push(Instant::now().saturating_duration_since(due).as_secs_f64() * 1000.0);
+        agent.tick(start.elapsed().as_secs_f64());
+        k += 1;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = cpu_time() - usage0;
+    agent.restore_all();
+    drop(groups);
+    lateness.sort_by(f64::total_cmp);
+    let p = |q: f64| lateness[((lateness.len() - 1) as f64 * q).round() as usize];
+    println!("containers          {}", b.containers);
+    println!("ticks               {} over {wall:.1} s", lateness.len());
+    println!(
+        "agent CPU           {:.2}% of one core ({:.3} ms per tick)",
+        100.0 * cpu / wall,
+        1000.0 * cpu / lateness.len() as f64
+    );
+    println!(
+        "tick lateness       p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        p(0.5),
+        p(0.99),
+        p(1.0)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("autothrottle-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// CPU time (user + system) of this process, seconds.
+fn cpu_time() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}

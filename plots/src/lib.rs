@@ -157,18 +157,36 @@ pub fn plot(runs: &[Record], out: &Path, opts: &Options) -> Result<(), PlotError
     let minutes = runs.iter().map(|r| r.minutes.len()).max().unwrap_or(1) as f64;
     let x_range = 0.0..minutes.max(1.0);
 
-    // 1. Allocation.
+    // 1. Allocation. The ramp's first minutes hold the initial limits (32 cores each), which
+    // would flatten everything else: the axis is fitted to the minutes after the ramp and
+    // anything above is clipped.
     {
-        let top = runs
-            .iter()
-            .flat_map(|r| r.minutes.iter().map(|m| m.allocation.max(m.usage)))
-            .fold(1.0f64, f64::max)
-            * 1.1;
+        let skip = runs[0].info.ramp_s.div_ceil(60);
+        let fit = |r: &Record| -> Vec<f64> {
+            let after: Vec<f64> = r
+                .minutes
+                .iter()
+                .skip(skip)
+                .map(|m| m.allocation.max(m.usage))
+                .collect();
+            if after.is_empty() {
+                r.minutes
+                    .iter()
+                    .map(|m| m.allocation.max(m.usage))
+                    .collect()
+            } else {
+                after
+            }
+        };
+        let top = runs.iter().flat_map(fit).fold(1.0f64, f64::max) * 1.15;
         let mut chart = ChartBuilder::on(&panels[0])
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(60)
-            .caption("allocation (cores)", ("sans-serif", 18))
+            .caption(
+                format!("allocation (cores; clipped at {top:.1})"),
+                ("sans-serif", 18),
+            )
             .build_cartesian_2d(x_range.clone(), 0.0..top)
             .map_err(|e| draw_err(&e))?;
         chart
@@ -180,17 +198,17 @@ pub fn plot(runs: &[Record], out: &Path, opts: &Options) -> Result<(), PlotError
         if runs.len() == 1 {
             let r = &runs[0];
             match &services {
-                Some(rows) => stack_services(&mut chart, rows).map_err(|e| draw_err(&e))?,
+                Some(rows) => stack_services(&mut chart, rows, top).map_err(|e| draw_err(&e))?,
                 None => {
                     let g1: Vec<(f64, f64)> = r
                         .minutes
                         .iter()
-                        .map(|m| (m.minute as f64 + 0.5, m.allocation_group1))
+                        .map(|m| (m.minute as f64 + 0.5, m.allocation_group1.min(top)))
                         .collect();
                     let all: Vec<(f64, f64)> = r
                         .minutes
                         .iter()
-                        .map(|m| (m.minute as f64 + 0.5, m.allocation))
+                        .map(|m| (m.minute as f64 + 0.5, m.allocation.min(top)))
                         .collect();
                     chart
                         .draw_series(AreaSeries::new(all, 0.0, PALETTE[1].mix(0.35)))
@@ -217,7 +235,7 @@ pub fn plot(runs: &[Record], out: &Path, opts: &Options) -> Result<(), PlotError
             let usage: Vec<(f64, f64)> = r
                 .minutes
                 .iter()
-                .map(|m| (m.minute as f64 + 0.5, m.usage))
+                .map(|m| (m.minute as f64 + 0.5, m.usage.min(top)))
                 .collect();
             chart
                 .draw_series(LineSeries::new(usage, BLACK.stroke_width(2)))
@@ -232,7 +250,7 @@ pub fn plot(runs: &[Record], out: &Path, opts: &Options) -> Result<(), PlotError
                 let pts: Vec<(f64, f64)> = r
                     .minutes
                     .iter()
-                    .map(|m| (m.minute as f64 + 0.5, m.allocation))
+                    .map(|m| (m.minute as f64 + 0.5, m.allocation.min(top)))
                     .collect();
                 chart
                     .draw_series(LineSeries::new(pts, color.stroke_width(2)))
@@ -407,7 +425,7 @@ type Chart<'a, 'b> = ChartContext<
 
 /// Stacks per-service allocation (per-minute means of the per-second limits): the eight
 /// largest services and "other".
-fn stack_services(chart: &mut Chart<'_, '_>, rows: &[ServiceRow]) -> Result<(), String> {
+fn stack_services(chart: &mut Chart<'_, '_>, rows: &[ServiceRow], top: f64) -> Result<(), String> {
     use std::collections::BTreeMap;
     let mut per: BTreeMap<&str, BTreeMap<u32, (f64, u32)>> = BTreeMap::new();
     for r in rows {
@@ -451,12 +469,12 @@ fn stack_services(chart: &mut Chart<'_, '_>, rows: &[ServiceRow]) -> Result<(), 
         }
         tops.push((name.clone(), cumulative.clone()));
     }
-    for (i, (name, top)) in tops.iter().enumerate().rev() {
+    for (i, (name, stack)) in tops.iter().enumerate().rev() {
         let color = Palette99::pick(i).mix(0.7);
-        let pts: Vec<(f64, f64)> = top
+        let pts: Vec<(f64, f64)> = stack
             .iter()
             .enumerate()
-            .map(|(m, v)| (m as f64 + 0.5, *v))
+            .map(|(m, v)| (m as f64 + 0.5, v.min(top)))
             .collect();
         chart
             .draw_series(AreaSeries::new(pts, 0.0, color))

@@ -1,0 +1,44 @@
+//! # live: the Autothrottle controller on a real node
+//!
+//! * [`cgroup`]: one container's CPU controller on cgroup v1 or v2: counters in, quota out.
+//! * [`journal`]: the original limits of every group the agent has touched, on disk before the
+//!   first write, so that a crashed agent's quotas are put back (by its supervisor at once, or
+//!   by the next agent at start).
+//! * [`discovery`]: the app's pods on this node, from the Kubernetes API, mapped to their
+//!   containers' cgroups by pod UID and QoS class.
+//! * [`protocol`]: the versioned JSON-lines messages between the coordinator and an agent.
+//! * [`agent`]: the agent's state machine: scalers every 100 ms, protocol requests, and the
+//!   safety rules (restore on stop, on a lost coordinator, on a scaler panic).
+//! * [`server`]: the agent as a process: TCP server, control loop, Prometheus metrics, signals.
+//!
+//! The controller code is the simulator's: `controller::Captain` and friends are fed the same
+//! `CpuSample`s, read here from `cpu.stat` instead of the model.
+
+pub mod agent;
+pub mod cgroup;
+pub mod discovery;
+pub mod journal;
+pub mod protocol;
+pub mod server;
+pub mod testing;
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Everything the live side can fail with.
+#[derive(Debug, Error)]
+pub enum LiveError {
+    /// A cgroup file could not be read, parsed or written.
+    #[error("{path}: {reason}")]
+    Cgroup { path: PathBuf, reason: String },
+    /// The journal of original limits could not be read or written.
+    #[error("journal {path}: {reason}")]
+    Journal { path: PathBuf, reason: String },
+    /// The Kubernetes API failed.
+    #[error("kubernetes: {0}")]
+    Kube(String),
+    /// A bad configuration (flags, token file).
+    #[error("{0}")]
+    Config(String),
+}

@@ -1,0 +1,272 @@
+//! The coordinator <-> agent protocol, version 1.
+//!
+//! JSON, one message per line, over TCP. Every request carries the protocol version, an id the
+//! reply echoes, the shared token, a method and its parameters:
+//!
+//! ```json
+//! {"v":1,"id":7,"token":"s3cret","method":"start","params":{"scalers":{"web":{"kind":"captain","target":0.1,"initial_limit":4.0}}}}
+//! {"v":1,"id":7,"ok":true,"result":{"controlling":["web"]}}
+//! ```
+//!
+//! | method | params | result |
+//! |---|---|---|
+//! | `hello` | none | `{node, version, containers: [names the agent can control]}` |
+//! | `start` | `{scalers: {container: ScalerConfig}}` | `{controlling: [names]}`; containers not named are left alone |
+//! | `update_targets` | `{targets: {container: target}}` | `{updated: n}` |
+//! | `stats` | none | `{containers: {name: {limit, target, rows: [StatRow], dropped}}}`: per-second rows since the last `stats` |
+//! | `stop` | none | `{restored: [names]}`: original limits are back |
+//!
+//! Errors come back as `{"v":1,"id":7,"ok":false,"error":{"code":"...","message":"..."}}` with
+//! codes `malformed`, `too_large`, `bad_version`, `bad_token`, `unknown_method`,
+//! `unknown_container`, `bad_target`, `bad_config`, `fault`. A request that fails validation
+//! changes nothing. A bad token or an oversized message also closes the connection.
+
+use std::collections::BTreeMap;
+
+use controller::ScalerConfig;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The protocol version this build speaks.
+pub const VERSION: u32 = 1;
+/// Longest accepted message, bytes (a start for hundreds of containers fits easily).
+pub const MAX_MESSAGE: usize = 1 << 20;
+
+/// A parsed request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub id: u64,
+    pub token: String,
+    pub call: Call,
+}
+
+/// What the coordinator asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", content = "params", rename_all = "snake_case")]
+pub enum Call {
+    Hello,
+    Start {
+        scalers: BTreeMap<String, ScalerConfig>,
+    },
+    UpdateTargets {
+        targets: BTreeMap<String, f64>,
+    },
+    Stats,
+    Stop,
+}
+
+const METHODS: [&str; 5] = ["hello", "start", "update_targets", "stats", "stop"];
+
+/// One second of one container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatRow {
+    /// Seconds since the agent started, at the end of the second.
+    pub t: f64,
+    pub limit: f64,
+    /// Cores used during the second.
+    pub usage: f64,
+    pub nr_periods: u64,
+    pub nr_throttled: u64,
+}
+
+/// Error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Code {
+    Malformed,
+    TooLarge,
+    BadVersion,
+    BadToken,
+    UnknownMethod,
+    UnknownContainer,
+    BadTarget,
+    BadConfig,
+    Fault,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: Code,
+    pub message: String,
+}
+
+/// A reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub v: u32,
+    pub id: u64,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl Response {
+    pub fn ok(id: u64, result: Value) -> Self {
+        Response {
+            v: VERSION,
+            id,
+            ok: true,
+            result: Some(result),
+            error: None,
+        }
+    }
+
+    pub fn err(id: u64, code: Code, message: impl Into<String>) -> Self {
+        Response {
+            v: VERSION,
+            id,
+            ok: false,
+            result: None,
+            error: Some(ErrorBody {
+                code,
+                message: message.into(),
+            }),
+        }
+    }
+
+    pub fn code(&self) -> Option<Code> {
+        self.error.as_ref().map(|e| e.code)
+    }
+}
+
+/// Parses one line into a request, or the error reply it deserves (with the id when one
+/// could be read).
+pub fn parse(line: &[u8]) -> Result<Request, Response> {
+    if line.len() > MAX_MESSAGE {
+        return Err(Response::err(
+            0,
+            Code::TooLarge,
+            format!("message over {MAX_MESSAGE} bytes"),
+        ));
+    }
+    let value: Value = serde_json::from_slice(line)
+        .map_err(|e| Response::err(0, Code::Malformed, format!("not JSON: {e}")))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| Response::err(0, Code::Malformed, "a request is a JSON object"))?;
+    let id = obj.get("id").and_then(Value::as_u64).unwrap_or(0);
+    let v = obj
+        .get("v")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| Response::err(id, Code::Malformed, "missing protocol version \"v\""))?;
+    if v != VERSION as u64 {
+        return Err(Response::err(
+            id,
+            Code::BadVersion,
+            format!("protocol version {v}; this agent speaks {VERSION}"),
+        ));
+    }
+    if !obj.contains_key("id") {
+        return Err(Response::err(0, Code::Malformed, "missing \"id\""));
+    }
+    let token = obj
+        .get("token")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Response::err(id, Code::BadToken, "missing \"token\""))?
+        .to_string();
+    let method = obj
+        .get("method")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Response::err(id, Code::Malformed, "missing \"method\""))?;
+    if !METHODS.contains(&method) {
+        return Err(Response::err(
+            id,
+            Code::UnknownMethod,
+            format!("unknown method '{method}' (known: {})", METHODS.join(", ")),
+        ));
+    }
+    let mut call_value = serde_json::Map::new();
+    call_value.insert("method".into(), Value::String(method.to_string()));
+    if let Some(p) = obj.get("params") {
+        call_value.insert("params".into(), p.clone());
+    }
+    let call: Call = serde_json::from_value(Value::Object(call_value))
+        .map_err(|e| Response::err(id, Code::Malformed, format!("bad params for {method}: {e}")))?;
+    Ok(Request { id, token, call })
+}
+
+/// A request line, as the coordinator sends it.
+pub fn encode(id: u64, token: &str, call: &Call) -> String {
+    let mut v = serde_json::to_value(call).expect("calls serialize");
+    let obj = v.as_object_mut().expect("tagged enum is an object");
+    obj.insert("v".into(), VERSION.into());
+    obj.insert("id".into(), id.into());
+    obj.insert("token".into(), token.into());
+    let mut s = v.to_string();
+    s.push('\n');
+    s
+}
+
+/// Compares tokens without stopping at the first difference.
+pub fn token_matches(given: &str, expected: &str) -> bool {
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    let mut diff = (a.len() != b.len()) as u8;
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
+    }
+    diff == 0 && !expected.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let call = Call::UpdateTargets {
+            targets: [("web".to_string(), 0.1)].into(),
+        };
+        let line = encode(3, "tok", &call);
+        let r = parse(line.trim_end().as_bytes()).unwrap();
+        assert_eq!(
+            r,
+            Request {
+                id: 3,
+                token: "tok".into(),
+                call
+            }
+        );
+        let hello = parse(br#"{"v":1,"id":1,"token":"t","method":"hello"}"#).unwrap();
+        assert_eq!(hello.call, Call::Hello);
+    }
+
+    #[test]
+    fn errors_have_codes() {
+        let code = |s: &[u8]| parse(s).unwrap_err().code().unwrap();
+        assert_eq!(code(b"{nope"), Code::Malformed);
+        assert_eq!(code(b"[1,2]"), Code::Malformed);
+        assert_eq!(
+            code(br#"{"v":2,"id":1,"token":"t","method":"hello"}"#),
+            Code::BadVersion
+        );
+        assert_eq!(code(br#"{"v":1,"id":1,"method":"hello"}"#), Code::BadToken);
+        assert_eq!(
+            code(br#"{"v":1,"id":1,"token":"t","method":"reboot"}"#),
+            Code::UnknownMethod
+        );
+        assert_eq!(code(br#"{"v":1,"id":1,"token":"t","method":"start","params":{"scalers":{"a":{"kind":"magic"}}}}"#), Code::Malformed);
+        assert_eq!(
+            code(br#"{"v":1,"token":"t","method":"hello"}"#),
+            Code::Malformed
+        );
+        let big = vec![b' '; MAX_MESSAGE + 1];
+        assert_eq!(code(&big), Code::TooLarge);
+        // The id is echoed when it could be read.
+        assert_eq!(
+            parse(br#"{"v":1,"id":9,"token":"t","method":"x"}"#)
+                .unwrap_err()
+                .id,
+            9
+        );
+    }
+
+    #[test]
+    fn tokens() {
+        assert!(token_matches("abc", "abc"));
+        assert!(!token_matches("abd", "abc"));
+        assert!(!token_matches("ab", "abc"));
+        assert!(!token_matches("", ""));
+    }
+}

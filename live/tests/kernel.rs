@@ -1,0 +1,322 @@
+//! On real kernel cgroups (v1 at /sys/fs/cgroup here): the agent's Captain throttles a
+//! CPU-burning process, and the original quota comes back after a stop, a SIGTERM and a
+//! SIGKILL. Skipped, with a message, where cgroups are not writable.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use controller::ScalerKind;
+use live::agent::Agent;
+use live::cgroup::{Cgroup, Root};
+use live::journal::Journal;
+use live::protocol::{self, Call, Request};
+use live::testing::Groups;
+
+fn groups(tag: &str, n: usize) -> Option<(Root, Groups)> {
+    let root = match Root::detect(Path::new("/sys/fs/cgroup")) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("SKIPPED: no cgroup hierarchy: {e}");
+            return None;
+        }
+    };
+    match Groups::create(
+        &root,
+        &format!("autothrottle-test-{}-{tag}", std::process::id()),
+        n,
+    ) {
+        Ok(g) => Some((root, g)),
+        Err(e) => {
+            eprintln!("SKIPPED: cgroups are not writable here: {e}");
+            None
+        }
+    }
+}
+
+fn quota(root: &Root, g: &Groups, name: &str) -> live::cgroup::Quota {
+    Cgroup::open(name, root, &g.rel(name)).unwrap().original()
+}
+
+#[test]
+fn the_kernel_throttles_what_the_captain_allows() {
+    let Some((root, mut g)) = groups("captain", 1) else {
+        return;
+    };
+    let original = quota(&root, &g, "g0");
+    g.burn("g0", 2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::new(
+        "n",
+        "t",
+        root.clone(),
+        Journal::new(&dir.path().join("j.json")),
+        60.0,
+    );
+    agent.set_known(g.known());
+    // Target 0: the Captain must keep throttling low; start it tight at 0.5 core.
+    let r = agent.handle(
+        Request {
+            id: 1,
+            token: "t".into(),
+            call: Call::Start {
+                scalers: [("g0".to_string(), ScalerKind::Const.config(0.0, 0.5))].into(),
+            },
+        },
+        0.0,
+    );
+    assert!(r.ok, "{r:?}");
+    let start = Instant::now();
+    let mut cg = Cgroup::open("probe", &root, &g.rel("g0")).unwrap();
+    let mut first = None;
+    for k in 0..=30 {
+        let due = start + Duration::from_millis(100 * k);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        agent.tick(start.elapsed().as_secs_f64());
+        if k == 5 {
+            first = Some(cg.sample(start.elapsed().as_secs_f64()).unwrap());
+        }
+    }
+    let last = cg.sample(start.elapsed().as_secs_f64()).unwrap();
+    let first = first.unwrap();
+    let secs = last.t - first.t;
+    let used = (last.usage - first.usage) / secs;
+    let throttled = last.nr_throttled - first.nr_throttled;
+    eprintln!("0.5-core quota on a 2-thread burner: {used:.3} cores, {throttled} throttled periods in {secs:.1} s");
+    assert!(throttled >= 15, "the kernel throttled: {throttled}");
+    assert!(
+        used <= 0.5 * 1.05 + 0.02,
+        "usage {used} stays under the 0.5-core quota"
+    );
+    assert!(used >= 0.3, "and gets most of it: {used}");
+    // Now the Captain: it raises the limit under heavy throttling.
+    let r = agent.handle(
+        Request {
+            id: 2,
+            token: "t".into(),
+            call: Call::Start {
+                scalers: [("g0".to_string(), ScalerKind::Captain.config(0.05, 0.5))].into(),
+            },
+        },
+        start.elapsed().as_secs_f64(),
+    );
+    assert!(r.ok);
+    let t0 = start.elapsed().as_secs_f64();
+    for k in 1..=30 {
+        let due = start + Duration::from_secs_f64(t0 + 0.1 * k as f64);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        agent.tick(start.elapsed().as_secs_f64());
+    }
+    let now = Cgroup::open("probe", &root, &g.rel("g0"))
+        .unwrap()
+        .original();
+    assert!(
+        now.cores() > 0.6,
+        "the Captain scaled up a throttled burner: {:?}",
+        now
+    );
+    let stop = agent.handle(
+        Request {
+            id: 3,
+            token: "t".into(),
+            call: Call::Stop,
+        },
+        start.elapsed().as_secs_f64(),
+    );
+    assert!(stop.ok);
+    assert_eq!(
+        quota(&root, &g, "g0"),
+        original,
+        "original quota back after stop"
+    );
+    assert!(!dir.path().join("j.json").exists());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn call(stream: &mut TcpStream, id: u64, call: &Call) -> serde_json::Value {
+    stream
+        .write_all(protocol::encode(id, "tok", call).as_bytes())
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(stream.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+fn connect(port: u16) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => return s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("agent did not come up: {e}"),
+        }
+    }
+}
+
+fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts `live agent` on group g0, lets it set a 0.3-core quota, and returns the process.
+fn agent_controlling(
+    root: &Root,
+    g: &Groups,
+    journal: &Path,
+    extra: &[&str],
+) -> (std::process::Child, u16) {
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_live"));
+    cmd.args([
+        "agent",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--journal",
+        journal.to_str().unwrap(),
+    ])
+    .args(["--cgroup", &format!("g0={}", g.rel("g0").display())])
+    .args(extra)
+    .env("AUTOTHROTTLE_TOKEN", "tok")
+    .stderr(Stdio::null());
+    let child = cmd.spawn().unwrap();
+    let mut s = connect(port);
+    let r = call(
+        &mut s,
+        1,
+        &Call::Start {
+            scalers: [("g0".to_string(), ScalerKind::Const.config(0.0, 0.3))].into(),
+        },
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    wait_for(
+        || quota(root, g, "g0").quota_us == Some(30_000),
+        "the agent's 0.3-core quota",
+    );
+    (child, port)
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+#[test]
+fn sigterm_and_sigkill_leave_no_quota_behind() {
+    let Some((root, g)) = groups("signals", 1) else {
+        return;
+    };
+    let original = quota(&root, &g, "g0");
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.json");
+
+    // SIGTERM to the supervisor: passed on, the worker restores and exits cleanly.
+    let (mut child, _) = agent_controlling(&root, &g, &journal, &[]);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    assert_eq!(quota(&root, &g, "g0"), original, "restored after SIGTERM");
+    assert!(!journal.exists());
+
+    // SIGKILL to the worker: the supervisor restores from the journal.
+    let (mut child, _) = agent_controlling(&root, &g, &journal, &[]);
+    let workers = children_of(child.id());
+    assert_eq!(workers.len(), 1, "one worker under the supervisor");
+    unsafe { libc::kill(workers[0] as i32, libc::SIGKILL) };
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the supervisor reports the crash");
+    assert_eq!(
+        quota(&root, &g, "g0"),
+        original,
+        "restored by the supervisor after SIGKILL"
+    );
+
+    // SIGKILL with no supervisor: the quota stays until the next agent starts, which restores
+    // from the journal before anything else.
+    let (mut child, _) = agent_controlling(&root, &g, &journal, &["--no-supervisor"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        quota(&root, &g, "g0").quota_us,
+        Some(30_000),
+        "a SIGKILLed agent cannot restore"
+    );
+    assert!(journal.exists());
+    let out = Command::new(env!("CARGO_BIN_EXE_live"))
+        .args(["restore", "--journal", journal.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        quota(&root, &g, "g0"),
+        original,
+        "restored from the journal"
+    );
+    assert!(!journal.exists());
+}
+
+#[test]
+fn protocol_abuse_over_tcp_never_changes_a_limit() {
+    let Some((root, g)) = groups("abuse", 1) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.json");
+    let (mut child, port) = agent_controlling(&root, &g, &journal, &["--no-supervisor"]);
+    let send = |payload: &[u8]| -> String {
+        let mut s = connect(port);
+        s.write_all(payload).unwrap();
+        let mut line = String::new();
+        let _ = BufReader::new(s).read_line(&mut line);
+        line
+    };
+    assert!(
+        send(b"{\"v\":1,\"id\":5,\"token\":\"wrong\",\"method\":\"stop\"}\n").contains("bad_token")
+    );
+    assert!(send(b"not json at all\n").contains("malformed"));
+    assert!(
+        send(b"{\"v\":1,\"id\":6,\"token\":\"tok\",\"method\":\"reboot\"}\n")
+            .contains("unknown_method")
+    );
+    let mut huge = vec![b'x'; protocol::MAX_MESSAGE + 10];
+    huge.push(b'\n');
+    assert!(send(&huge).contains("too_large"));
+    let mut s = connect(port);
+    let r = call(
+        &mut s,
+        7,
+        &Call::UpdateTargets {
+            targets: BTreeMap::from([("g0".to_string(), 7.0)]),
+        },
+    );
+    assert_eq!(r["error"]["code"], "bad_target");
+    assert_eq!(
+        quota(&root, &g, "g0").quota_us,
+        Some(30_000),
+        "still the coordinator's limit"
+    );
+    let r = call(&mut s, 8, &Call::Stop);
+    assert_eq!(r["ok"], true);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+}
