@@ -147,10 +147,13 @@ async fn lists_pods_remaps_restarts_and_rides_out_api_errors() {
     discovery::refresh(&client, &scope(), &statics, &agent)
         .await
         .unwrap();
-    let a = agent.lock().unwrap();
-    assert_eq!(a.known(), vec!["web".to_string()]);
+    let (known, controlling) = {
+        let a = agent.lock().unwrap();
+        (a.known(), a.controlling())
+    };
+    assert_eq!(known, vec!["web".to_string()]);
     assert!(
-        a.controlling().is_empty(),
+        controlling.is_empty(),
         "the restarted container waits for the coordinator"
     );
     assert_eq!(
@@ -158,6 +161,5 @@ async fn lists_pods_remaps_restarts_and_rides_out_api_errors() {
         "max 100000\n",
         "the old group was restored"
     );
-    drop(a);
     server.await.unwrap();
 }
