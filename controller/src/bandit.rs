@@ -18,7 +18,12 @@
 //!    so in a group of at least two samples (one unlucky minute of a tight action must not rule
 //!    out most of the grid); and it is *known safe* if an action at least as loose met the SLO
 //!    at a bucket at or above (one bucket of slack);
-//! 4. the greedy choice is the known-safe, not-unsafe action with the lowest `theta`; when none
+//! 4. **this run's evidence wins**: for an (action, bucket) that this run has seen, only this
+//!    run's samples count, and a miss seen in this run also rules out the actions one grid step
+//!    tighter in both groups. Earlier runs (the warm-up) may have seen a gentler workload at the
+//!    same RPS; without this, their samples outvote a fresh miss in the median and the greedy
+//!    choice keeps missing the SLO minute after minute, one grid step at a time;
+//! 5. the greedy choice is the known-safe, not-unsafe action with the lowest `theta`; when none
 //!    is known safe (an RPS beyond everything seen) the configured `initial` action is used;
 //!    with probability `explore` a random grid neighbour of the choice is taken instead.
 
@@ -50,6 +55,9 @@ pub struct BanditConfig {
     pub bandwidth_buckets: f64,
     /// The action used before anything has been learnt.
     pub initial: Action,
+    /// An action counts as known safe at a load only where an action at least as loose kept
+    /// P99 within `safety_margin * slo_ms` (1: just meeting the SLO is enough).
+    pub safety_margin: f64,
 }
 
 impl BanditConfig {
@@ -63,6 +71,7 @@ impl BanditConfig {
             drop_samples: 3,
             bandwidth_buckets: 2.0,
             initial: Action::new(3, 3),
+            safety_margin: 1.0,
         }
     }
 
@@ -142,6 +151,10 @@ struct Point {
     cost: f64,
     /// Samples in the group.
     n: usize,
+    /// P99 latency, ms.
+    p99: f64,
+    /// Summarises this run's samples (not inherited ones).
+    fresh: bool,
 }
 
 impl BanditTower {
@@ -168,22 +181,34 @@ impl BanditTower {
         let memory = &self.recorder.memory;
         let slo = self.config.slo_ms;
         let costs = memory.costs(slo);
-        let mut groups: BTreeMap<(Action, i64), (Vec<f64>, Vec<f64>)> = BTreeMap::new();
-        for (s, c) in memory.samples.iter().zip(costs) {
+        // (alloc, cost, p99) of inherited samples, then of this run's.
+        type Group = [(Vec<f64>, Vec<f64>, Vec<f64>); 2];
+        let mut groups: BTreeMap<(Action, i64), Group> = BTreeMap::new();
+        for (k, (s, c)) in memory.samples.iter().zip(costs).enumerate() {
             let bucket = (s.rps / self.config.aggregate_rps).round() as i64;
             let alloc = s.allocation.max(1e-3).ln();
-            let g = groups.entry((s.action, bucket)).or_default();
+            let fresh = usize::from(k >= self.recorder.inherited);
+            let g = &mut groups.entry((s.action, bucket)).or_default()[fresh];
             g.0.push(alloc);
             g.1.push(c);
+            g.2.push(s.p99_ms);
         }
         groups
             .into_iter()
-            .map(|((action, bucket), (mut alloc, mut cost))| Point {
-                action,
-                bucket,
-                n: cost.len(),
-                alloc: median(&mut alloc),
-                cost: median(&mut cost),
+            .map(|((action, bucket), [old, new])| {
+                // What this run saw of an action at a load replaces what earlier runs saw:
+                // the deployment and workload of now are the ones that matter.
+                let fresh = !new.1.is_empty();
+                let (mut alloc, mut cost, mut p99) = if fresh { new } else { old };
+                Point {
+                    action,
+                    bucket,
+                    n: cost.len(),
+                    fresh,
+                    alloc: median(&mut alloc),
+                    cost: median(&mut cost),
+                    p99: median(&mut p99),
+                }
             })
             .collect()
     }
@@ -262,6 +287,7 @@ impl BanditTower {
                 (lo.min(p.alloc.exp()), hi.max(p.alloc.exp()))
             });
         let load = fit.load_at(rps / self.config.aggregate_rps);
+        let safe_ms = self.config.safety_margin * self.config.slo_ms;
         Action::all()
             .map(|a| {
                 let theta = fit.theta[a.index()]?;
@@ -276,16 +302,18 @@ impl BanditTower {
                     .filter(|p| {
                         p.cost >= 2.0
                             && p.bucket <= here
-                            && (p.action == a || (p.n >= 2 && a.at_least(p.action)))
+                            && (p.action == a
+                                || (p.n >= 2 && a.at_least(p.action))
+                                || (p.fresh && a.at_least(p.action.tighter())))
                     })
                     .map(|p| p.cost)
                     .fold(None, |m: Option<f64>, c| Some(m.map_or(c, |m| m.max(c))));
                 if let Some(c) = miss {
                     return Some(c.max(2.0 + t.max(0.0)));
                 }
-                let known_safe = points
-                    .iter()
-                    .any(|p| p.cost < 2.0 && p.bucket >= here - 1 && p.action.at_least(a));
+                let known_safe = points.iter().any(|p| {
+                    p.cost < 2.0 && p.p99 <= safe_ms && p.bucket >= here - 1 && p.action.at_least(a)
+                });
                 known_safe.then_some(t)
             })
             .collect()
@@ -451,6 +479,50 @@ mod tests {
         let p = tower.predict(420.0);
         assert!(p[Action::new(5, 4).index()].unwrap() >= 2.0);
         assert!(p[loose.index()].unwrap() < 2.0, "{:?}", p[loose.index()]);
+    }
+
+    #[test]
+    fn this_runs_misses_outweigh_the_warm_up() {
+        // The warm-up saw every action meet the SLO at 400 RPS, twice each.
+        let mut samples = Vec::new();
+        for a in Action::all() {
+            for _ in 0..2 {
+                let (_, allocation) = world(LOW, a);
+                samples.push(TowerSample {
+                    rps: HIGH,
+                    action: a,
+                    probability: 1.0,
+                    p99_ms: 40.0,
+                    allocation,
+                });
+            }
+        }
+        let config = BanditConfig {
+            drop_samples: 0,
+            ..BanditConfig::new(SLO, 20.0)
+        };
+        let mut tower = BanditTower::new(config, TowerMemory { samples }, 1);
+        let first = tower.best(HIGH);
+        assert_eq!(first, Action::new(8, 8));
+        // Now, at the same load, the loosest action misses once.
+        tower.observe(&MinuteObservation {
+            rps: HIGH,
+            p99_ms: 40.0,
+            allocation: 5.0,
+        });
+        tower.recorder.decided(first, 1.0);
+        tower.observe(&MinuteObservation {
+            rps: HIGH,
+            p99_ms: 500.0,
+            allocation: 5.0,
+        });
+        let next = tower.best(HIGH);
+        let (i, j) = next.indices();
+        assert!(
+            i < 7 || j < 7,
+            "one miss rules out the step below too: {:?}",
+            next.targets()
+        );
     }
 
     #[test]

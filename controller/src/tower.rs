@@ -135,6 +135,12 @@ impl Action {
             .collect()
     }
 
+    /// One grid step tighter in both groups (clamped at the grid's edge).
+    pub fn tighter(self) -> Action {
+        let (i, j) = self.indices();
+        Action::new(i.saturating_sub(1), j.saturating_sub(1))
+    }
+
     /// True when both targets are at least this action's (so the allocation is at most as
     /// large and the latency at least as bad).
     pub fn at_least(self, other: Action) -> bool {
@@ -260,6 +266,8 @@ impl Tower for NoTower {
 #[derive(Debug, Clone)]
 pub(crate) struct Recorder {
     pub memory: TowerMemory,
+    /// How many samples came from earlier runs (the rest are this run's).
+    pub inherited: usize,
     minutes: usize,
     drop_samples: usize,
     pending: Option<(Action, f64)>,
@@ -268,6 +276,7 @@ pub(crate) struct Recorder {
 impl Recorder {
     pub fn new(memory: TowerMemory, drop_samples: usize) -> Self {
         Recorder {
+            inherited: memory.samples.len(),
             memory,
             minutes: 0,
             drop_samples,
