@@ -50,6 +50,12 @@ fn mm1_matches_the_analytic_response_time() {
     let out = run_constant(one_service(1, 4, 10.0), 50, 7200, 1);
     let s = &out.info.summary;
     let mean = 1000.0 / (100.0 - 50.0);
+    eprintln!(
+        "M/M/1: mean {:.2} ms (analytic {mean:.2}), P99 {:.1} ms (analytic {:.1})",
+        s.mean_ms,
+        s.p99_ms,
+        mean * 100f64.ln()
+    );
     assert!(
         (s.mean_ms - mean).abs() / mean < 0.05,
         "mean {} vs {mean} ms",
@@ -88,6 +94,7 @@ fn mmc_matches_erlang_c() {
     let wait = erlang_c(c, lambda / mu) / (c as f64 * mu - lambda);
     let mean = 1000.0 * (wait + 1.0 / mu);
     let got = out.info.summary.mean_ms;
+    eprintln!("M/M/4: mean {got:.3} ms (Erlang C {mean:.3})");
     assert!((got - mean).abs() / mean < 0.05, "mean {got} vs {mean} ms");
 }
 
@@ -155,6 +162,10 @@ fn the_slo_trade_off_is_real() {
         );
         cfg.initial_limits = Some(free.service_usage.iter().map(|u| u.max(0.01)).collect());
         let tight = run(&cfg, None, &mut |_, _| {}).unwrap();
+        eprintln!(
+            "{name}: 32 cores each: P99 {:.1} ms, usage {:.2} cores; limits at mean usage: P99 {:.1} ms (SLO {slo} ms)",
+            free.info.summary.p99_ms, free.info.summary.usage, tight.info.summary.p99_ms
+        );
         assert!(
             tight.info.summary.p99_ms > slo,
             "{name}: P99 {} with limits at the mean usage ({:.2} cores in all)",
