@@ -35,6 +35,20 @@ struct Controlled {
     last: Option<CpuSample>,
 }
 
+impl Controlled {
+    fn new(cgroup: Cgroup, scaler: Box<dyn Scaler>) -> Self {
+        Controlled {
+            cgroup,
+            scaler,
+            second_start: None,
+            ticks: 0,
+            rows: VecDeque::new(),
+            dropped: 0,
+            last: None,
+        }
+    }
+}
+
 /// What the metrics endpoint shows per container.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gauge {
@@ -307,18 +321,8 @@ impl Agent {
             .get(name)
             .ok_or_else(|| LiveError::Config(format!("unknown container '{name}'")))?;
         let cgroup = Cgroup::open(name, &self.root, rel)?;
-        self.controlled.insert(
-            name.to_string(),
-            Controlled {
-                cgroup,
-                scaler,
-                second_start: None,
-                ticks: 0,
-                rows: VecDeque::new(),
-                dropped: 0,
-                last: None,
-            },
-        );
+        self.controlled
+            .insert(name.to_string(), Controlled::new(cgroup, scaler));
         Ok(())
     }
 
@@ -351,18 +355,8 @@ impl Agent {
         }
         for (name, cgroup) in opened {
             let scaler = scalers[&name].build().expect("validated");
-            self.controlled.insert(
-                name,
-                Controlled {
-                    cgroup,
-                    scaler,
-                    second_start: None,
-                    ticks: 0,
-                    rows: VecDeque::new(),
-                    dropped: 0,
-                    last: None,
-                },
-            );
+            self.controlled
+                .insert(name, Controlled::new(cgroup, scaler));
         }
         // A container already controlled gets the new scaler (its cgroup and journal entry stay).
         for (name, config) in &scalers {
