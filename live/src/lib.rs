@@ -18,6 +18,7 @@ pub mod agent;
 pub mod cgroup;
 pub mod discovery;
 pub mod journal;
+pub mod loadgen;
 pub mod protocol;
 pub mod server;
 pub mod testing;

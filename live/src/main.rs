@@ -39,6 +39,14 @@ enum Command {
     },
     /// Measure the agent's own overhead: N containers controlled at 100 ms.
     Bench(BenchArgs),
+    /// Measure the load generator: a constant rate against a trivial local HTTP server.
+    LoadBench {
+        /// Requests per second to send.
+        #[arg(long, default_value_t = 10_000.0)]
+        rps: f64,
+        #[arg(long, default_value_t = 10)]
+        seconds: usize,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -82,6 +90,10 @@ struct AgentArgs {
     /// Run without a supervisor process (the journal still restores at the next start).
     #[arg(long)]
     no_supervisor: bool,
+    /// Write the address the agent listens on to this file once it listens (useful with
+    /// --listen 127.0.0.1:0).
+    #[arg(long)]
+    address_file: Option<PathBuf>,
     #[arg(long, hide = true)]
     worker: bool,
 }
@@ -104,6 +116,7 @@ fn main() {
         }
         Command::Restore { journal } => restore(&journal),
         Command::Bench(b) => bench(b),
+        Command::LoadBench { rps, seconds } => load_bench(rps, seconds),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -233,7 +246,21 @@ fn agent(a: AgentArgs) -> Result<()> {
             kube,
             relist: Duration::from_secs(a.relist.max(1)),
         };
-        let (tx, _rx) = tokio::sync::oneshot::channel();
+        let (tx, rx) = tokio::sync::oneshot::channel::<SocketAddr>();
+        if let Some(file) = a.address_file.clone() {
+            tokio::spawn(async move {
+                if let Ok(addr) = rx.await {
+                    // Written whole, then renamed: a reader never sees half an address.
+                    let tmp = file.with_extension("tmp");
+                    if std::fs::write(&tmp, addr.to_string())
+                        .and_then(|_| std::fs::rename(&tmp, &file))
+                        .is_err()
+                    {
+                        tracing::error!(file = %file.display(), "cannot write the address file");
+                    }
+                }
+            });
+        }
         let shutdown = async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -346,4 +373,62 @@ fn cpu_time() -> f64 {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// Drives `rps` for `seconds` against an in-process trivial server and reports what got through.
+fn load_bench(rps: f64, seconds: usize) -> Result<()> {
+    use live::loadgen::{serve_ok, LoadConfig, LoadGen, RequestKind};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let server = tokio::spawn(serve_ok(listener, Duration::ZERO));
+        let gen = LoadGen::new(LoadConfig {
+            base,
+            rates: vec![rps; seconds],
+            mix: vec![RequestKind {
+                name: "get".into(),
+                weight: 1.0,
+                method: hyper::Method::GET,
+                path: "/x?id={int:1..1000}".into(),
+            }],
+            seed: 1,
+            timeout: Duration::from_secs(2),
+            max_in_flight: 512,
+        })?;
+        let start = Instant::now();
+        gen.run().await?;
+        let wall = start.elapsed().as_secs_f64();
+        server.abort();
+        let stats = gen.stats();
+        let s = stats.lock().expect("stats");
+        let (mut sent, mut ok, mut bad) = (0u64, 0u64, 0u64);
+        let mut all = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+        for sec in &s.seconds {
+            sent += sec.sent;
+            ok += sec.ok;
+            bad += sec.errors + sec.timeouts;
+            all.add(&sec.latency)?;
+        }
+        println!("target rate         {rps:.0} RPS for {seconds} s");
+        println!(
+            "sent / ok / failed  {sent} / {ok} / {bad} in {wall:.1} s ({:.0} ok per second)",
+            ok as f64 / seconds as f64
+        );
+        println!(
+            "latency             p50 {:.2} ms, p99 {:.2} ms",
+            all.value_at_quantile(0.5) as f64 / 1000.0,
+            all.value_at_quantile(0.99) as f64 / 1000.0
+        );
+        println!(
+            "send lateness       p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            s.lateness.value_at_quantile(0.5) as f64 / 1000.0,
+            s.lateness.value_at_quantile(0.99) as f64 / 1000.0,
+            s.lateness.max() as f64 / 1000.0
+        );
+        Ok(())
+    })
 }

@@ -43,6 +43,7 @@ fn quota(root: &Root, g: &Groups, name: &str) -> live::cgroup::Quota {
 
 #[test]
 fn the_kernel_throttles_what_the_captain_allows() {
+    let _one_at_a_time = serial();
     let Some((root, mut g)) = groups("captain", 1) else {
         return;
     };
@@ -135,12 +136,14 @@ fn the_kernel_throttles_what_the_captain_allows() {
     assert!(!dir.path().join("j.json").exists());
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The tests in this file share the machine's two cores with CPU burners and agents: one at a
+/// time keeps their timing honest.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+static ADDRESSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn call(stream: &mut TcpStream, id: u64, call: &Call) -> serde_json::Value {
@@ -180,12 +183,18 @@ fn agent_controlling(
     journal: &Path,
     extra: &[&str],
 ) -> (std::process::Child, u16) {
-    let port = free_port();
+    // Port 0 and an address file: no race with other processes for a "free" port.
+    let address = journal.with_file_name(format!(
+        "address-{}",
+        ADDRESSES.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_live"));
     cmd.args([
         "agent",
         "--listen",
-        &format!("127.0.0.1:{port}"),
+        "127.0.0.1:0",
+        "--address-file",
+        address.to_str().unwrap(),
         "--journal",
         journal.to_str().unwrap(),
     ])
@@ -194,6 +203,14 @@ fn agent_controlling(
     .env("AUTOTHROTTLE_TOKEN", "tok")
     .stderr(Stdio::null());
     let child = cmd.spawn().unwrap();
+    wait_for(|| address.exists(), "the agent's address file");
+    let port: u16 = std::fs::read_to_string(&address)
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let mut s = connect(port);
     let r = call(
         &mut s,
@@ -220,6 +237,7 @@ fn children_of(pid: u32) -> Vec<u32> {
 
 #[test]
 fn sigterm_and_sigkill_leave_no_quota_behind() {
+    let _one_at_a_time = serial();
     let Some((root, g)) = groups("signals", 1) else {
         return;
     };
@@ -277,6 +295,7 @@ fn sigterm_and_sigkill_leave_no_quota_behind() {
 
 #[test]
 fn protocol_abuse_over_tcp_never_changes_a_limit() {
+    let _one_at_a_time = serial();
     let Some((root, g)) = groups("abuse", 1) else {
         return;
     };

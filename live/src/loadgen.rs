@@ -1,0 +1,347 @@
+//! An open-loop HTTP load generator that replays a trace.
+//!
+//! Requests are sent at Poisson arrival times whose rate follows the trace second by second,
+//! whatever the target does: a slow target does not slow the schedule down (that would hide
+//! exactly the latency being measured). Latency is measured from the *scheduled* send time, so
+//! a send delayed by the in-flight bound counts its wait too, and how far the sender fell
+//! behind is reported. Errors and timeouts are not dropped: they are counted, and recorded in
+//! the latency histograms at the timeout, so they count as SLO misses.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rand::distr::weighted::WeightedIndex;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Exp1};
+use rand_pcg::Pcg64Mcg;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::LiveError;
+
+/// One kind of request of the mix.
+#[derive(Debug, Clone)]
+pub struct RequestKind {
+    pub name: String,
+    pub weight: f64,
+    pub method: Method,
+    /// Path and query, with placeholders filled per request: `{int:LO..HI}`,
+    /// `{float:LO..HI}`, `{choice:a|b|c}`.
+    pub path: String,
+}
+
+/// What to send, where, how fast.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// `http://host:port`, no trailing slash.
+    pub base: String,
+    /// Requests per second, one value per second.
+    pub rates: Vec<f64>,
+    pub mix: Vec<RequestKind>,
+    pub seed: u64,
+    pub timeout: Duration,
+    /// Requests in flight at most; the sender waits (and falls behind) beyond it.
+    pub max_in_flight: usize,
+}
+
+/// One second of the schedule: the requests scheduled in it and how they went.
+#[derive(Debug, Clone)]
+pub struct Second {
+    pub sent: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub timeouts: u64,
+    /// Latency in microseconds, from the scheduled send time.
+    pub latency: Histogram<u64>,
+}
+
+impl Second {
+    fn new() -> Self {
+        Second {
+            sent: 0,
+            ok: 0,
+            errors: 0,
+            timeouts: 0,
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds"),
+        }
+    }
+
+    pub fn done(&self) -> u64 {
+        self.ok + self.errors + self.timeouts
+    }
+}
+
+/// Everything measured, shared with whoever reads it while the load runs.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    pub seconds: Vec<Second>,
+    /// How late sends went out, in microseconds.
+    pub lateness: Histogram<u64>,
+    /// Last error message seen (for reports).
+    pub last_error: Option<String>,
+}
+
+/// Fills a path template.
+pub fn expand(template: &str, rng: &mut impl Rng) -> Result<String, LiveError> {
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..].find('}').ok_or_else(|| {
+            LiveError::Config(format!("unclosed '{{' in path template {template:?}"))
+        })? + open;
+        let spec = &rest[open + 1..close];
+        let bad = || {
+            LiveError::Config(format!(
+                "bad placeholder {{{spec}}} in {template:?} (int:LO..HI, float:LO..HI, choice:a|b)"
+            ))
+        };
+        let (kind, arg) = spec.split_once(':').ok_or_else(bad)?;
+        match kind {
+            "int" => {
+                let (lo, hi) = arg.split_once("..").ok_or_else(bad)?;
+                let (lo, hi): (i64, i64) = (
+                    lo.parse().map_err(|_| bad())?,
+                    hi.parse().map_err(|_| bad())?,
+                );
+                if hi < lo {
+                    return Err(bad());
+                }
+                out.push_str(&rng.random_range(lo..=hi).to_string());
+            }
+            "float" => {
+                let (lo, hi) = arg.split_once("..").ok_or_else(bad)?;
+                let (lo, hi): (f64, f64) = (
+                    lo.parse().map_err(|_| bad())?,
+                    hi.parse().map_err(|_| bad())?,
+                );
+                if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
+                    return Err(bad());
+                }
+                out.push_str(&format!("{:.4}", rng.random_range(lo..hi)));
+            }
+            "choice" => {
+                let options: Vec<&str> = arg.split('|').collect();
+                out.push_str(options[rng.random_range(0..options.len())]);
+            }
+            _ => return Err(bad()),
+        }
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Poisson arrival times (seconds from the start) following `rates` second by second.
+pub fn arrivals(rates: &[f64], seed: u64) -> impl Iterator<Item = f64> + '_ {
+    let mut rng = Pcg64Mcg::seed_from_u64(seed);
+    let mut t = 0.0f64;
+    std::iter::from_fn(move || loop {
+        let second = t.floor() as usize;
+        let rate = *rates.get(second)?;
+        let boundary = (second + 1) as f64;
+        if rate > 0.0 {
+            let gap: f64 = Exp1.sample(&mut rng);
+            let next = t + gap / rate;
+            if next < boundary {
+                t = next;
+                return Some(next);
+            }
+        }
+        t = boundary;
+    })
+}
+
+/// The generator; `stats()` can be read while `run` goes on.
+#[derive(Debug)]
+pub struct LoadGen {
+    config: LoadConfig,
+    stats: Arc<Mutex<Stats>>,
+}
+
+impl LoadGen {
+    pub fn new(config: LoadConfig) -> Result<Self, LiveError> {
+        if config.mix.is_empty() {
+            return Err(LiveError::Config("the request mix is empty".into()));
+        }
+        let base: Uri = config
+            .base
+            .parse()
+            .map_err(|e| LiveError::Config(format!("bad URL {:?}: {e}", config.base)))?;
+        if base.scheme_str() != Some("http") || base.host().is_none() {
+            return Err(LiveError::Config(format!(
+                "URL {:?} must be http://host[:port]",
+                config.base
+            )));
+        }
+        let mut probe = Pcg64Mcg::seed_from_u64(0);
+        for k in &config.mix {
+            expand(&k.path, &mut probe)?;
+        }
+        let seconds = (0..config.rates.len()).map(|_| Second::new()).collect();
+        Ok(LoadGen {
+            stats: Arc::new(Mutex::new(Stats {
+                seconds,
+                lateness: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds"),
+                last_error: None,
+            })),
+            config,
+        })
+    }
+
+    pub fn stats(&self) -> Arc<Mutex<Stats>> {
+        self.stats.clone()
+    }
+
+    /// Sends the whole schedule and waits for the last answers (or their timeouts).
+    pub async fn run(&self) -> Result<(), LiveError> {
+        let c = &self.config;
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(c.max_in_flight)
+            .build_http();
+        let weights = WeightedIndex::new(c.mix.iter().map(|k| k.weight))
+            .map_err(|e| LiveError::Config(format!("request weights: {e}")))?;
+        let mut rng = Pcg64Mcg::seed_from_u64(c.seed ^ 0x5EED);
+        let permits = Arc::new(Semaphore::new(c.max_in_flight.max(1)));
+        let start = Instant::now();
+        for at in arrivals(&c.rates, c.seed) {
+            let scheduled = start + Duration::from_secs_f64(at);
+            tokio::time::sleep_until(scheduled).await;
+            let permit = permits.clone().acquire_owned().await.expect("never closed");
+            let late = Instant::now().saturating_duration_since(scheduled);
+            let kind = &c.mix[weights.sample(&mut rng)];
+            let uri = format!("{}{}", c.base, expand(&kind.path, &mut rng)?);
+            let req = Request::builder()
+                .method(kind.method.clone())
+                .uri(uri)
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| LiveError::Config(format!("request: {e}")))?;
+            let second = at as usize;
+            {
+                let mut s = self.stats.lock().expect("stats lock");
+                s.lateness.saturating_record(late.as_micros().max(1) as u64);
+                s.seconds[second].sent += 1;
+            }
+            let client = client.clone();
+            let stats = self.stats.clone();
+            let timeout = c.timeout;
+            tokio::spawn(async move {
+                let outcome = tokio::time::timeout(timeout, async {
+                    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+                    let status = resp.status();
+                    resp.into_body()
+                        .collect()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if status.is_success() {
+                        Ok(())
+                    } else {
+                        Err(format!("HTTP {status}"))
+                    }
+                })
+                .await;
+                let elapsed = Instant::now().saturating_duration_since(scheduled);
+                let mut s = stats.lock().expect("stats lock");
+                let sec = &mut s.seconds[second];
+                let us = match &outcome {
+                    Ok(Ok(())) => {
+                        sec.ok += 1;
+                        elapsed.as_micros().max(1) as u64
+                    }
+                    Ok(Err(_)) => {
+                        sec.errors += 1;
+                        timeout.as_micros() as u64
+                    }
+                    Err(_) => {
+                        sec.timeouts += 1;
+                        timeout.as_micros() as u64
+                    }
+                };
+                sec.latency.saturating_record(us);
+                if let Ok(Err(e)) = outcome {
+                    s.last_error = Some(e);
+                }
+                drop(permit);
+            });
+        }
+        // Wait for everything in flight: each ends by its timeout at the latest.
+        let _all = permits
+            .acquire_many(c.max_in_flight.max(1) as u32)
+            .await
+            .expect("never closed");
+        Ok(())
+    }
+}
+
+/// A trivial HTTP server (answers 200 after `delay`) on `listener`: the far end for load
+/// generator tests and benchmarks. Runs until the task is dropped.
+pub async fn serve_ok(listener: tokio::net::TcpListener, delay: Duration) {
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let svc = service_fn(move |_req| async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                    Bytes::from_static(b"ok"),
+                )))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_expand() {
+        let mut rng = Pcg64Mcg::seed_from_u64(1);
+        let p = expand(
+            "/hotels?lat={float:37.7..37.8}&n={int:1..3}&k={choice:a|b}",
+            &mut rng,
+        )
+        .unwrap();
+        assert!(p.starts_with("/hotels?lat=37.7"), "{p}");
+        assert!(
+            p.contains("&n=") && (p.ends_with("k=a") || p.ends_with("k=b")),
+            "{p}"
+        );
+        assert_eq!(expand("/plain", &mut rng).unwrap(), "/plain");
+        for bad in [
+            "/x{int:3..1}",
+            "/x{int:a..b}",
+            "/x{nope:1}",
+            "/x{int:1..2",
+            "/x{float:2..1}",
+        ] {
+            assert!(expand(bad, &mut rng).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn arrivals_follow_the_rates() {
+        let rates = vec![100.0, 0.0, 1000.0];
+        let times: Vec<f64> = arrivals(&rates, 3).collect();
+        let count = |s: usize| times.iter().filter(|t| t.floor() as usize == s).count() as f64;
+        assert!((count(0) - 100.0).abs() < 40.0);
+        assert_eq!(count(1), 0.0);
+        assert!((count(2) - 1000.0).abs() < 120.0);
+        assert!(times.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(times, arrivals(&rates, 3).collect::<Vec<_>>());
+    }
+}

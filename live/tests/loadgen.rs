@@ -1,0 +1,115 @@
+//! The load generator against local servers: counts, latencies, errors and timeouts.
+
+use std::time::Duration;
+
+use hyper::Method;
+use live::loadgen::{serve_ok, LoadConfig, LoadGen, RequestKind};
+
+fn config(base: String, rate: f64, seconds: usize, timeout_ms: u64) -> LoadConfig {
+    LoadConfig {
+        base,
+        rates: vec![rate; seconds],
+        mix: vec![
+            RequestKind {
+                name: "search".into(),
+                weight: 3.0,
+                method: Method::GET,
+                path: "/search?n={int:1..9}".into(),
+            },
+            RequestKind {
+                name: "post".into(),
+                weight: 1.0,
+                method: Method::POST,
+                path: "/post".into(),
+            },
+        ],
+        seed: 5,
+        timeout: Duration::from_millis(timeout_ms),
+        max_in_flight: 256,
+    }
+}
+
+async fn server(delay: Duration) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    (base, tokio::spawn(serve_ok(listener, delay)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_the_schedule_and_records_latency() {
+    let (base, srv) = server(Duration::from_millis(2)).await;
+    let g = LoadGen::new(config(base, 300.0, 2, 1000)).unwrap();
+    g.run().await.unwrap();
+    srv.abort();
+    let s = g.stats();
+    let s = s.lock().unwrap();
+    let sent: u64 = s.seconds.iter().map(|x| x.sent).sum();
+    let ok: u64 = s.seconds.iter().map(|x| x.ok).sum();
+    assert!(
+        (sent as f64 - 600.0).abs() < 100.0,
+        "Poisson at 300/s for 2 s: {sent}"
+    );
+    assert_eq!(ok, sent, "every request answered: {:?}", s.last_error);
+    let p50 = s.seconds[0].latency.value_at_quantile(0.5);
+    assert!(
+        (2_000..50_000).contains(&p50),
+        "p50 {p50} us includes the 2 ms of service"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_targets_time_out_and_count_as_misses() {
+    let (base, srv) = server(Duration::from_millis(300)).await;
+    let g = LoadGen::new(config(base, 50.0, 1, 100)).unwrap();
+    let start = std::time::Instant::now();
+    g.run().await.unwrap();
+    srv.abort();
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "no hang on a slow target"
+    );
+    let s = g.stats();
+    let s = s.lock().unwrap();
+    let sec = &s.seconds[0];
+    assert!(sec.sent > 20);
+    assert_eq!(sec.timeouts, sec.sent);
+    assert_eq!(
+        sec.latency.len(),
+        sec.sent,
+        "timeouts are recorded, at the timeout"
+    );
+    assert!(sec.latency.min() >= sec.latency.lowest_equivalent(100_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_target_is_errors_not_a_hang() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let g = LoadGen::new(config(format!("http://127.0.0.1:{port}"), 50.0, 1, 500)).unwrap();
+    let start = std::time::Instant::now();
+    g.run().await.unwrap();
+    assert!(start.elapsed() < Duration::from_secs(3));
+    let s = g.stats();
+    let s = s.lock().unwrap();
+    assert!(s.seconds[0].errors > 20 && s.seconds[0].ok == 0);
+    assert!(s.last_error.is_some());
+}
+
+#[test]
+fn bad_configs_are_refused() {
+    let mut c = config("http://127.0.0.1:1".into(), 1.0, 1, 100);
+    c.base = "ftp://x".into();
+    assert!(LoadGen::new(c.clone()).is_err());
+    c.base = "http://127.0.0.1:1".into();
+    c.mix[0].path = "/x{int:9..1}".into();
+    assert!(LoadGen::new(c.clone())
+        .unwrap_err()
+        .to_string()
+        .contains("bad placeholder"));
+    c.mix.clear();
+    assert!(LoadGen::new(c).is_err());
+}
