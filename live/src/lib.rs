@@ -10,6 +10,10 @@
 //! * [`agent`]: the agent's state machine: scalers every 100 ms, protocol requests, and the
 //!   safety rules (restore on stop, on a lost coordinator, on a scaler panic).
 //! * [`server`]: the agent as a process: TCP server, control loop, Prometheus metrics, signals.
+//! * [`loadgen`]: an open-loop HTTP load generator that replays a trace (Poisson arrivals,
+//!   request mix, bounded in-flight, latency from the scheduled send time).
+//! * [`testing`]: real cgroups for tests and benchmarks, created under a fresh name and
+//!   removed on drop.
 //!
 //! The controller code is the simulator's: `controller::Captain` and friends are fed the same
 //! `CpuSample`s, read here from `cpu.stat` instead of the model.
