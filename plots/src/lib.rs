@@ -22,9 +22,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
-use record::{Record, ServiceRow};
+use record::{MinuteRow, Record, ServiceRow};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -134,287 +135,223 @@ pub fn plot(runs: &[Record], out: &Path, opts: &Options) -> Result<(), PlotError
         )));
     }
     ensure_font()?;
-    let draw_err = |e: &dyn std::fmt::Display| PlotError::Draw {
-        path: out.to_path_buf(),
-        message: e.to_string(),
-    };
     let services = if runs.len() == 1 && opts.per_service {
         runs[0].services()?
     } else {
         None
     };
+    draw(runs, services.as_deref(), out, opts).map_err(|message| PlotError::Draw {
+        path: out.to_path_buf(),
+        message,
+    })
+}
 
+/// Any drawing error, as text (plotters' error types differ per backend).
+fn s(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// A run's per-minute values, clipped at `top`, at the middle of each minute.
+fn points(r: &Record, value: impl Fn(&MinuteRow) -> f64, top: f64) -> Vec<(f64, f64)> {
+    r.minutes
+        .iter()
+        .map(|m| (m.minute as f64 + 0.5, value(m).min(top)))
+        .collect()
+}
+
+/// One panel: a caption, minutes across, `0..top` up.
+fn panel<'a, 'b>(
+    area: &'a DrawingArea<BitMapBackend<'b>, Shift>,
+    caption: String,
+    minutes: f64,
+    top: f64,
+    unit: &str,
+) -> Result<Chart<'a, 'b>, String> {
+    let mut chart = ChartBuilder::on(area)
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .caption(caption, ("sans-serif", 18))
+        .build_cartesian_2d(0.0..minutes.max(1.0), 0.0..top)
+        .map_err(s)?;
+    chart
+        .configure_mesh()
+        .x_desc("minute")
+        .y_desc(unit)
+        .draw()
+        .map_err(s)?;
+    Ok(chart)
+}
+
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(s)
+}
+
+/// A line in `color` with its legend entry.
+fn line(
+    chart: &mut Chart<'_, '_>,
+    pts: Vec<(f64, f64)>,
+    color: RGBColor,
+    label: Option<String>,
+) -> Result<(), String> {
+    let series = chart
+        .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+        .map_err(s)?;
+    if let Some(label) = label {
+        series.label(label).legend(move |(x, y)| {
+            PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2))
+        });
+    }
+    Ok(())
+}
+
+fn max_of(runs: &[Record], value: impl Fn(&MinuteRow) -> f64, floor: f64) -> f64 {
+    runs.iter()
+        .flat_map(|r| r.minutes.iter().map(&value))
+        .fold(floor, f64::max)
+}
+
+fn draw(
+    runs: &[Record],
+    services: Option<&[ServiceRow]>,
+    out: &Path,
+    opts: &Options,
+) -> Result<(), String> {
     let root = BitMapBackend::new(out, (opts.width, opts.height)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| draw_err(&e))?;
+    root.fill(&WHITE).map_err(s)?;
     let title = opts.title.clone().unwrap_or_else(|| {
         let i = &runs[0].info;
         format!("{} on {} (x{})", i.scenario, i.trace, i.multiplier)
     });
-    let root = root
-        .titled(&title, ("sans-serif", 26))
-        .map_err(|e| draw_err(&e))?;
+    let root = root.titled(&title, ("sans-serif", 26)).map_err(s)?;
     let panels = root.split_evenly((4, 1));
     let minutes = runs.iter().map(|r| r.minutes.len()).max().unwrap_or(1) as f64;
-    let x_range = 0.0..minutes.max(1.0);
+    let color = |i: usize| PALETTE[i % PALETTE.len()];
 
     // 1. Allocation. The ramp's first minutes hold the initial limits (32 cores each), which
     // would flatten everything else: the axis is fitted to the minutes after the ramp and
     // anything above is clipped.
-    {
-        let skip = runs[0].info.ramp_s.div_ceil(60);
-        let fit = |r: &Record| -> Vec<f64> {
-            let after: Vec<f64> = r
-                .minutes
-                .iter()
-                .skip(skip)
-                .map(|m| m.allocation.max(m.usage))
-                .collect();
-            if after.is_empty() {
-                r.minutes
-                    .iter()
-                    .map(|m| m.allocation.max(m.usage))
-                    .collect()
-            } else {
-                after
-            }
-        };
-        let top = runs.iter().flat_map(fit).fold(1.0f64, f64::max) * 1.15;
-        let mut chart = ChartBuilder::on(&panels[0])
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(60)
-            .caption(
-                format!("allocation (cores; clipped at {top:.1})"),
-                ("sans-serif", 18),
-            )
-            .build_cartesian_2d(x_range.clone(), 0.0..top)
-            .map_err(|e| draw_err(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc("minute")
-            .y_desc("cores")
-            .draw()
-            .map_err(|e| draw_err(&e))?;
-        if runs.len() == 1 {
-            let r = &runs[0];
-            match &services {
-                Some(rows) => stack_services(&mut chart, rows, top).map_err(|e| draw_err(&e))?,
-                None => {
-                    let g1: Vec<(f64, f64)> = r
-                        .minutes
-                        .iter()
-                        .map(|m| (m.minute as f64 + 0.5, m.allocation_group1.min(top)))
-                        .collect();
-                    let all: Vec<(f64, f64)> = r
-                        .minutes
-                        .iter()
-                        .map(|m| (m.minute as f64 + 0.5, m.allocation.min(top)))
-                        .collect();
+    let skip = runs[0].info.ramp_s.div_ceil(60);
+    let peak = |r: &Record| -> f64 {
+        let used = |m: &MinuteRow| m.allocation.max(m.usage);
+        let after = r.minutes.iter().skip(skip).map(used).fold(0.0, f64::max);
+        if r.minutes.len() > skip {
+            after
+        } else {
+            r.minutes.iter().map(used).fold(0.0, f64::max)
+        }
+    };
+    let top = runs.iter().map(peak).fold(1.0f64, f64::max) * 1.15;
+    let mut chart = panel(
+        &panels[0],
+        format!("allocation (cores; clipped at {top:.1})"),
+        minutes,
+        top,
+        "cores",
+    )?;
+    if let [r] = runs {
+        match services {
+            Some(rows) => stack_services(&mut chart, rows, top)?,
+            None => {
+                for (value, fill, name) in [
+                    (
+                        Box::new(|m: &MinuteRow| m.allocation) as Box<dyn Fn(&MinuteRow) -> f64>,
+                        PALETTE[1].mix(0.35),
+                        "group 2 (rest)",
+                    ),
+                    (
+                        Box::new(|m: &MinuteRow| m.allocation_group1),
+                        PALETTE[0].mix(0.5),
+                        "group 1 (CPU-heavy)",
+                    ),
+                ] {
                     chart
-                        .draw_series(AreaSeries::new(all, 0.0, PALETTE[1].mix(0.35)))
-                        .map_err(|e| draw_err(&e))?
-                        .label("group 2 (rest)")
-                        .legend(|(x, y)| {
-                            Rectangle::new(
-                                [(x, y - 5), (x + 15, y + 5)],
-                                PALETTE[1].mix(0.35).filled(),
-                            )
-                        });
-                    chart
-                        .draw_series(AreaSeries::new(g1, 0.0, PALETTE[0].mix(0.5)))
-                        .map_err(|e| draw_err(&e))?
-                        .label("group 1 (CPU-heavy)")
-                        .legend(|(x, y)| {
-                            Rectangle::new(
-                                [(x, y - 5), (x + 15, y + 5)],
-                                PALETTE[0].mix(0.5).filled(),
-                            )
+                        .draw_series(AreaSeries::new(points(r, value, top), 0.0, fill))
+                        .map_err(s)?
+                        .label(name)
+                        .legend(move |(x, y)| {
+                            Rectangle::new([(x, y - 5), (x + 15, y + 5)], fill.filled())
                         });
                 }
             }
-            let usage: Vec<(f64, f64)> = r
-                .minutes
-                .iter()
-                .map(|m| (m.minute as f64 + 0.5, m.usage.min(top)))
-                .collect();
-            chart
-                .draw_series(LineSeries::new(usage, BLACK.stroke_width(2)))
-                .map_err(|e| draw_err(&e))?
-                .label("CPU used")
-                .legend(|(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 15, y)], BLACK.stroke_width(2))
-                });
-        } else {
-            for (i, r) in runs.iter().enumerate() {
-                let color = PALETTE[i % PALETTE.len()];
-                let pts: Vec<(f64, f64)> = r
-                    .minutes
-                    .iter()
-                    .map(|m| (m.minute as f64 + 0.5, m.allocation.min(top)))
-                    .collect();
-                chart
-                    .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-                    .map_err(|e| draw_err(&e))?
-                    .label(format!(
-                        "{} (mean {:.1})",
-                        label(r),
-                        r.info.summary.allocation
-                    ))
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2))
-                    });
-            }
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font(("sans-serif", 14))
-            .draw()
-            .map_err(|e| draw_err(&e))?;
+        line(
+            &mut chart,
+            points(r, |m| m.usage, top),
+            BLACK,
+            Some("CPU used".into()),
+        )?;
+    } else {
+        for (i, r) in runs.iter().enumerate() {
+            let name = format!("{} (mean {:.1})", label(r), r.info.summary.allocation);
+            line(
+                &mut chart,
+                points(r, |m| m.allocation, top),
+                color(i),
+                Some(name),
+            )?;
+        }
     }
+    legend(&mut chart)?;
 
     // 2. RPS.
-    {
-        let top = runs
-            .iter()
-            .flat_map(|r| r.minutes.iter().map(|m| m.rps))
-            .fold(1.0f64, f64::max)
-            * 1.1;
-        let mut chart = ChartBuilder::on(&panels[1])
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(60)
-            .caption("requests per second", ("sans-serif", 18))
-            .build_cartesian_2d(x_range.clone(), 0.0..top)
-            .map_err(|e| draw_err(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc("minute")
-            .y_desc("RPS")
-            .draw()
-            .map_err(|e| draw_err(&e))?;
-        for (i, r) in runs.iter().enumerate() {
-            let color = PALETTE[i % PALETTE.len()];
-            let pts: Vec<(f64, f64)> = r
-                .minutes
-                .iter()
-                .map(|m| (m.minute as f64 + 0.5, m.rps))
-                .collect();
-            chart
-                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-                .map_err(|e| draw_err(&e))?;
-        }
+    let top = max_of(runs, |m| m.rps, 1.0) * 1.1;
+    let mut chart = panel(
+        &panels[1],
+        "requests per second".into(),
+        minutes,
+        top,
+        "RPS",
+    )?;
+    for (i, r) in runs.iter().enumerate() {
+        line(&mut chart, points(r, |m| m.rps, top), color(i), None)?;
     }
 
-    // 3. P99 against the SLO.
-    {
-        let slo = runs[0].info.slo_ms;
-        let worst = runs
-            .iter()
-            .flat_map(|r| r.minutes.iter().map(|m| m.p99_ms))
-            .fold(0.0f64, f64::max);
-        // Keep the SLO line readable: very bad minutes are clipped at 4x the SLO.
-        let top = worst.clamp(slo * 1.3, slo * 4.0);
-        let mut chart = ChartBuilder::on(&panels[2])
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(60)
-            .caption(
-                format!("P99 latency per minute (ms; SLO {slo} ms, clipped at {top:.0})"),
-                ("sans-serif", 18),
-            )
-            .build_cartesian_2d(x_range.clone(), 0.0..top)
-            .map_err(|e| draw_err(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc("minute")
-            .y_desc("ms")
-            .draw()
-            .map_err(|e| draw_err(&e))?;
-        chart
-            .draw_series(LineSeries::new(
-                vec![(0.0, slo), (minutes, slo)],
-                BLACK.stroke_width(1),
-            ))
-            .map_err(|e| draw_err(&e))?
-            .label("SLO")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLACK));
-        for (i, r) in runs.iter().enumerate() {
-            let color = PALETTE[i % PALETTE.len()];
-            let pts: Vec<(f64, f64)> = r
-                .minutes
-                .iter()
-                .map(|m| (m.minute as f64 + 0.5, m.p99_ms.min(top)))
-                .collect();
-            chart
-                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-                .map_err(|e| draw_err(&e))?
-                .label(format!(
-                    "{} (run P99 {:.1})",
-                    label(r),
-                    r.info.summary.p99_ms
-                ))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2))
-                });
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font(("sans-serif", 14))
-            .draw()
-            .map_err(|e| draw_err(&e))?;
+    // 3. P99 against the SLO; very bad minutes are clipped at 4x the SLO to keep it readable.
+    let slo = runs[0].info.slo_ms;
+    let top = max_of(runs, |m| m.p99_ms, 0.0).clamp(slo * 1.3, slo * 4.0);
+    let caption = format!("P99 latency per minute (ms; SLO {slo} ms, clipped at {top:.0})");
+    let mut chart = panel(&panels[2], caption, minutes, top, "ms")?;
+    line(
+        &mut chart,
+        vec![(0.0, slo), (minutes, slo)],
+        BLACK,
+        Some("SLO".into()),
+    )?;
+    for (i, r) in runs.iter().enumerate() {
+        let name = format!("{} (run P99 {:.1})", label(r), r.info.summary.p99_ms);
+        line(
+            &mut chart,
+            points(r, |m| m.p99_ms, top),
+            color(i),
+            Some(name),
+        )?;
     }
+    legend(&mut chart)?;
 
     // 4. Targets.
-    {
-        let top = runs
-            .iter()
-            .flat_map(|r| r.minutes.iter().map(|m| m.target1.max(m.target2)))
-            .fold(0.1f64, f64::max)
-            * 1.15;
-        let mut chart = ChartBuilder::on(&panels[3])
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(60)
-            .caption(
-                "targets (group 1 solid, group 2 dashed)",
-                ("sans-serif", 18),
-            )
-            .build_cartesian_2d(x_range, 0.0..top)
-            .map_err(|e| draw_err(&e))?;
+    let top = max_of(runs, |m| m.target1.max(m.target2), 0.1) * 1.15;
+    let caption = "targets (group 1 solid, group 2 dashed)".to_string();
+    let mut chart = panel(&panels[3], caption, minutes, top, "target")?;
+    for (i, r) in runs.iter().enumerate() {
+        line(&mut chart, points(r, |m| m.target1, top), color(i), None)?;
         chart
-            .configure_mesh()
-            .x_desc("minute")
-            .y_desc("target")
-            .draw()
-            .map_err(|e| draw_err(&e))?;
-        for (i, r) in runs.iter().enumerate() {
-            let color = PALETTE[i % PALETTE.len()];
-            let g1: Vec<(f64, f64)> = r
-                .minutes
-                .iter()
-                .map(|m| (m.minute as f64 + 0.5, m.target1))
-                .collect();
-            let g2: Vec<(f64, f64)> = r
-                .minutes
-                .iter()
-                .map(|m| (m.minute as f64 + 0.5, m.target2))
-                .collect();
-            chart
-                .draw_series(LineSeries::new(g1, color.stroke_width(2)))
-                .map_err(|e| draw_err(&e))?;
-            chart
-                .draw_series(DashedLineSeries::new(g2, 6, 4, color.stroke_width(2)))
-                .map_err(|e| draw_err(&e))?;
-        }
+            .draw_series(DashedLineSeries::new(
+                points(r, |m| m.target2, top),
+                6,
+                4,
+                color(i).stroke_width(2),
+            ))
+            .map_err(s)?;
     }
-    root.present().map_err(|e| draw_err(&e))?;
-    Ok(())
+    root.present().map_err(s)
 }
 
 type Chart<'a, 'b> = ChartContext<
@@ -478,7 +415,7 @@ fn stack_services(chart: &mut Chart<'_, '_>, rows: &[ServiceRow], top: f64) -> R
             .collect();
         chart
             .draw_series(AreaSeries::new(pts, 0.0, color))
-            .map_err(|e| e.to_string())?
+            .map_err(s)?
             .label(name.clone())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
     }
