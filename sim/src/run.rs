@@ -280,8 +280,12 @@ pub fn run(
         };
 
     // Accumulators.
-    let mut alloc_sum = 0.0; // core-seconds of limits after settling
+    // Core-seconds of limits and seconds: after settling, and over the whole run (the fallback
+    // for runs too short to settle).
+    let mut alloc_sum = 0.0;
     let mut alloc_time = 0.0;
+    let mut alloc_all = 0.0;
+    let mut time_all = 0.0;
     let mut minute_alloc = [0.0f64; 3]; // total, group 1, group 2 (core-seconds)
     let mut minute_start_arrivals = 0u64;
     let mut minute_start_usage = 0.0f64;
@@ -304,10 +308,12 @@ pub fn run(
             let a = l * PERIOD;
             minute_alloc[0] += a;
             minute_alloc[groups[i] as usize] += a;
+            alloc_all += a;
             if t - PERIOD >= settle - 1e-9 {
                 alloc_sum += a;
             }
         }
+        time_all += PERIOD;
         if t - PERIOD >= settle - 1e-9 {
             alloc_time += PERIOD;
         }
@@ -425,7 +431,7 @@ pub fn run(
         allocation: if alloc_time > 0.0 {
             alloc_sum / alloc_time
         } else {
-            0.0
+            alloc_all / time_all.max(PERIOD)
         },
         usage: (usage_end - usage0) / trace_s,
         mean_ms: if overall.is_empty() {
