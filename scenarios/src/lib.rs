@@ -41,4 +41,4 @@ mod schema;
 pub use dist::{Dist, DistSpec};
 pub use error::ScenarioError;
 pub use model::{CallNode, RequestType, Scenario, Service, BUILTIN};
-pub use schema::{CallDef, NodeDef, RequestDef, ScenarioFile, ServiceDef};
+pub use schema::{CallDef, HttpDef, NodeDef, RequestDef, ScenarioFile, ServiceDef};

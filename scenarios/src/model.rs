@@ -176,6 +176,17 @@ impl Scenario {
                 ));
             }
             positive(&format!("nodes[{i}].cores"), n.cores)?;
+            if let Some(a) = &n.agent {
+                let ok = a
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if !ok {
+                    return Err(invalid(
+                        format!("nodes[{i}].agent"),
+                        format!("'{a}' is not host:port"),
+                    ));
+                }
+            }
         }
 
         if f.services.is_empty() {
@@ -273,6 +284,21 @@ impl Scenario {
                 ));
             }
             positive(&format!("requests[{i}].weight"), r.weight)?;
+            if let Some(h) = &r.http {
+                const METHODS: [&str; 5] = ["GET", "POST", "PUT", "DELETE", "PATCH"];
+                if !METHODS.contains(&h.method.as_str()) {
+                    return Err(invalid(
+                        format!("requests[{i}].http.method"),
+                        format!("'{}' is not one of {}", h.method, METHODS.join(", ")),
+                    ));
+                }
+                if !h.path.starts_with('/') {
+                    return Err(invalid(
+                        format!("requests[{i}].http.path"),
+                        format!("'{}' must start with '/'", h.path),
+                    ));
+                }
+            }
             if !f.calls.contains_key(&r.call) {
                 return Err(invalid(
                     format!("requests[{i}].call"),

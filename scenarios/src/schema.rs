@@ -21,6 +21,7 @@ use crate::DistSpec;
 /// [[nodes]]
 /// name = "node-1"
 /// cores = 8
+/// agent = "10.0.0.11:7070" # the node's live agent (live runs only)
 ///
 /// [[services]]
 /// name = "front"
@@ -32,6 +33,7 @@ use crate::DistSpec;
 /// name = "get"
 /// weight = 1.0             # relative frequency in the request mix
 /// call = "front.get"       # the root call
+/// http = { method = "GET", path = "/get?id={int:1..1000}" }   # live runs only
 ///
 /// [calls."front.get"]
 /// service = "front"
@@ -83,6 +85,9 @@ pub struct NodeDef {
     pub name: String,
     /// CPU cores; the node's containers together never use more.
     pub cores: f64,
+    /// Where this node's `live agent` listens (`host:port`), for live runs.
+    #[serde(default)]
+    pub agent: Option<String>,
 }
 
 /// A container whose CPU limit is managed.
@@ -110,6 +115,23 @@ pub struct RequestDef {
     pub weight: f64,
     /// The root call.
     pub call: String,
+    /// How a live load generator sends it (the simulator ignores this).
+    #[serde(default)]
+    pub http: Option<HttpDef>,
+}
+
+/// An HTTP request of the live load: method and path template (placeholders
+/// `{int:LO..HI}`, `{float:LO..HI}`, `{choice:a|b}` are filled per request).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpDef {
+    #[serde(default = "get")]
+    pub method: String,
+    pub path: String,
+}
+
+fn get() -> String {
+    "GET".into()
 }
 
 /// One call to a service, and what it calls in turn.

@@ -129,6 +129,9 @@ fn the_good_file_is_good() {
         s.services[0].initial_limit, 4.0,
         "initial limit defaults to node cores"
     );
+    let demo = Scenario::builtin("demo").unwrap();
+    assert_eq!(demo.file.nodes[0].agent.as_deref(), Some("127.0.0.1:7070"));
+    assert_eq!(demo.file.requests[1].http.as_ref().unwrap().method, "POST");
 }
 
 #[test]
@@ -194,6 +197,24 @@ calls = [["a.x"]]"#,
             r#"slo_ms = 50"#,
             r#"slo_ms = -1"#,
             "bad.toml: slo_ms: must be a positive number, got -1",
+        ),
+        (
+            r#"cores = 4"#,
+            r#"cores = 4
+agent = "10.0.0.1""#,
+            "bad.toml: nodes[0].agent: '10.0.0.1' is not host:port",
+        ),
+        (
+            r#"call = "a.x""#,
+            r#"call = "a.x"
+http = { method = "FETCH", path = "/x" }"#,
+            "bad.toml: requests[0].http.method: 'FETCH' is not one of GET, POST, PUT, DELETE, PATCH",
+        ),
+        (
+            r#"call = "a.x""#,
+            r#"call = "a.x"
+http = { path = "x" }"#,
+            "bad.toml: requests[0].http.path: 'x' must start with '/'",
         ),
         (
             r#"node = "n1"
