@@ -250,15 +250,6 @@ impl Container {
     pub fn limit(&self) -> f64 {
         self.limit
     }
-
-    pub fn is_throttled(&self) -> bool {
-        self.throttled
-    }
-
-    /// Calls in service plus calls waiting for a thread.
-    pub fn queued(&self) -> usize {
-        self.running.len() + self.waiting.len()
-    }
 }
 
 fn quota(limit: f64) -> f64 {

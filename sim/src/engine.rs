@@ -158,10 +158,6 @@ impl<'a> Engine<'a> {
         e
     }
 
-    pub fn now(&self) -> f64 {
-        self.now
-    }
-
     /// Requests that arrived and have not been answered.
     pub fn in_flight(&self) -> u64 {
         self.in_flight
@@ -178,15 +174,6 @@ impl<'a> Engine<'a> {
 
     pub fn counters(&self, service: usize) -> Counters {
         self.containers[service].counters()
-    }
-
-    pub fn limit(&self, service: usize) -> f64 {
-        self.containers[service].limit()
-    }
-
-    /// Calls in service or waiting, per service (a congestion probe for tests).
-    pub fn queued(&self, service: usize) -> usize {
-        self.containers[service].queued()
     }
 
     /// Processes every event before `until`, reporting finished requests to `on_done`.
