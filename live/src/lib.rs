@@ -20,6 +20,7 @@
 
 pub mod agent;
 pub mod cgroup;
+pub mod demo;
 pub mod discovery;
 pub mod journal;
 pub mod loadgen;

@@ -1,0 +1,251 @@
+//! The demo app: a scenario's services as real HTTP servers that burn real CPU.
+//!
+//! Each service is one [`serve`] loop (one process per service in `live demo`, each in its own
+//! cgroup, so that the agent controls them like containers). A request enters at the root
+//! service through the path of its request type (`http.path` in the scenario, e.g. `/get`);
+//! every call of its tree then travels as `GET /call/<request type>/<call index>` with the
+//! request's seed in `x-autothrottle-seed`. Each call burns the CPU the scenario's distribution
+//! gives it (measured on the thread's own CPU clock, so a throttled service really takes
+//! longer), calls its children stage by stage (parallel within a stage, detached ones not
+//! awaited), burns its after-CPU and answers. Draws are seeded per (request seed, call) in the
+//! same way and order as the simulator's engine, so the CPU a call costs does not depend on
+//! timing.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rand::Rng;
+use rand_pcg::Pcg32;
+use scenarios::Scenario;
+
+use crate::LiveError;
+
+/// Header carrying the request's seed between services.
+pub const SEED_HEADER: &str = "x-autothrottle-seed";
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// One service of a scenario and where its peers are.
+pub struct Service {
+    scenario: Arc<Scenario>,
+    index: usize,
+    /// Address of every service, by scenario index.
+    peers: Vec<SocketAddr>,
+    client: HttpClient,
+}
+
+impl Service {
+    /// Service `name` of `scenario`; `peers` gives every service's address by name.
+    pub fn new(
+        scenario: Arc<Scenario>,
+        name: &str,
+        peers: &BTreeMap<String, SocketAddr>,
+    ) -> Result<Self, LiveError> {
+        let index = scenario.service(name).ok_or_else(|| {
+            LiveError::Config(format!(
+                "scenario {} has no service '{name}'",
+                scenario.name
+            ))
+        })?;
+        let peers = scenario
+            .services
+            .iter()
+            .map(|s| {
+                peers.get(&s.name).copied().ok_or_else(|| {
+                    LiveError::Config(format!("no address for service '{}'", s.name))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Service {
+            scenario,
+            index,
+            peers,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        })
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path().to_string();
+        let seed = req
+            .headers()
+            .get(SEED_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let target = if let Some(rest) = path.strip_prefix("/call/") {
+            let mut parts = rest.split('/');
+            match (
+                parts.next().and_then(|r| r.parse::<usize>().ok()),
+                parts.next().and_then(|n| n.parse::<u32>().ok()),
+            ) {
+                (Some(r), Some(n)) => Some((r, n)),
+                _ => None,
+            }
+        } else {
+            // An entry request: find the request type whose HTTP path this is.
+            self.scenario
+                .file
+                .requests
+                .iter()
+                .position(|r| {
+                    r.http
+                        .as_ref()
+                        .is_some_and(|h| h.path.split('?').next() == Some(path.as_str()))
+                })
+                .map(|r| (r, 0))
+        };
+        let Some((rtype, node)) = target else {
+            return reply(StatusCode::NOT_FOUND, format!("no call at {path}"));
+        };
+        let Some(call) = self
+            .scenario
+            .requests
+            .get(rtype)
+            .and_then(|r| r.nodes.get(node as usize))
+        else {
+            return reply(StatusCode::NOT_FOUND, format!("no call {rtype}/{node}"));
+        };
+        if call.service != self.index {
+            return reply(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!("call {rtype}/{node} is not served here"),
+            );
+        }
+        let seed = seed.unwrap_or_else(|| rand::rng().random());
+        match self.clone().call(rtype, node, seed).await {
+            Ok(()) => reply(StatusCode::OK, "ok".into()),
+            Err(e) => reply(StatusCode::BAD_GATEWAY, e),
+        }
+    }
+
+    /// Runs call `node` of a request of type `rtype`: CPU, children, CPU after.
+    async fn call(self: Arc<Self>, rtype: usize, node: u32, seed: u64) -> Result<(), String> {
+        let def = &self.scenario.requests[rtype].nodes[node as usize];
+        let mut rng = call_rng(seed, node);
+        if node != 0 && def.probability < 1.0 {
+            // The parent drew this to decide that the call happens.
+            let _: f64 = rng.random();
+        }
+        let work = def.cpu.sample(&mut rng);
+        let after = def.cpu_after.as_ref().map_or(0.0, |d| d.sample(&mut rng));
+        burn(work).await;
+        for stage in &def.stages {
+            let mut waits = Vec::new();
+            for &child in stage {
+                let cdef = &self.scenario.requests[rtype].nodes[child as usize];
+                let mut crng = call_rng(seed, child);
+                if cdef.probability < 1.0 && crng.random::<f64>() >= cdef.probability {
+                    continue;
+                }
+                let this = self.clone();
+                let addr = self.peers[cdef.service];
+                let task = tokio::spawn(async move { this.send(addr, rtype, child, seed).await });
+                if !cdef.detached {
+                    waits.push(task);
+                }
+            }
+            for w in waits {
+                w.await.map_err(|e| e.to_string())??;
+            }
+        }
+        burn(after).await;
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        addr: SocketAddr,
+        rtype: usize,
+        node: u32,
+        seed: u64,
+    ) -> Result<(), String> {
+        let req = Request::get(format!("http://{addr}/call/{rtype}/{node}"))
+            .header(SEED_HEADER, seed.to_string())
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        let status = resp.status();
+        let _ = resp.into_body().collect().await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("{addr}: HTTP {status}"))
+        }
+    }
+}
+
+/// The generator of one call's draws: the same mixing of (request seed, call index) as the
+/// simulator's engine.
+fn call_rng(seed: u64, node: u32) -> Pcg32 {
+    let mut x = seed ^ (node as u64).wrapping_mul(0x9E37_79B9);
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    Pcg32::new(x ^ (x >> 31), 0xCA11)
+}
+
+fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}
+
+/// Burns `seconds` of this thread's CPU time on a blocking thread.
+async fn burn(seconds: f64) {
+    if seconds <= 0.0 {
+        return;
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        let start = thread_cpu();
+        let mut x = 0u64;
+        while thread_cpu() - start < seconds {
+            for i in 0..1000u64 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+            }
+            std::hint::black_box(x);
+        }
+    })
+    .await;
+}
+
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// Serves `service` on `listener` until the task is dropped.
+pub async fn serve(service: Service, listener: tokio::net::TcpListener) {
+    let service = Arc::new(service);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let service = service.clone();
+                async move { Ok::<_, Infallible>(service.handle(req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
