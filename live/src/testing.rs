@@ -30,6 +30,12 @@ impl Groups {
     /// Creates `n` groups under `<root>/<base>`; fails (for the caller to skip) when the root
     /// is not writable.
     pub fn create(root: &Root, base: &str, n: usize) -> Result<Groups, LiveError> {
+        let names: Vec<String> = (0..n).map(|i| format!("g{i}")).collect();
+        Groups::create_named(root, base, &names)
+    }
+
+    /// Creates one group per name under `<root>/<base>`.
+    pub fn create_named(root: &Root, base: &str, names: &[String]) -> Result<Groups, LiveError> {
         let mut g = Groups {
             root: root.clone(),
             base: base.to_string(),
@@ -45,13 +51,15 @@ impl Groups {
                 let _ = std::fs::write(b.join("cgroup.subtree_control"), "+cpu");
             }
         }
-        for i in 0..n {
-            let name = format!("g{i}");
+        for name in names {
+            if name.is_empty() || name.contains('/') || name.starts_with('.') {
+                return Err(err(Path::new(name), "not a usable group name"));
+            }
             for dir in g.hierarchy_dirs() {
-                let d = dir.join(base).join(&name);
+                let d = dir.join(base).join(name);
                 std::fs::create_dir(&d).map_err(|e| err(&d, e))?;
             }
-            g.names.push(name);
+            g.names.push(name.clone());
         }
         Ok(g)
     }
@@ -85,6 +93,20 @@ impl Groups {
     /// The group's directory in the `cpu` hierarchy.
     pub fn dir(&self, name: &str) -> PathBuf {
         self.root.cpu.join(self.rel(name))
+    }
+
+    /// Starts `cmd` and moves it into group `name`; it is killed when the groups are dropped.
+    pub fn spawn(&mut self, name: &str, cmd: &mut Command) -> Result<u32, LiveError> {
+        let child = cmd
+            .spawn()
+            .map_err(|e| err(Path::new(cmd.get_program()), e))?;
+        let pid = child.id();
+        self.children.push(child);
+        for dir in self.hierarchy_dirs() {
+            let procs = dir.join(self.rel(name)).join("cgroup.procs");
+            std::fs::write(&procs, pid.to_string()).map_err(|e| err(&procs, e))?;
+        }
+        Ok(pid)
     }
 
     /// Starts a process that burns `threads` cores inside group `name`.

@@ -339,3 +339,82 @@ fn protocol_abuse_over_tcp_never_changes_a_limit() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait().unwrap();
 }
+
+fn http_get(addr: &str, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn the_demo_app_runs_each_service_in_its_own_group() {
+    let _one_at_a_time = serial();
+    let root = match Root::detect(Path::new("/sys/fs/cgroup")) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("SKIPPED: no cgroup hierarchy: {e}");
+            return;
+        }
+    };
+    // Fail early (skip) where groups cannot be made.
+    if let Err(e) = Groups::create(
+        &root,
+        &format!("autothrottle-test-{}-probe", std::process::id()),
+        0,
+    ) {
+        eprintln!("SKIPPED: cgroups are not writable here: {e}");
+        return;
+    }
+    let group = format!("autothrottle-test-{}-demo", std::process::id());
+    let port = 20_000 + (std::process::id() % 20_000) as u16;
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_live"))
+        .args([
+            "demo",
+            "--scenario",
+            "demo",
+            "--port",
+            &port.to_string(),
+            "--group",
+            &group,
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let gateway = format!("127.0.0.1:{port}");
+    wait_for(
+        || http_get(&gateway, "/get?key=1") == Some(200),
+        "the demo gateway",
+    );
+    for i in 0..30 {
+        assert_eq!(http_get(&gateway, &format!("/get?key={i}")), Some(200));
+    }
+    let usage = |name: &str| -> u64 {
+        let acct = root.cpuacct.clone().unwrap_or_else(|| root.cpu.clone());
+        std::fs::read_to_string(acct.join(&group).join(name).join("cpuacct.usage"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    if root.cpuacct.is_some() {
+        for name in ["gateway", "auth", "store"] {
+            assert!(
+                usage(name) > 10_000_000,
+                "{name} burned its CPU in its own group: {} ns",
+                usage(name)
+            );
+        }
+    }
+    unsafe { libc::kill(demo.id() as i32, libc::SIGTERM) };
+    assert!(demo.wait().unwrap().success());
+    assert!(
+        !root.cpu.join(&group).exists(),
+        "the demo removed its groups"
+    );
+}
