@@ -24,7 +24,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::Rng;
-use rand_pcg::Pcg32;
 use scenarios::Scenario;
 
 use crate::LiveError;
@@ -129,7 +128,7 @@ impl Service {
     /// Runs call `node` of a request of type `rtype`: CPU, children, CPU after.
     async fn call(self: Arc<Self>, rtype: usize, node: u32, seed: u64) -> Result<(), String> {
         let def = &self.scenario.requests[rtype].nodes[node as usize];
-        let mut rng = call_rng(seed, node);
+        let mut rng = scenarios::call_rng(seed, node);
         if node != 0 && def.probability < 1.0 {
             // The parent drew this to decide that the call happens.
             let _: f64 = rng.random();
@@ -141,7 +140,7 @@ impl Service {
             let mut waits = Vec::new();
             for &child in stage {
                 let cdef = &self.scenario.requests[rtype].nodes[child as usize];
-                let mut crng = call_rng(seed, child);
+                let mut crng = scenarios::call_rng(seed, child);
                 if cdef.probability < 1.0 && crng.random::<f64>() >= cdef.probability {
                     continue;
                 }
@@ -184,16 +183,6 @@ impl Service {
             Err(format!("{addr}: HTTP {status}"))
         }
     }
-}
-
-/// The generator of one call's draws: the same mixing of (request seed, call index) as the
-/// simulator's engine.
-fn call_rng(seed: u64, node: u32) -> Pcg32 {
-    let mut x = seed ^ (node as u64).wrapping_mul(0x9E37_79B9);
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    Pcg32::new(x ^ (x >> 31), 0xCA11)
 }
 
 fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -18,7 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rand::distr::weighted::WeightedIndex;
 use rand::{Rng, SeedableRng};
-use rand_distr::{Distribution, Exp1};
+use rand_distr::Distribution;
 use rand_pcg::Pcg64Mcg;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -142,19 +142,9 @@ pub fn expand(template: &str, rng: &mut impl Rng) -> Result<String, LiveError> {
 pub fn arrivals(rates: &[f64], seed: u64) -> impl Iterator<Item = f64> + '_ {
     let mut rng = Pcg64Mcg::seed_from_u64(seed);
     let mut t = 0.0f64;
-    std::iter::from_fn(move || loop {
-        let second = t.floor() as usize;
-        let rate = *rates.get(second)?;
-        let boundary = (second + 1) as f64;
-        if rate > 0.0 {
-            let gap: f64 = Exp1.sample(&mut rng);
-            let next = t + gap / rate;
-            if next < boundary {
-                t = next;
-                return Some(next);
-            }
-        }
-        t = boundary;
+    std::iter::from_fn(move || {
+        t = traces::next_arrival(rates, t, &mut rng)?;
+        Some(t)
     })
 }
 

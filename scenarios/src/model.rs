@@ -442,3 +442,16 @@ fn expand(
     nodes[index].stages = stages;
     Ok(index as u32)
 }
+
+/// The random generator of one call of one request: everything about the call (whether it
+/// happens, its CPU demands, its network delays) is drawn from it, in that order. Seeded by
+/// (request seed, position in the call tree) only, so a call costs the same whatever the
+/// timing; the simulator and the live demo app both draw from it.
+pub fn call_rng(request_seed: u64, node: u32) -> rand_pcg::Pcg32 {
+    let mut x = request_seed ^ (node as u64).wrapping_mul(0x9E37_79B9);
+    // SplitMix64: related seeds become unrelated streams.
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    rand_pcg::Pcg32::new(x ^ (x >> 31), 0xCA11)
+}

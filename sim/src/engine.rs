@@ -15,8 +15,8 @@ use std::collections::BinaryHeap;
 
 use rand::distr::weighted::WeightedIndex;
 use rand::{Rng, RngCore, SeedableRng};
-use rand_distr::{Distribution, Exp1};
-use rand_pcg::{Pcg32, Pcg64Mcg};
+use rand_distr::Distribution;
+use rand_pcg::Pcg64Mcg;
 use scenarios::Scenario;
 
 use crate::cfs::{Container, Counters, Segment, PERIOD};
@@ -152,7 +152,7 @@ impl<'a> Engine<'a> {
             done: Vec::new(),
             stats: EngineStats::default(),
         };
-        if let Some(t) = e.next_arrival(0.0) {
+        if let Some(t) = traces::next_arrival(&e.rates, 0.0, &mut e.arrivals_rng) {
             e.push(t, Kind::Arrival);
         }
         e
@@ -239,24 +239,6 @@ impl<'a> Engine<'a> {
         });
     }
 
-    /// The next arrival after `t` of the Poisson process whose rate follows the trace second
-    /// by second (memorylessness lets the draw restart at each second boundary).
-    fn next_arrival(&mut self, mut t: f64) -> Option<f64> {
-        loop {
-            let second = t.floor() as usize;
-            let rate = *self.rates.get(second)?;
-            let boundary = (second + 1) as f64;
-            if rate > 0.0 {
-                let gap: f64 = Exp1.sample(&mut self.arrivals_rng);
-                let next = t + gap / rate;
-                if next < boundary {
-                    return Some(next);
-                }
-            }
-            t = boundary;
-        }
-    }
-
     fn arrive(&mut self) {
         let now = self.now;
         let rtype = self.mix.sample(&mut self.arrivals_rng) as u16;
@@ -267,7 +249,7 @@ impl<'a> Engine<'a> {
             .spawn(rtype, 0, NONE, seed, now, true)
             .expect("roots always happen");
         self.calls[root as usize].arrival = now;
-        if let Some(t) = self.next_arrival(now) {
+        if let Some(t) = traces::next_arrival(&self.rates, now, &mut self.arrivals_rng) {
             self.push(t, Kind::Arrival);
         }
     }
@@ -283,10 +265,7 @@ impl<'a> Engine<'a> {
         root: bool,
     ) -> Option<u32> {
         let def = &self.scenario.requests[rtype as usize].nodes[node as usize];
-        let mut rng = Pcg32::new(
-            splitmix(seed ^ (node as u64).wrapping_mul(0x9E37_79B9)),
-            0xCA11,
-        );
+        let mut rng = scenarios::call_rng(seed, node);
         if !root && def.probability < 1.0 && rng.random::<f64>() >= def.probability {
             return None;
         }

@@ -28,4 +28,4 @@ mod generate;
 mod trace;
 
 pub use generate::{Generator, BUILTIN};
-pub use trace::{ramp, Stats, Trace, TraceError, RAMP_SECONDS};
+pub use trace::{next_arrival, ramp, Stats, Trace, TraceError, RAMP_SECONDS};

@@ -197,6 +197,26 @@ impl Trace {
     }
 }
 
+/// The next arrival after `t` (seconds) of a Poisson process whose rate follows `rates`
+/// second by second; `None` after the last second. Memorylessness lets the draw restart at
+/// each second boundary. The simulator and the live load generator both schedule with this.
+pub fn next_arrival<R: rand::Rng + ?Sized>(rates: &[f64], mut t: f64, rng: &mut R) -> Option<f64> {
+    use rand_distr::{Distribution, Exp1};
+    loop {
+        let second = t.floor() as usize;
+        let rate = *rates.get(second)?;
+        let boundary = (second + 1) as f64;
+        if rate > 0.0 {
+            let gap: f64 = Exp1.sample(rng);
+            let next = t + gap / rate;
+            if next < boundary {
+                return Some(next);
+            }
+        }
+        t = boundary;
+    }
+}
+
 /// The warm-up ramp of the evaluation protocol: `rate_i = first * 1.1^((i - seconds) / 5)`, at
 /// least 1, for `i` in `0..seconds`, so that it ends just below `first`.
 pub fn ramp(first: f64, seconds: usize) -> Vec<f64> {
