@@ -45,6 +45,7 @@ mod k8s;
 mod sample;
 mod scaler;
 mod tower;
+mod towers;
 
 pub use bandit::{BanditConfig, BanditTower};
 pub use captain::Captain;
@@ -56,3 +57,4 @@ pub use tower::{
     Action, ExploreTower, MinuteObservation, NoTower, Targets, Tower, TowerMemory, TowerSample,
     TARGET_GRID,
 };
+pub use towers::TowerKind;

@@ -33,6 +33,9 @@ struct Controlled {
     rows: VecDeque<StatRow>,
     dropped: u64,
     last: Option<CpuSample>,
+    /// Core-ticks of the limits in force since `second_start`, and how many ticks.
+    limit_sum: f64,
+    limit_ticks: u32,
 }
 
 impl Controlled {
@@ -45,6 +48,8 @@ impl Controlled {
             rows: VecDeque::new(),
             dropped: 0,
             last: None,
+            limit_sum: 0.0,
+            limit_ticks: 0,
         }
     }
 }
@@ -175,6 +180,11 @@ impl Agent {
                     continue;
                 }
             }
+            if c.second_start.is_some() {
+                // The limit in force during the 100 ms this sample closes.
+                c.limit_sum += c.cgroup.current().cores();
+                c.limit_ticks += 1;
+            }
             if let Err(e) = c.cgroup.set_limit(limit) {
                 failed.push((name.clone(), e.to_string()));
                 continue;
@@ -304,7 +314,10 @@ impl Agent {
                     );
                     c.dropped = 0;
                 }
-                Response::ok(req.id, json!({"containers": out, "fault": self.fault}))
+                Response::ok(
+                    req.id,
+                    json!({"containers": out, "fault": self.fault, "now": now}),
+                )
             }
             Call::Stop => {
                 let restored = self.end_control("");
@@ -384,11 +397,18 @@ fn record_second(c: &mut Controlled, sample: &CpuSample) {
         c.rows.push_back(StatRow {
             t: sample.t,
             limit: c.cgroup.current().cores(),
+            mean_limit: if c.limit_ticks > 0 {
+                c.limit_sum / c.limit_ticks as f64
+            } else {
+                c.cgroup.current().cores()
+            },
             usage: (sample.usage - start.usage).max(0.0) / (sample.t - start.t),
             nr_periods: sample.nr_periods.saturating_sub(start.nr_periods),
             nr_throttled: sample.nr_throttled.saturating_sub(start.nr_throttled),
         });
         c.second_start = Some(*sample);
+        c.limit_sum = 0.0;
+        c.limit_ticks = 0;
     }
 }
 

@@ -10,6 +10,8 @@
 //! * [`agent`]: the agent's state machine: scalers every 100 ms, protocol requests, and the
 //!   safety rules (restore on stop, on a lost coordinator, on a scaler panic).
 //! * [`server`]: the agent as a process: TCP server, control loop, Prometheus metrics, signals.
+//! * [`coordinator`]: `live run`: starts the scalers on every agent, replays the workload,
+//!   runs the Tower each minute and writes the same run record as the simulator.
 //! * [`loadgen`]: an open-loop HTTP load generator that replays a trace (Poisson arrivals,
 //!   request mix, bounded in-flight, latency from the scheduled send time).
 //! * [`testing`]: real cgroups for tests and benchmarks, created under a fresh name and
@@ -20,6 +22,7 @@
 
 pub mod agent;
 pub mod cgroup;
+pub mod coordinator;
 pub mod demo;
 pub mod discovery;
 pub mod journal;
@@ -44,7 +47,21 @@ pub enum LiveError {
     /// The Kubernetes API failed.
     #[error("kubernetes: {0}")]
     Kube(String),
-    /// A bad configuration (flags, token file).
+    /// A bad configuration (flags, token file, scenario settings).
     #[error("{0}")]
     Config(String),
+    /// An agent could not be reached or refused a request (before or at the start of a run).
+    #[error("agent of node {node} at {addr}: {reason}")]
+    Agent {
+        node: String,
+        addr: String,
+        reason: String,
+    },
+    /// Nothing accepts connections at the app's URL.
+    #[error("cannot reach the app at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error(transparent)]
+    Record(#[from] record::RecordError),
+    #[error(transparent)]
+    Controller(#[from] controller::ControllerError),
 }

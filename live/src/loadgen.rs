@@ -48,6 +48,17 @@ pub struct LoadConfig {
     pub timeout: Duration,
     /// Requests in flight at most; the sender waits (and falls behind) beyond it.
     pub max_in_flight: usize,
+    /// Requests scheduled from this second on go into [`Stats::overall`] (the ramp before it
+    /// is not judged).
+    pub measure_from_s: usize,
+}
+
+/// Latency range of the histograms, microseconds: 1 us .. 1 h.
+const MAX_US: u64 = 3_600_000_000;
+
+/// A full-precision latency histogram (three significant digits).
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_US, 3).expect("static bounds")
 }
 
 /// One second of the schedule: the requests scheduled in it and how they went.
@@ -57,8 +68,10 @@ pub struct Second {
     pub ok: u64,
     pub errors: u64,
     pub timeouts: u64,
-    /// Latency in microseconds, from the scheduled send time.
-    pub latency: Histogram<u64>,
+    /// Latency in microseconds, from the scheduled send time, to two significant digits (an
+    /// hour of seconds at three digits would take 700 MB; minutes and the whole run keep
+    /// three, in [`Stats`]).
+    pub latency: Histogram<u32>,
 }
 
 impl Second {
@@ -68,7 +81,7 @@ impl Second {
             ok: 0,
             errors: 0,
             timeouts: 0,
-            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds"),
+            latency: Histogram::new_with_bounds(1, MAX_US, 2).expect("static bounds"),
         }
     }
 
@@ -81,6 +94,10 @@ impl Second {
 #[derive(Debug, Clone)]
 pub struct Stats {
     pub seconds: Vec<Second>,
+    /// Latency of the requests scheduled in each minute, full precision.
+    pub minutes: Vec<Histogram<u64>>,
+    /// Latency of every request scheduled from `measure_from_s` on, full precision.
+    pub overall: Histogram<u64>,
     /// How late sends went out, in microseconds.
     pub lateness: Histogram<u64>,
     /// Last error message seen (for reports).
@@ -175,10 +192,15 @@ impl LoadGen {
             expand(&k.path, &mut probe)?;
         }
         let seconds = (0..config.rates.len()).map(|_| Second::new()).collect();
+        let minutes = (0..config.rates.len().div_ceil(60))
+            .map(|_| histogram())
+            .collect();
         Ok(LoadGen {
             stats: Arc::new(Mutex::new(Stats {
                 seconds,
-                lateness: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds"),
+                minutes,
+                overall: histogram(),
+                lateness: histogram(),
                 last_error: None,
             })),
             config,
@@ -221,6 +243,7 @@ impl LoadGen {
             let client = client.clone();
             let stats = self.stats.clone();
             let timeout = c.timeout;
+            let measured = second >= c.measure_from_s;
             tokio::spawn(async move {
                 let outcome = tokio::time::timeout(timeout, async {
                     let resp = client.request(req).await.map_err(|e| e.to_string())?;
@@ -254,6 +277,10 @@ impl LoadGen {
                     }
                 };
                 sec.latency.saturating_record(us);
+                s.minutes[second / 60].saturating_record(us);
+                if measured {
+                    s.overall.saturating_record(us);
+                }
                 if let Ok(Err(e)) = outcome {
                     s.last_error = Some(e);
                 }

@@ -32,6 +32,9 @@ struct Cli {
 enum Command {
     /// Run the node agent.
     Agent(Box<AgentArgs>),
+    /// Run Autothrottle (or a baseline) on a live app: start the scalers on every agent,
+    /// replay a trace as HTTP load, run the Tower each minute, write the run record.
+    Run(Box<RunArgs>),
     /// Put back the original limits recorded in a journal (what a crashed agent left).
     Restore {
         #[arg(long, default_value = "/var/lib/autothrottle/journal.json")]
@@ -75,6 +78,87 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         seconds: usize,
     },
+}
+
+#[derive(Args, Clone)]
+#[command(after_help = "Example, on one machine:\n  \
+    live demo                                   # the demo app, prints the agent command\n  \
+    AUTOTHROTTLE_TOKEN=t live agent --no-supervisor --listen 127.0.0.1:7070 --cgroup ...\n  \
+    AUTOTHROTTLE_TOKEN=t live run --trace constant --duration 300 --tower bandit\n\n\
+    The record (run.json, minutes.csv, services.csv, tower.json) reads like a simulated one: \
+    `sim plot runs/live` draws it. Ctrl-C stops the run: the agents put the original limits \
+    back and the partial record is kept, marked incomplete (exit code 130).")]
+struct RunArgs {
+    /// Application: a built-in scenario name or a .toml file (nodes need agent addresses,
+    /// request types need http paths).
+    #[arg(long, default_value = "demo")]
+    scenario: String,
+    /// Workload: a built-in trace, constant-N, `constant` (the scenario's constant
+    /// workload) or a trace file (one RPS integer per line).
+    #[arg(long, default_value = "diurnal")]
+    trace: String,
+    /// Multiply the trace by this instead of the scenario's multiplier.
+    #[arg(long)]
+    multiplier: Option<f64>,
+    /// Warm-up ramp before the trace, seconds.
+    #[arg(long, default_value_t = traces::RAMP_SECONDS)]
+    ramp: usize,
+    /// Only replay the first N seconds of the trace.
+    #[arg(long)]
+    duration: Option<usize>,
+    /// Base URL of the app's entry service.
+    #[arg(long, default_value = "http://127.0.0.1:18080")]
+    url: String,
+    /// captain, k8s-cpu, k8s-cpu-fast or const.
+    #[arg(long, default_value = "captain")]
+    scaler: controller::ScalerKind,
+    /// Targets "G1,G2" (or one value for both): throttle ratio for captain, utilisation for
+    /// k8s-cpu*.
+    #[arg(long, default_value = "0.1,0.1")]
+    targets: controller::Targets,
+    /// Starting limit of every container, cores (default: the scenario's).
+    #[arg(long)]
+    initial_limit: Option<f64>,
+    /// Tower: none (fixed targets), explore (warm-up) or bandit.
+    #[arg(long, default_value = "none")]
+    tower: String,
+    /// Bandit exploration probability.
+    #[arg(long, default_value_t = 0.0)]
+    explore: f64,
+    /// Tower memory (JSON, as in tower.json): read at the start if it exists, written at the
+    /// end, so that runs learn from each other (design.md section 4 warm-up).
+    #[arg(long)]
+    tower_memory: Option<PathBuf>,
+    /// Seed of the arrivals, the request mix and the Tower.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// An agent address for a node: NODE=HOST:PORT (overrides the scenario's).
+    #[arg(long = "agent", value_name = "NODE=HOST:PORT")]
+    agents: Vec<String>,
+    /// File holding the agents' shared token (else the AUTOTHROTTLE_TOKEN environment variable).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// A request not answered within this many seconds counts as a miss.
+    #[arg(long, default_value_t = 10.0)]
+    request_timeout: f64,
+    /// Requests in flight at most (the schedule falls behind beyond it, and says so).
+    #[arg(long, default_value_t = 4096)]
+    max_in_flight: usize,
+    /// Give up when the app has answered nothing for this many seconds (0: never).
+    #[arg(long, default_value_t = 30)]
+    give_up_after: usize,
+    /// Run record directory.
+    #[arg(long, default_value = "runs/live")]
+    out: PathBuf,
+    /// Overwrite a run record already in --out.
+    #[arg(long)]
+    force: bool,
+    /// Do not write services.csv.
+    #[arg(long)]
+    no_services: bool,
+    /// Print run.json on stdout at the end.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -142,6 +226,7 @@ fn main() {
                 supervise(&a)
             }
         }
+        Command::Run(a) => run(*a),
         Command::Restore { journal } => restore(&journal),
         Command::Bench(b) => bench(b),
         Command::LoadBench { rps, seconds } => load_bench(rps, seconds),
@@ -162,6 +247,144 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    use live::coordinator::{self, RunSpec};
+    // Everything read and checked before any agent is contacted.
+    let scenario = std::sync::Arc::new(scenarios::Scenario::load(&a.scenario)?);
+    let trace = scenario.workload(&a.trace)?;
+    let trace = match a.duration {
+        Some(0) => bail!("--duration must be at least 1 second"),
+        Some(d) => trace.truncated(d),
+        None => trace,
+    };
+    let token = live::agent::load_token(
+        a.token_file.as_deref(),
+        std::env::var("AUTOTHROTTLE_TOKEN").ok(),
+    )?;
+    let memory = match &a.tower_memory {
+        Some(p) if p.exists() => record::read_json::<controller::TowerMemory>(p)?,
+        _ => controller::TowerMemory::default(),
+    };
+    if !(a.request_timeout > 0.0 && a.request_timeout <= 3600.0) {
+        bail!("--request-timeout must be within (0, 3600] seconds");
+    }
+    let mut spec = RunSpec::new(scenario.clone(), std::sync::Arc::new(trace), &a.url, &token);
+    for s in &a.agents {
+        let (node, addr) = s
+            .split_once('=')
+            .with_context(|| format!("--agent takes NODE=HOST:PORT, got '{s}'"))?;
+        if !scenario.nodes.iter().any(|(n, _)| n == node) {
+            bail!(
+                "--agent {s}: {} has no node '{node}' (nodes: {})",
+                scenario.source,
+                scenario
+                    .nodes
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        spec.agents.insert(node.to_string(), addr.to_string());
+    }
+    spec.multiplier = a.multiplier;
+    spec.ramp_s = a.ramp;
+    spec.scaler = a.scaler;
+    spec.targets = a.targets;
+    spec.initial_limit = a.initial_limit;
+    spec.tower = controller::TowerKind::parse(&a.tower, a.explore)?;
+    spec.memory = memory;
+    spec.seed = a.seed;
+    spec.request_timeout = Duration::from_secs_f64(a.request_timeout);
+    spec.max_in_flight = a.max_in_flight.max(1);
+    spec.dead_app_s = a.give_up_after;
+    spec.services_csv = !a.no_services;
+    spec.validate()?;
+    let writer = record::RecordWriter::create(&a.out, a.force, spec.services_csv)?;
+
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let bar = indicatif::ProgressBar::new(spec.rates().len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "live run [{elapsed_precise}] {wide_bar} {pos}/{len} s (eta {eta})",
+            )
+            .expect("static template"),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let out = rt.block_on(async {
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
+        };
+        let bar = bar.clone();
+        coordinator::run(&spec, writer, shutdown, &mut move |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+        .await
+    });
+    bar.finish_and_clear();
+    let out = out?;
+    if let Some(p) = &a.tower_memory {
+        record::write_json(p, &out.memory)?;
+    }
+    let s = &out.info.summary;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out.info)?);
+    } else {
+        println!(
+            "{} / {} / {} targets {} tower {}  seed {}  (live)",
+            out.info.scenario,
+            out.info.trace,
+            out.info.scaler,
+            out.info.targets,
+            out.info.tower,
+            out.info.seed
+        );
+        println!(
+            "allocation {:.2} cores  usage {:.2} cores  P99 {:.1} ms (SLO {} ms: {})  P50 {:.1} ms  mean {:.1} RPS  throttle ratio {:.3}",
+            s.allocation,
+            s.usage,
+            s.p99_ms,
+            out.info.slo_ms,
+            if s.slo_met { "met" } else { "MISSED" },
+            s.p50_ms,
+            s.mean_rps,
+            s.throttle_ratio
+        );
+        println!(
+            "{} requests ({} unanswered), send lateness p99 {:.1} ms; record in {}",
+            s.requests,
+            s.incomplete,
+            out.lateness_p99_ms,
+            a.out.display()
+        );
+    }
+    for g in &out.info.gaps {
+        let until = g.to_s.map_or("the end".to_string(), |t| format!("{t} s"));
+        eprintln!(
+            "gap: {} on node {} from {} s to {until}: {}",
+            g.container, g.node, g.from_s, g.reason
+        );
+    }
+    if let Some(why) = &out.stopped {
+        eprintln!(
+            "run stopped early ({why}); limits restored; partial record in {} (complete: false)",
+            a.out.display()
+        );
+        std::process::exit(if why == "interrupted" { 130 } else { 1 });
+    }
+    Ok(())
 }
 
 fn restore(journal: &Path) -> Result<()> {
@@ -438,6 +661,7 @@ fn load_bench(rps: f64, seconds: usize) -> Result<()> {
             seed: 1,
             timeout: Duration::from_secs(2),
             max_in_flight: 512,
+            measure_from_s: 0,
         })?;
         let start = Instant::now();
         gen.run().await?;
@@ -446,13 +670,12 @@ fn load_bench(rps: f64, seconds: usize) -> Result<()> {
         let stats = gen.stats();
         let s = stats.lock().expect("stats");
         let (mut sent, mut ok, mut bad) = (0u64, 0u64, 0u64);
-        let mut all = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
         for sec in &s.seconds {
             sent += sec.sent;
             ok += sec.ok;
             bad += sec.errors + sec.timeouts;
-            all.add(&sec.latency)?;
         }
+        let all = &s.overall;
         println!("target rate         {rps:.0} RPS for {seconds} s");
         println!(
             "sent / ok / failed  {sent} / {ok} / {bad} in {wall:.1} s ({:.0} ok per second)",

@@ -13,7 +13,7 @@
 //! | `hello` | none | `{node, version, containers: [names the agent can control]}` |
 //! | `start` | `{scalers: {container: ScalerConfig}}` | `{controlling: [names]}`; containers not named are left alone |
 //! | `update_targets` | `{targets: {container: target}}` | `{updated: n}` |
-//! | `stats` | none | `{containers: {name: {limit, target, rows: [StatRow], dropped}}}`: per-second rows since the last `stats` |
+//! | `stats` | none | `{now, containers: {name: {limit, target, rows: [StatRow], dropped}}, fault}`: per-second rows since the last `stats`; `now` and each row's `t` are seconds on the agent's clock |
 //! | `stop` | none | `{restored: [names]}`: original limits are back |
 //!
 //! Errors come back as `{"v":1,"id":7,"ok":false,"error":{"code":"...","message":"..."}}` with
@@ -62,7 +62,12 @@ const METHODS: [&str; 5] = ["hello", "start", "update_targets", "stats", "stop"]
 pub struct StatRow {
     /// Seconds since the agent started, at the end of the second.
     pub t: f64,
+    /// Limit at the end of the second, cores.
     pub limit: f64,
+    /// Time-weighted mean of the limits in force during the second, cores (what allocation
+    /// is made of).
+    #[serde(default)]
+    pub mean_limit: f64,
     /// Cores used during the second.
     pub usage: f64,
     pub nr_periods: u64,

@@ -26,6 +26,7 @@ fn config(base: String, rate: f64, seconds: usize, timeout_ms: u64) -> LoadConfi
         seed: 5,
         timeout: Duration::from_millis(timeout_ms),
         max_in_flight: 256,
+        measure_from_s: 0,
     }
 }
 
@@ -38,7 +39,9 @@ async fn server(delay: Duration) -> (String, tokio::task::JoinHandle<()>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_the_schedule_and_records_latency() {
     let (base, srv) = server(Duration::from_millis(2)).await;
-    let g = LoadGen::new(config(base, 300.0, 2, 1000)).unwrap();
+    let mut c = config(base, 300.0, 2, 1000);
+    c.measure_from_s = 1;
+    let g = LoadGen::new(c).unwrap();
     g.run().await.unwrap();
     srv.abort();
     let s = g.stats();
@@ -54,6 +57,13 @@ async fn replays_the_schedule_and_records_latency() {
     assert!(
         (2_000..50_000).contains(&p50),
         "p50 {p50} us includes the 2 ms of service"
+    );
+    assert_eq!(s.minutes.len(), 1);
+    assert_eq!(s.minutes[0].len(), sent, "the minute holds every request");
+    assert_eq!(
+        s.overall.len(),
+        s.seconds[1].sent,
+        "only requests from measure_from_s on are judged"
     );
 }
 

@@ -82,6 +82,33 @@ pub struct RunInfo {
     /// False when the run was stopped early (the record holds what was done).
     pub complete: bool,
     pub summary: Summary,
+    /// Spans in which a container was not controlled by the run (live: its agent was lost,
+    /// or ended control). Its rows are missing from `services.csv` there, and its limit is
+    /// not in the allocation. Empty for simulated runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gaps: Vec<Gap>,
+}
+
+/// A span of a run in which one container was not under the run's control.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gap {
+    pub service: String,
+    /// The container's name on its agent (`service`, or `service@pod` for replicas).
+    pub container: String,
+    /// The node of the container's agent.
+    pub node: String,
+    /// First second without control.
+    pub from_s: u32,
+    /// First second under control again; `None` when control never came back.
+    pub to_s: Option<u32>,
+    pub reason: String,
+}
+
+impl Gap {
+    /// Whether second `t` falls in the gap.
+    pub fn covers(&self, t: u32) -> bool {
+        t >= self.from_s && self.to_s.is_none_or(|end| t < end)
+    }
 }
 
 impl RunInfo {
@@ -104,6 +131,7 @@ impl RunInfo {
             services: vec![("a".into(), 1)],
             complete: true,
             summary: Summary::default(),
+            gaps: Vec::new(),
         }
     }
 }
@@ -334,6 +362,34 @@ fn read_csv<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, RecordE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gaps_are_optional_and_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut info = RunInfo::example();
+        let text = serde_json::to_string(&info).unwrap();
+        assert!(!text.contains("gaps"), "no gaps, no field: {text}");
+        info.gaps.push(Gap {
+            service: "a".into(),
+            container: "a".into(),
+            node: "n1".into(),
+            from_s: 10,
+            to_s: None,
+            reason: "agent lost".into(),
+        });
+        RecordWriter::create(dir.path(), false, false)
+            .unwrap()
+            .finish(&info)
+            .unwrap();
+        let back = Record::read(dir.path()).unwrap().info;
+        assert_eq!(back, info);
+        assert!(!back.gaps[0].covers(9) && back.gaps[0].covers(10) && back.gaps[0].covers(99));
+        let closed = Gap {
+            to_s: Some(12),
+            ..back.gaps[0].clone()
+        };
+        assert!(closed.covers(11) && !closed.covers(12));
+    }
 
     #[test]
     fn refuses_to_overwrite_without_force() {

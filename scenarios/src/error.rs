@@ -30,4 +30,10 @@ pub enum ScenarioError {
         "unknown scenario '{0}' (built in: hotel-reservation, social-network, train-ticket, demo; or a .toml path)"
     )]
     UnknownBuiltin(String),
+    /// The workload could not be loaded.
+    #[error(transparent)]
+    Trace(#[from] traces::TraceError),
+    /// `constant` was asked of a scenario that has no constant workload.
+    #[error("scenario {0} has no constant_rps, so it has no `constant` workload")]
+    NoConstant(String),
 }

@@ -103,6 +103,23 @@ impl Scenario {
         }
     }
 
+    /// The workload `spec` names for this app: a trace [`traces::Trace::load`] knows, or
+    /// `constant`, the app's constant workload (its `constant_rps` is in requests per second
+    /// of the app, so the multiplier is undone here and reapplied when the trace is
+    /// scheduled).
+    pub fn workload(&self, spec: &str) -> Result<traces::Trace, ScenarioError> {
+        if spec == "constant" {
+            let rps = self
+                .constant_rps
+                .ok_or_else(|| ScenarioError::NoConstant(self.name.clone()))?;
+            let per = (rps as f64 / self.multiplier).round() as u32;
+            let mut t = traces::Trace::constant(per, 3600);
+            t.name = "constant".into();
+            return Ok(t);
+        }
+        Ok(traces::Trace::load(spec)?)
+    }
+
     /// Reads and validates a scenario file.
     pub fn read(path: &Path) -> Result<Scenario, ScenarioError> {
         let text = std::fs::read_to_string(path).map_err(|cause| ScenarioError::Read {

@@ -95,17 +95,7 @@ impl WorkloadArgs {
 }
 
 fn load_trace(spec: &str, scenario: &Scenario) -> Result<Trace> {
-    if spec == "constant" {
-        let rps = scenario
-            .constant_rps
-            .with_context(|| format!("scenario {} has no constant_rps", scenario.name))?;
-        // The constant workload is given in requests per second of the app: undo the multiplier.
-        let per = (rps as f64 / scenario.multiplier).round() as u32;
-        let mut t = Trace::constant(per, 3600);
-        t.name = "constant".into();
-        return Ok(t);
-    }
-    Ok(Trace::load(spec)?)
+    Ok(scenario.workload(spec)?)
 }
 
 #[derive(Args)]
@@ -148,12 +138,7 @@ struct RunArgs {
 }
 
 fn tower_kind(name: &str, explore: f64) -> Result<TowerKind> {
-    Ok(match name {
-        "none" => TowerKind::None,
-        "explore" => TowerKind::Explore,
-        "bandit" => TowerKind::Bandit { explore },
-        other => bail!("unknown tower '{other}' (expected none, explore or bandit)"),
-    })
+    Ok(TowerKind::parse(name, explore)?)
 }
 
 fn progress_bar(len: u64, what: &str) -> ProgressBar {

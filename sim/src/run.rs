@@ -5,14 +5,11 @@
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use controller::{
-    BanditConfig, BanditTower, ExploreTower, MinuteObservation, NoTower, Scaler, ScalerKind,
-    Targets, Tower, TowerMemory,
-};
+pub use controller::TowerKind;
+use controller::{MinuteObservation, Scaler, ScalerKind, Targets, TowerMemory};
 use hdrhistogram::Histogram;
 use record::{MinuteRow, RecordWriter, RunInfo, ServiceRow, Summary, FORMAT_VERSION};
 use scenarios::Scenario;
-use serde::{Deserialize, Serialize};
 use traces::Trace;
 
 use crate::cfs::{Counters, PERIOD};
@@ -26,36 +23,6 @@ const DRAIN_S: u64 = 60;
 const SETTLE_S: usize = 30;
 /// Latency histogram range, microseconds: 1 us .. 1 h.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
-
-/// Which Tower runs.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum TowerKind {
-    /// Fixed targets.
-    None,
-    /// The warm-up Tower: explores the grid.
-    Explore,
-    /// The contextual bandit, exploring neighbours with probability `explore`.
-    Bandit { explore: f64 },
-}
-
-impl TowerKind {
-    pub fn name(&self) -> &'static str {
-        match self {
-            TowerKind::None => "none",
-            TowerKind::Explore => "explore",
-            TowerKind::Bandit { .. } => "bandit",
-        }
-    }
-
-    pub fn explore(&self) -> f64 {
-        match self {
-            TowerKind::Bandit { explore } => *explore,
-            TowerKind::Explore => 1.0,
-            TowerKind::None => 0.0,
-        }
-    }
-}
 
 /// Everything one run needs.
 #[derive(Debug, Clone)]
@@ -142,11 +109,7 @@ impl RunConfig {
                 self.scaler
             );
         }
-        if let TowerKind::Bandit { explore } = self.tower {
-            if !(0.0..=1.0).contains(&explore) {
-                bail!("explore must be within 0..1, got {explore}");
-            }
-        }
+        self.tower.validate()?;
         if !positive(self.multiplier()) {
             bail!("multiplier must be positive, got {}", self.multiplier());
         }
@@ -177,6 +140,7 @@ impl RunConfig {
                 .collect(),
             complete: true,
             summary: Summary::default(),
+            gaps: Vec::new(),
         }
     }
 }
@@ -242,25 +206,13 @@ pub fn run(
         limits.push(cap(i, scaler.limit()));
         scalers.push(scaler);
     }
-    // Minutes not learnt from: the ramp's, and the first one after it, which still carries the
-    // ramp's squeezed limits.
-    let drop_samples = cfg.ramp_s.div_ceil(60) + 1;
-    let mut tower: Box<dyn Tower> = match cfg.tower {
-        TowerKind::None => Box::new(NoTower::default()),
-        TowerKind::Explore => Box::new(ExploreTower::new(
-            cfg.memory.clone(),
-            drop_samples,
-            cfg.seed,
-        )),
-        TowerKind::Bandit { explore } => Box::new(BanditTower::try_new(
-            BanditConfig {
-                drop_samples,
-                ..BanditConfig::new(scenario.slo_ms, scenario.aggregate_rps).with_explore(explore)
-            },
-            cfg.memory.clone(),
-            cfg.seed,
-        )?),
-    };
+    let mut tower = cfg.tower.build(
+        scenario.slo_ms,
+        scenario.aggregate_rps,
+        cfg.ramp_s,
+        cfg.memory.clone(),
+        cfg.seed,
+    )?;
     let mut targets = cfg.targets;
 
     let mut engine = Engine::new(scenario, rates, &limits, cfg.seed);

@@ -1,0 +1,130 @@
+//! Which Tower a run uses, and how it is built: one place for the simulator and the live
+//! coordinator, so that both learn from the same minutes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    BanditConfig, BanditTower, ControllerError, ExploreTower, NoTower, Tower, TowerMemory,
+};
+
+/// Which Tower runs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum TowerKind {
+    /// Fixed targets.
+    None,
+    /// The warm-up Tower: explores the grid.
+    Explore,
+    /// The contextual bandit, exploring neighbours with probability `explore`.
+    Bandit { explore: f64 },
+}
+
+impl TowerKind {
+    /// From a command-line name (`none`, `explore`, `bandit`) and the bandit's exploration rate.
+    pub fn parse(name: &str, explore: f64) -> Result<TowerKind, ControllerError> {
+        let kind = match name {
+            "none" => TowerKind::None,
+            "explore" => TowerKind::Explore,
+            "bandit" => TowerKind::Bandit { explore },
+            other => {
+                return Err(ControllerError::BadTower(format!(
+                    "unknown tower '{other}' (expected none, explore or bandit)"
+                )))
+            }
+        };
+        kind.validate()?;
+        Ok(kind)
+    }
+
+    pub fn validate(&self) -> Result<(), ControllerError> {
+        if let TowerKind::Bandit { explore } = *self {
+            if !(0.0..=1.0).contains(&explore) {
+                return Err(ControllerError::BadTower(format!(
+                    "explore must be within 0..1, got {explore}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            TowerKind::None => "none",
+            TowerKind::Explore => "explore",
+            TowerKind::Bandit { .. } => "bandit",
+        }
+    }
+
+    pub fn explore(&self) -> f64 {
+        match self {
+            TowerKind::Bandit { explore } => *explore,
+            TowerKind::Explore => 1.0,
+            TowerKind::None => 0.0,
+        }
+    }
+
+    /// Minutes a run does not learn from: the ramp's, and the first one after it, which still
+    /// carries the ramp's squeezed limits.
+    pub fn drop_samples(ramp_s: usize) -> usize {
+        ramp_s.div_ceil(60) + 1
+    }
+
+    /// The Tower for a run of an app with this SLO and RPS bucket width, starting from
+    /// `memory`.
+    pub fn build(
+        &self,
+        slo_ms: f64,
+        aggregate_rps: f64,
+        ramp_s: usize,
+        memory: TowerMemory,
+        seed: u64,
+    ) -> Result<Box<dyn Tower>, ControllerError> {
+        let drop_samples = Self::drop_samples(ramp_s);
+        Ok(match *self {
+            TowerKind::None => Box::new(NoTower::default()),
+            TowerKind::Explore => Box::new(ExploreTower::new(memory, drop_samples, seed)),
+            TowerKind::Bandit { explore } => Box::new(BanditTower::try_new(
+                BanditConfig {
+                    drop_samples,
+                    ..BanditConfig::new(slo_ms, aggregate_rps).with_explore(explore)
+                },
+                memory,
+                seed,
+            )?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_and_bad_ones_are_refused() {
+        assert_eq!(TowerKind::parse("none", 0.3).unwrap(), TowerKind::None);
+        assert_eq!(
+            TowerKind::parse("bandit", 0.5).unwrap(),
+            TowerKind::Bandit { explore: 0.5 }
+        );
+        let e = TowerKind::parse("oracle", 0.0).unwrap_err().to_string();
+        assert!(e.contains("unknown tower 'oracle'"), "{e}");
+        assert!(TowerKind::parse("bandit", 1.5).is_err());
+        assert!(TowerKind::parse("bandit", f64::NAN).is_err());
+    }
+
+    #[test]
+    fn builds_the_named_tower() {
+        for kind in [
+            TowerKind::None,
+            TowerKind::Explore,
+            TowerKind::Bandit { explore: 0.0 },
+        ] {
+            let t = kind
+                .build(100.0, 50.0, 180, TowerMemory::default(), 1)
+                .unwrap();
+            assert_eq!(t.name(), kind.name());
+        }
+        assert_eq!(TowerKind::drop_samples(180), 4);
+        assert_eq!(TowerKind::drop_samples(0), 1);
+    }
+}
