@@ -1,0 +1,505 @@
+//! `live run` end to end on this machine's real cgroups: the demo app's three services, each
+//! in its own group, the agent, the coordinator with its load generator, Captains and the
+//! BanditTower; then the faults (a bad trace, an unreachable app, an agent killed mid-run).
+//! Skipped, with a message, where cgroups are not writable.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use live::cgroup::{Cgroup, Quota, Root};
+use record::Record;
+
+const SERVICES: [&str; 3] = ["gateway", "auth", "store"];
+const TOKEN: &str = "e2e-token";
+
+/// The two tests burn real CPU: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn exe() -> &'static str {
+    env!("CARGO_BIN_EXE_live")
+}
+
+/// Kills (SIGTERM, then SIGKILL) what it holds when dropped, so that a failing assertion
+/// does not leave processes or groups behind.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The demo app in groups under `group`, and the root; `None` (skip) without cgroups.
+fn demo(tag: &str) -> Option<(Root, String, Proc, u16)> {
+    let root = match Root::detect(Path::new("/sys/fs/cgroup")) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("SKIPPED: no cgroup hierarchy: {e}");
+            return None;
+        }
+    };
+    let group = format!("autothrottle-test-{}-{tag}", std::process::id());
+    let probe = root.cpu.join(format!("{group}-probe"));
+    if let Err(e) = std::fs::create_dir(&probe) {
+        eprintln!(
+            "SKIPPED: cgroups are not writable here ({}: {e})",
+            probe.display()
+        );
+        return None;
+    }
+    let _ = std::fs::remove_dir(&probe);
+    let port = free_port();
+    let child = Command::new(exe())
+        .args(["demo", "--scenario", "demo", "--port", &port.to_string()])
+        .args(["--group", &group])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let proc = Proc(child);
+    let gateway = format!("127.0.0.1:{port}");
+    wait_for(
+        || http_get(&gateway, "/get?key=1") == Some(200),
+        "the demo gateway",
+    );
+    Some((root, group, proc, port))
+}
+
+/// A port for the demo's first service; the two after it must be free as well.
+fn free_port() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if p < 60_000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            return p;
+        }
+    }
+}
+
+/// Starts an agent for `services` of the demo group; returns it and its address.
+fn agent(
+    dir: &Path,
+    tag: &str,
+    group: &str,
+    services: &[&str],
+    listen: &str,
+    supervised: bool,
+) -> (Proc, String) {
+    let address = dir.join(format!("address-{tag}"));
+    let _ = std::fs::remove_file(&address);
+    let mut cmd = Command::new(exe());
+    cmd.args(["agent", "--listen", listen])
+        .args(["--address-file", address.to_str().unwrap()])
+        .args([
+            "--journal",
+            dir.join(format!("journal-{tag}.json")).to_str().unwrap(),
+        ])
+        .env("AUTOTHROTTLE_TOKEN", TOKEN)
+        .stderr(Stdio::null());
+    if !supervised {
+        cmd.arg("--no-supervisor");
+    }
+    for s in services {
+        cmd.args(["--cgroup", &format!("{s}={group}/{s}")]);
+    }
+    let p = Proc(cmd.spawn().unwrap());
+    wait_for(
+        || {
+            std::fs::read_to_string(&address)
+                .map(|a| !a.trim().is_empty())
+                .unwrap_or(false)
+        },
+        "the agent's address file",
+    );
+    let addr = std::fs::read_to_string(&address)
+        .unwrap()
+        .trim()
+        .to_string();
+    (p, addr)
+}
+
+fn quota(root: &Root, group: &str, service: &str) -> Quota {
+    let rel = PathBuf::from(group).join(service);
+    Cgroup::open(service, root, &rel)
+        .unwrap()
+        .read_quota()
+        .unwrap()
+}
+
+fn quotas(root: &Root, group: &str) -> Vec<Quota> {
+    SERVICES.iter().map(|s| quota(root, group, s)).collect()
+}
+
+/// Runs `live run` with `args`, killing it if it takes longer than `limit`.
+fn live_run(args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(exe())
+        .arg("run")
+        .args(args)
+        .env("AUTOTHROTTLE_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "live run hung for {limit:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn service_rows(r: &Record) -> BTreeMap<String, Vec<record::ServiceRow>> {
+    let mut by: BTreeMap<String, Vec<record::ServiceRow>> = BTreeMap::new();
+    for row in r.services().unwrap().expect("services.csv") {
+        by.entry(row.service.clone()).or_default().push(row);
+    }
+    by
+}
+
+#[test]
+fn captains_and_the_bandit_tower_run_the_demo_app_on_real_cgroups() {
+    let _one = serial();
+    let Some((root, group, demo_proc, port)) = demo("e2e") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let before = quotas(&root, &group);
+    let (agent_proc, addr) = agent(dir.path(), "local", &group, &SERVICES, "127.0.0.1:0", true);
+    let out_dir = dir.path().join("run");
+    let memory = dir.path().join("tower-memory.json");
+    let url = format!("http://127.0.0.1:{port}");
+    let agent_arg = format!("local={addr}");
+    // 30 s ramp + 150 s at the demo's constant 40 RPS: three minutes, of which the Tower
+    // learns from the last (the ramp's minute and the one after it are not learnt from).
+    let out = live_run(
+        &[
+            "--scenario",
+            "demo",
+            "--trace",
+            "constant",
+            "--ramp",
+            "30",
+            "--duration",
+            "150",
+            "--tower",
+            "bandit",
+            "--url",
+            &url,
+            "--agent",
+            &agent_arg,
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--tower-memory",
+            memory.to_str().unwrap(),
+        ],
+        Duration::from_secs(300),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "live run failed:\n{stderr}");
+
+    // The record is complete and reads like a simulated one.
+    let r = Record::read(&out_dir).unwrap();
+    let s = &r.info.summary;
+    assert_eq!(r.info.source, "live");
+    assert!(r.info.complete);
+    assert!(r.info.gaps.is_empty(), "{:?}", r.info.gaps);
+    assert_eq!(r.minutes.len(), 3);
+    assert!(
+        (30.0..50.0).contains(&s.mean_rps),
+        "the demo's constant workload is 40 RPS: {}",
+        s.mean_rps
+    );
+    assert!(s.requests > 4_500 && s.incomplete == 0, "{s:?}");
+    assert!(s.p50_ms > 0.0 && s.p99_ms >= s.p50_ms);
+
+    // The Captains took the limits well below the initial 2 cores per service.
+    let initial = 2.0 * SERVICES.len() as f64;
+    assert!(
+        s.allocation < 0.5 * initial,
+        "allocation {:.2} cores, initial {initial}",
+        s.allocation
+    );
+    assert!(s.allocation > s.usage, "limits stay above use: {s:?}");
+
+    // Every second of every service is in services.csv, and each service's throttle ratio
+    // tracks the target in force (after the first minute, once the Captains have settled).
+    let rows = service_rows(&r);
+    let target_at = |t: u32, service: &str| {
+        let m = &r.minutes[((t as usize - 1) / 60).min(r.minutes.len() - 1)];
+        let group = r
+            .info
+            .services
+            .iter()
+            .find(|(n, _)| n == service)
+            .unwrap()
+            .1;
+        if group == 1 {
+            m.target1
+        } else {
+            m.target2
+        }
+    };
+    // The Captain keeps the ratio a little under its target (it scales down only with a
+    // margin); 0.045 either way still tells "tracks 0.06" from "never throttled" (0).
+    const TOLERANCE: f64 = 0.045;
+    for svc in SERVICES {
+        let rs = &rows[svc];
+        assert!(rs.len() >= 178, "{svc}: {} rows for 180 s", rs.len());
+        let late: Vec<_> = rs.iter().filter(|x| x.t > 60).collect();
+        let periods: u64 = late.iter().map(|x| x.nr_periods).sum();
+        let throttled: u64 = late.iter().map(|x| x.nr_throttled).sum();
+        let ratio = throttled as f64 / periods as f64;
+        let target = late
+            .iter()
+            .map(|x| target_at(x.t, svc) * x.nr_periods as f64)
+            .sum::<f64>()
+            / periods as f64;
+        eprintln!("{svc}: throttle ratio {ratio:.3}, target {target:.3}");
+        assert!(
+            (ratio - target).abs() <= TOLERANCE,
+            "{svc}: throttle ratio {ratio:.3} against target {target:.3} (tolerance {TOLERANCE})"
+        );
+    }
+
+    // The Tower learnt, and its memory carries over to the next run.
+    let mem: controller::TowerMemory = record::read_json(&memory).unwrap();
+    assert_eq!(mem.samples.len(), 1, "the third minute");
+    assert!(out_dir.join("tower.json").exists());
+
+    // Plottable as it is.
+    let png = dir.path().join("run.png");
+    plots::plot(std::slice::from_ref(&r), &png, &plots::Options::default()).unwrap();
+    assert!(std::fs::metadata(&png).unwrap().len() > 10_000);
+
+    // Every group is back at its original quota, then removed with the app.
+    assert_eq!(quotas(&root, &group), before, "original quotas restored");
+    drop(agent_proc);
+    drop(demo_proc);
+    assert!(!root.cpu.join(&group).exists(), "groups removed");
+}
+
+#[test]
+fn bad_input_and_lost_agents_are_handled() {
+    let _one = serial();
+    let Some((root, group, demo_proc, port)) = demo("faults") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let before = quotas(&root, &group);
+    // Two nodes: the gateway's agent, and the agent of auth and store (supervised).
+    let (agent_a, addr_a) = agent(dir.path(), "a", &group, &["gateway"], "127.0.0.1:0", false);
+    let (agent_b, addr_b) = agent(
+        dir.path(),
+        "b",
+        &group,
+        &["auth", "store"],
+        "127.0.0.1:0",
+        true,
+    );
+    let demo_toml = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/demo.toml"),
+    )
+    .unwrap()
+    .replace(
+        "[[nodes]]\nname = \"local\"\ncores = 2\nagent = \"127.0.0.1:7070\"",
+        "[[nodes]]\nname = \"a\"\ncores = 2\n[[nodes]]\nname = \"b\"\ncores = 2",
+    )
+    .replacen("node = \"local\"", "node = \"a\"", 1)
+    .replace("node = \"local\"", "node = \"b\"");
+    let scenario = dir.path().join("two-nodes.toml");
+    std::fs::write(&scenario, demo_toml).unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let (arg_a, arg_b) = (format!("a={addr_a}"), format!("b={addr_b}"));
+    let common = |out: &Path| -> Vec<String> {
+        [
+            "--scenario",
+            scenario.to_str().unwrap(),
+            "--agent",
+            &arg_a,
+            "--agent",
+            &arg_b,
+            "--ramp",
+            "0",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let args = |extra: &[&str], out: &Path| -> Vec<String> {
+        let mut v = common(out);
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+
+    // A bad trace: a clear error naming the file and line, before any limit is touched.
+    let bad = dir.path().join("bad-trace.txt");
+    std::fs::write(&bad, "40\n41\nforty-two\n").unwrap();
+    let out_bad = dir.path().join("bad");
+    let a = args(&["--trace", bad.to_str().unwrap(), "--url", &url], &out_bad);
+    let out = live_run(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bad-trace.txt:3"),
+        "names file and line: {err}"
+    );
+    assert!(!out_bad.exists(), "no record for a run that never started");
+    assert_eq!(quotas(&root, &group), before);
+
+    // The app unreachable: a clear error, quickly, nothing touched.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead_url = format!("http://127.0.0.1:{closed}");
+    let a = args(
+        &[
+            "--trace",
+            "constant",
+            "--duration",
+            "30",
+            "--url",
+            &dead_url,
+        ],
+        &dir.path().join("dead"),
+    );
+    let started = Instant::now();
+    let out = live_run(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("cannot reach the app at"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(15), "no hang");
+    assert_eq!(quotas(&root, &group), before);
+
+    // Node b's agent dies mid-run (its worker is killed; the supervisor puts the limits
+    // back), then comes back on the same address: the run goes on with node a, reports the
+    // loss, marks the gap, and takes auth and store back.
+    let out_dir = dir.path().join("faults");
+    let a = args(
+        &["--trace", "constant", "--duration", "50", "--url", &url],
+        &out_dir,
+    );
+    let mut run = Proc(
+        Command::new(exe())
+            .arg("run")
+            .args(&a)
+            .env("AUTOTHROTTLE_TOKEN", TOKEN)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(
+        || quota(&root, &group, "auth").quota_us.is_some(),
+        "control of auth",
+    );
+    std::thread::sleep(Duration::from_secs(10));
+    let worker =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", agent_b.0.id())).unwrap();
+    let worker: i32 = worker.split_whitespace().next().unwrap().parse().unwrap();
+    unsafe { libc::kill(worker, libc::SIGKILL) };
+    wait_for(
+        || quota(&root, &group, "auth").quota_us.is_none(),
+        "the supervisor to restore auth",
+    );
+    assert!(
+        quota(&root, &group, "gateway").quota_us.is_some(),
+        "node a still controls the gateway"
+    );
+    drop(agent_b);
+    std::thread::sleep(Duration::from_secs(6));
+    let (_agent_b2, addr_b2) = agent(dir.path(), "b2", &group, &["auth", "store"], &addr_b, true);
+    assert_eq!(addr_b2, addr_b);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while run.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "live run hung");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(run.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(run.0.wait().unwrap().success(), "{stderr}");
+    assert!(stderr.contains("lost the agent of node b"), "{stderr}");
+
+    let r = Record::read(&out_dir).unwrap();
+    assert!(r.info.complete);
+    let gaps = &r.info.gaps;
+    assert_eq!(gaps.len(), 2, "{gaps:?}");
+    let rows = service_rows(&r);
+    for g in gaps {
+        assert!(g.service == "auth" || g.service == "store");
+        assert_eq!(g.node, "b");
+        assert!(g.reason.contains("agent lost"), "{}", g.reason);
+        assert!((5..30).contains(&g.from_s), "{g:?}");
+        let end = g.to_s.expect("control came back");
+        assert!(end > g.from_s + 3 && end < 50, "{g:?}");
+        let rs = &rows[&g.service];
+        assert!(
+            rs.iter().all(|x| !(x.t > g.from_s + 1 && x.t < end)),
+            "no rows inside the gap of {}",
+            g.service
+        );
+        assert!(rs.iter().any(|x| x.t > end + 2), "rows again after the gap");
+    }
+    assert!(rows["gateway"].len() >= 48, "node a never stopped");
+
+    // Everything restored, and removed with the app.
+    assert_eq!(quotas(&root, &group), before);
+    drop(agent_a);
+    drop(demo_proc);
+    assert!(!root.cpu.join(&group).exists(), "groups removed");
+}
