@@ -1110,6 +1110,41 @@ mod tests {
         assert!(s.validate().is_err());
     }
 
+    #[test]
+    fn a_run_gives_up_on_an_app_that_answers_nothing() {
+        let mut s = spec();
+        s.ramp_s = 0;
+        s.dead_app_s = 10;
+        s.request_timeout = Duration::from_secs(2);
+        let stats = LoadGen::new(s.load_config().unwrap()).unwrap().stats();
+        {
+            let mut st = stats.lock().unwrap();
+            for sec in st.seconds.iter_mut().take(40) {
+                sec.sent = 40;
+                sec.ok = 40;
+            }
+        }
+        assert_eq!(dead_app(&stats, 40.0, &s), None, "a healthy app");
+        {
+            let mut st = stats.lock().unwrap();
+            for sec in st.seconds.iter_mut().skip(20).take(20) {
+                sec.ok = 0;
+                sec.errors = 40;
+            }
+            st.last_error = Some("connection refused".into());
+        }
+        // At 30 s, the seconds known (up to 27) still hold answers.
+        assert_eq!(dead_app(&stats, 30.0, &s), None);
+        let why = dead_app(&stats, 40.0, &s).expect("ten silent seconds");
+        assert!(
+            why.contains("answered none of the 400 requests of the last 10 s"),
+            "{why}"
+        );
+        assert!(why.contains("connection refused"), "{why}");
+        s.dead_app_s = 0;
+        assert_eq!(dead_app(&stats, 40.0, &s), None, "0 means never give up");
+    }
+
     #[tokio::test]
     async fn an_unreachable_app_is_a_clear_error() {
         let port = std::net::TcpListener::bind("127.0.0.1:0")

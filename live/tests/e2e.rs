@@ -426,6 +426,46 @@ fn bad_input_and_lost_agents_are_handled() {
     assert!(started.elapsed() < Duration::from_secs(15), "no hang");
     assert_eq!(quotas(&root, &group), before);
 
+    // Ctrl-C: the agents put the limits back, the partial record is kept, marked incomplete.
+    let out_int = dir.path().join("interrupted");
+    let a = args(
+        &["--trace", "constant", "--duration", "60", "--url", &url],
+        &out_int,
+    );
+    let mut run = Proc(
+        Command::new(exe())
+            .arg("run")
+            .args(&a)
+            .env("AUTOTHROTTLE_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(
+        || quota(&root, &group, "store").quota_us.is_some(),
+        "control of store",
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    unsafe { libc::kill(run.0.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = run.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "live run did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(quotas(&root, &group), before, "limits restored on Ctrl-C");
+    let r = Record::read(&out_int).unwrap();
+    assert!(!r.info.complete);
+    let rows = service_rows(&r);
+    assert!(
+        rows["store"].len() >= 3,
+        "the seconds before the interrupt are kept"
+    );
+
     // Node b's agent dies mid-run (its worker is killed; the supervisor puts the limits
     // back), then comes back on the same address: the run goes on with node a, reports the
     // loss, marks the gap, and takes auth and store back.
@@ -478,6 +518,7 @@ fn bad_input_and_lost_agents_are_handled() {
     let r = Record::read(&out_dir).unwrap();
     assert!(r.info.complete);
     let gaps = &r.info.gaps;
+    eprintln!("gaps: {gaps:?}");
     assert_eq!(gaps.len(), 2, "{gaps:?}");
     let rows = service_rows(&r);
     for g in gaps {

@@ -115,11 +115,17 @@ const PALETTE: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
-fn label(r: &Record) -> String {
+/// A run's legend name; `with_source` prefixes `sim`/`live` (when a plot mixes both).
+fn label(r: &Record, with_source: bool) -> String {
     let i = &r.info;
-    match i.tower.as_str() {
+    let what = match i.tower.as_str() {
         "none" => format!("{} {}", i.scaler, i.targets),
         tower => format!("{} + {} tower", i.scaler, tower),
+    };
+    if with_source {
+        format!("{}: {what}", i.source)
+    } else {
+        what
     }
 }
 
@@ -224,6 +230,7 @@ fn draw(
     out: &Path,
     opts: &Options,
 ) -> Result<(), String> {
+    let mixed = runs.iter().any(|r| r.info.source != runs[0].info.source);
     let root = BitMapBackend::new(out, (opts.width, opts.height)).into_drawing_area();
     root.fill(&WHITE).map_err(s)?;
     let title = opts.title.clone().unwrap_or_else(|| {
@@ -290,7 +297,11 @@ fn draw(
         )?;
     } else {
         for (i, r) in runs.iter().enumerate() {
-            let name = format!("{} (mean {:.1})", label(r), r.info.summary.allocation);
+            let name = format!(
+                "{} (mean {:.1})",
+                label(r, mixed),
+                r.info.summary.allocation
+            );
             line(
                 &mut chart,
                 points(r, |m| m.allocation, top),
@@ -326,7 +337,7 @@ fn draw(
         Some("SLO".into()),
     )?;
     for (i, r) in runs.iter().enumerate() {
-        let name = format!("{} (run P99 {:.1})", label(r), r.info.summary.p99_ms);
+        let name = format!("{} (run P99 {:.1})", label(r, mixed), r.info.summary.p99_ms);
         line(
             &mut chart,
             points(r, |m| m.p99_ms, top),
