@@ -18,4 +18,7 @@ pub enum ControllerError {
     /// A Tower parameter that cannot work.
     #[error("bad tower setting: {0}")]
     BadTower(String),
+    /// A scaler, targets and Tower that do not go together.
+    #[error("{0}")]
+    Setup(String),
 }

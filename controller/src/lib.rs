@@ -57,4 +57,4 @@ pub use tower::{
     Action, ExploreTower, MinuteObservation, NoTower, Targets, Tower, TowerMemory, TowerSample,
     TARGET_GRID,
 };
-pub use towers::TowerKind;
+pub use towers::{check_setup, TowerKind};

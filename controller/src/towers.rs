@@ -4,8 +4,31 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    BanditConfig, BanditTower, ControllerError, ExploreTower, NoTower, Tower, TowerMemory,
+    BanditConfig, BanditTower, ControllerError, ExploreTower, NoTower, ScalerKind, Targets, Tower,
+    TowerMemory,
 };
+
+/// Checks that a scaler kind, its starting targets and a Tower go together: each group's
+/// target suits the scaler, the Tower's settings are sane, and a Tower (which sets throttle
+/// ratios) runs over Captains.
+pub fn check_setup(
+    scaler: ScalerKind,
+    targets: Targets,
+    tower: TowerKind,
+) -> Result<(), ControllerError> {
+    for (name, t) in [("group 1", targets.group1), ("group 2", targets.group2)] {
+        scaler.config(t, 1.0).validate().map_err(|e| {
+            ControllerError::Setup(format!("target for {name} does not suit {scaler}: {e}"))
+        })?;
+    }
+    tower.validate()?;
+    if tower != TowerKind::None && scaler != ScalerKind::Captain {
+        return Err(ControllerError::Setup(format!(
+            "a Tower sets throttle targets, so it needs --scaler captain (got {scaler})"
+        )));
+    }
+    Ok(())
+}
 
 /// Which Tower runs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -110,6 +133,19 @@ mod tests {
         assert!(e.contains("unknown tower 'oracle'"), "{e}");
         assert!(TowerKind::parse("bandit", 1.5).is_err());
         assert!(TowerKind::parse("bandit", f64::NAN).is_err());
+    }
+
+    #[test]
+    fn setups_that_cannot_work_are_refused() {
+        let t = Targets::new(0.1, 0.1);
+        check_setup(ScalerKind::Captain, t, TowerKind::Bandit { explore: 0.2 }).unwrap();
+        check_setup(ScalerKind::K8sCpu, Targets::new(0.5, 0.5), TowerKind::None).unwrap();
+        let e = check_setup(ScalerKind::K8sCpu, t, TowerKind::Explore).unwrap_err();
+        assert!(e.to_string().contains("needs --scaler captain"), "{e}");
+        let e =
+            check_setup(ScalerKind::Captain, Targets::new(0.1, 1.5), TowerKind::None).unwrap_err();
+        assert!(e.to_string().contains("target for group 2"), "{e}");
+        assert!(check_setup(ScalerKind::Captain, t, TowerKind::Bandit { explore: 2.0 }).is_err());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use controller::{MinuteObservation, ScalerKind, Targets, Tower, TowerKind, TowerMemory};
-use record::{Gap, MinuteRow, RecordWriter, RunInfo, ServiceRow, Summary, FORMAT_VERSION};
+use record::{Gap, MinuteRow, RecordWriter, RunInfo, ServiceRow, Summary};
 use scenarios::Scenario;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -153,30 +153,13 @@ impl RunSpec {
 
     /// Refuses what cannot run, before anything is touched.
     pub fn validate(&self) -> Result<(), LiveError> {
-        for (name, t) in [
-            ("group 1", self.targets.group1),
-            ("group 2", self.targets.group2),
-        ] {
-            self.scaler.config(t, 1.0).validate().map_err(|e| {
-                LiveError::Config(format!(
-                    "target for {name} does not suit {}: {e}",
-                    self.scaler
-                ))
-            })?;
-        }
+        controller::check_setup(self.scaler, self.targets, self.tower)?;
         if let Some(l) = self.initial_limit {
             if !(l > 0.0 && l.is_finite()) {
                 return Err(LiveError::Config(format!(
                     "initial limit must be a positive number of cores, got {l}"
                 )));
             }
-        }
-        self.tower.validate()?;
-        if self.tower != TowerKind::None && self.scaler != ScalerKind::Captain {
-            return Err(LiveError::Config(format!(
-                "a Tower sets throttle targets, so it needs --scaler captain (got {})",
-                self.scaler
-            )));
         }
         let m = self.multiplier();
         if !(m > 0.0 && m.is_finite()) {
@@ -199,30 +182,9 @@ impl RunSpec {
 
     /// The run's static description.
     pub fn info(&self) -> RunInfo {
-        RunInfo {
-            format_version: FORMAT_VERSION,
-            source: "live".into(),
-            scenario: self.scenario.name.clone(),
-            scenario_source: self.scenario.source.clone(),
-            trace: self.trace.name.clone(),
-            multiplier: self.multiplier(),
-            ramp_s: self.ramp_s,
-            scaler: self.scaler.name().into(),
-            targets: self.targets,
-            tower: self.tower.name().into(),
-            explore: self.tower.explore(),
-            seed: self.seed,
-            slo_ms: self.scenario.slo_ms,
-            services: self
-                .scenario
-                .services
-                .iter()
-                .map(|s| (s.name.clone(), s.group))
-                .collect(),
-            complete: true,
-            summary: Summary::default(),
-            gaps: Vec::new(),
-        }
+        RunInfo::new("live", &self.scenario, &self.trace.name, self.seed)
+            .with_workload(self.multiplier(), self.ramp_s)
+            .with_control(self.scaler, self.targets, self.tower)
     }
 }
 

@@ -342,26 +342,7 @@ fn run(a: RunArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&out.info)?);
     } else {
-        println!(
-            "{} / {} / {} targets {} tower {}  seed {}  (live)",
-            out.info.scenario,
-            out.info.trace,
-            out.info.scaler,
-            out.info.targets,
-            out.info.tower,
-            out.info.seed
-        );
-        println!(
-            "allocation {:.2} cores  usage {:.2} cores  P99 {:.1} ms (SLO {} ms: {})  P50 {:.1} ms  mean {:.1} RPS  throttle ratio {:.3}",
-            s.allocation,
-            s.usage,
-            s.p99_ms,
-            out.info.slo_ms,
-            if s.slo_met { "met" } else { "MISSED" },
-            s.p50_ms,
-            s.mean_rps,
-            s.throttle_ratio
-        );
+        println!("{}", out.info.report());
         println!(
             "{} requests ({} unanswered), send lateness p99 {:.1} ms; record in {}",
             s.requests,

@@ -14,7 +14,7 @@ use live::agent::Agent;
 use live::cgroup::{Cgroup, Root};
 use live::journal::Journal;
 use live::protocol::{self, Call, Request};
-use live::testing::Groups;
+use live::testing::{http_get, Groups};
 
 fn groups(tag: &str, n: usize) -> Option<(Root, Groups)> {
     let root = match Root::detect(Path::new("/sys/fs/cgroup")) {
@@ -338,19 +338,6 @@ fn protocol_abuse_over_tcp_never_changes_a_limit() {
     assert_eq!(r["ok"], true);
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait().unwrap();
-}
-
-fn http_get(addr: &str, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).ok()?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[test]

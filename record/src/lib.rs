@@ -28,7 +28,8 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
-use controller::{Targets, TowerMemory};
+use controller::{ScalerKind, Targets, TowerKind, TowerMemory};
+use scenarios::Scenario;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -112,6 +113,81 @@ impl Gap {
 }
 
 impl RunInfo {
+    /// The description of a run of `scenario` on `trace` from `source` (`sim` or `live`),
+    /// with the paper's defaults (no ramp, Captains at 0.1, no Tower) until the `with_`
+    /// methods say otherwise; the summary is filled in when the run ends.
+    pub fn new(source: &str, scenario: &Scenario, trace: &str, seed: u64) -> RunInfo {
+        RunInfo {
+            format_version: FORMAT_VERSION,
+            source: source.into(),
+            scenario: scenario.name.clone(),
+            scenario_source: scenario.source.clone(),
+            trace: trace.into(),
+            multiplier: scenario.multiplier,
+            ramp_s: 0,
+            scaler: ScalerKind::Captain.name().into(),
+            targets: Targets::new(0.1, 0.1),
+            tower: TowerKind::None.name().into(),
+            explore: 0.0,
+            seed,
+            slo_ms: scenario.slo_ms,
+            services: scenario
+                .services
+                .iter()
+                .map(|s| (s.name.clone(), s.group))
+                .collect(),
+            complete: true,
+            summary: Summary::default(),
+            gaps: Vec::new(),
+        }
+    }
+
+    /// How the trace was replayed.
+    pub fn with_workload(mut self, multiplier: f64, ramp_s: usize) -> RunInfo {
+        self.multiplier = multiplier;
+        self.ramp_s = ramp_s;
+        self
+    }
+
+    /// Which scalers ran, from which targets, under which Tower.
+    pub fn with_control(
+        mut self,
+        scaler: ScalerKind,
+        targets: Targets,
+        tower: TowerKind,
+    ) -> RunInfo {
+        self.scaler = scaler.name().into();
+        self.targets = targets;
+        self.tower = tower.name().into();
+        self.explore = tower.explore();
+        self
+    }
+
+    /// Two lines for people: what ran, and how it went.
+    pub fn report(&self) -> String {
+        let s = &self.summary;
+        format!(
+            "{} / {} / {} targets {} tower {}  seed {}  ({}{})\n\
+             allocation {:.2} cores  usage {:.2} cores  P99 {:.1} ms (SLO {} ms: {})  P50 {:.1} ms  mean {:.1} RPS  throttle ratio {:.3}",
+            self.scenario,
+            self.trace,
+            self.scaler,
+            self.targets,
+            self.tower,
+            self.seed,
+            self.source,
+            if self.complete { "" } else { ", incomplete" },
+            s.allocation,
+            s.usage,
+            s.p99_ms,
+            self.slo_ms,
+            if s.slo_met { "met" } else { "MISSED" },
+            s.p50_ms,
+            s.mean_rps,
+            s.throttle_ratio
+        )
+    }
+
     /// A small, valid example (for docs and tests).
     pub fn example() -> Self {
         RunInfo {

@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 pub use controller::TowerKind;
 use controller::{MinuteObservation, Scaler, ScalerKind, Targets, TowerMemory};
 use hdrhistogram::Histogram;
-use record::{MinuteRow, RecordWriter, RunInfo, ServiceRow, Summary, FORMAT_VERSION};
+use record::{MinuteRow, RecordWriter, RunInfo, ServiceRow, Summary};
 use scenarios::Scenario;
 use traces::Trace;
 
@@ -77,15 +77,7 @@ impl RunConfig {
 
     /// Refuses what cannot run, before anything runs.
     pub fn validate(&self) -> Result<()> {
-        for (name, t) in [
-            ("group 1", self.targets.group1),
-            ("group 2", self.targets.group2),
-        ] {
-            let config = self.scaler.config(t, 1.0);
-            config
-                .validate()
-                .with_context(|| format!("target for {name} does not suit {}", self.scaler))?;
-        }
+        controller::check_setup(self.scaler, self.targets, self.tower)?;
         if let Some(l) = self.initial_limit {
             if !positive(l) {
                 bail!("initial limit must be a positive number of cores, got {l}");
@@ -103,13 +95,6 @@ impl RunConfig {
                 bail!("initial limit must be a positive number of cores, got {l}");
             }
         }
-        if self.tower != TowerKind::None && self.scaler != ScalerKind::Captain {
-            bail!(
-                "a Tower sets throttle targets, so it needs --scaler captain (got {})",
-                self.scaler
-            );
-        }
-        self.tower.validate()?;
         if !positive(self.multiplier()) {
             bail!("multiplier must be positive, got {}", self.multiplier());
         }
@@ -118,30 +103,9 @@ impl RunConfig {
 
     /// The run's static description (its summary is filled in at the end).
     pub fn info(&self) -> RunInfo {
-        RunInfo {
-            format_version: FORMAT_VERSION,
-            source: "sim".into(),
-            scenario: self.scenario.name.clone(),
-            scenario_source: self.scenario.source.clone(),
-            trace: self.trace.name.clone(),
-            multiplier: self.multiplier(),
-            ramp_s: self.ramp_s,
-            scaler: self.scaler.name().into(),
-            targets: self.targets,
-            tower: self.tower.name().into(),
-            explore: self.tower.explore(),
-            seed: self.seed,
-            slo_ms: self.scenario.slo_ms,
-            services: self
-                .scenario
-                .services
-                .iter()
-                .map(|s| (s.name.clone(), s.group))
-                .collect(),
-            complete: true,
-            summary: Summary::default(),
-            gaps: Vec::new(),
-        }
+        RunInfo::new("sim", &self.scenario, &self.trace.name, self.seed)
+            .with_workload(self.multiplier(), self.ramp_s)
+            .with_control(self.scaler, self.targets, self.tower)
     }
 }
 
