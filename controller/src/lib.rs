@@ -7,7 +7,9 @@
 //!   limit (in cores) to apply now;
 //! * one **Tower** per application ([`BanditTower`], [`ExploreTower`], [`NoTower`]) is fed the last
 //!   minute's RPS, P99 latency and allocation ([`MinuteObservation`]) and answers with the two
-//!   throttle-ratio [`Targets`] the Captains should hold during the next minute.
+//!   throttle-ratio [`Targets`] the Captains should hold during the next minute. [`TowerKind`]
+//!   names one and builds it for a run, and [`check_setup`] refuses a scaler, targets and
+//!   Tower that do not go together, the same way for the simulator and the live coordinator.
 //!
 //! Both the simulator (`sim`) and the node agent (`live`) call exactly this code with the same
 //! samples, which is why nothing here reads a file, a clock or a global.
