@@ -196,8 +196,6 @@ pub struct Outcome {
     pub memory: TowerMemory,
     /// Why the run ended early, if it did.
     pub stopped: Option<String>,
-    /// What happened along the way (lost agents, restarts, restores), in order.
-    pub events: Vec<String>,
     /// Send lateness of the load generator, p99, ms.
     pub lateness_p99_ms: f64,
 }
@@ -302,7 +300,6 @@ struct Runner<'a> {
     agents: Vec<AgentState>,
     slots: Vec<Slot>,
     gaps: Vec<Gap>,
-    events: Vec<String>,
     /// Per run second, per service.
     seconds: Vec<Vec<Agg>>,
     /// Seconds already written and accounted.
@@ -316,11 +313,6 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
-    fn event(&mut self, msg: String) {
-        tracing::warn!("{msg}");
-        self.events.push(msg);
-    }
-
     fn scaler_config(&self, slot: &Slot, initial: Option<f64>) -> controller::ScalerConfig {
         let s = &self.spec.scenario.services[slot.service];
         let initial = initial
@@ -392,11 +384,10 @@ impl Runner<'_> {
         }
         a.offset = None;
         a.retry_at = elapsed + RETRY_S;
-        let msg = format!(
+        tracing::warn!(
             "lost the agent of node {} at {} at {elapsed:.0} s: {reason}; its containers are out of this run's control (the agent restores them), the others go on",
             a.node, a.addr
         );
-        self.event(msg);
         for i in 0..self.slots.len() {
             if self.slots[i].agent == agent {
                 self.open_gap(i, &format!("agent lost: {reason}"));
@@ -428,12 +419,11 @@ impl Runner<'_> {
                     for i in started {
                         self.close_gap(i, now_s);
                     }
-                    let msg = format!(
+                    tracing::info!(
                         "node {}: control of {} is back at {elapsed:.0} s",
                         self.agents[a].node,
                         names.join(", ")
                     );
-                    self.event(msg);
                 }
                 Err(e) => {
                     tracing::debug!(node = %self.agents[a].node, error = %e, "restart failed");
@@ -479,11 +469,11 @@ impl Runner<'_> {
                 let why = fault
                     .clone()
                     .unwrap_or_else(|| "the agent no longer controls it".into());
-                let msg = format!(
+                tracing::warn!(
                     "node {}: {} is no longer controlled at {elapsed:.0} s: {why}",
-                    self.agents[agent].node, self.slots[i].container
+                    self.agents[agent].node,
+                    self.slots[i].container
                 );
-                self.event(msg);
                 self.open_gap(i, &why);
                 continue;
             };
@@ -691,11 +681,10 @@ impl Runner<'_> {
                     tracing::info!(node = %self.agents[a].node, restored = %v["restored"], "stopped")
                 }
                 Err(e) => {
-                    let msg = format!(
+                    tracing::warn!(
                         "node {}: stop failed ({e}); the agent restores on its own once the coordinator is silent",
                         self.agents[a].node
                     );
-                    self.event(msg);
                 }
             }
         }
@@ -830,7 +819,6 @@ pub async fn run(
         agents,
         slots,
         gaps: Vec::new(),
-        events: Vec::new(),
         seconds: vec![vec![Agg::default(); n]; total_s + 1],
         flushed: 0,
         per_second: Vec::with_capacity(total_s),
@@ -925,8 +913,7 @@ pub async fn run(
     info.summary = summary(spec, &r, &stats.lock().expect("stats lock"));
     info.gaps = r.gaps.clone();
     if let Some(why) = &stopped {
-        let msg = format!("run ended early at {elapsed:.0} s: {why}");
-        r.event(msg);
+        tracing::warn!("run ended early at {elapsed:.0} s: {why}");
     }
     let memory = tower.into_memory();
     if spec.tower != TowerKind::None {
@@ -938,13 +925,12 @@ pub async fn run(
         .lateness
         .value_at_quantile(0.99) as f64
         / 1000.0;
-    let Runner { writer, events, .. } = r;
+    let Runner { writer, .. } = r;
     writer.finish(&info)?;
     Ok(Outcome {
         info,
         memory,
         stopped,
-        events,
         lateness_p99_ms,
     })
 }
