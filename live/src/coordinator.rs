@@ -138,6 +138,10 @@ impl RunSpec {
                 weight: r.weight,
                 method,
                 path: http.path.clone(),
+                body: http.body.clone().map(|b| {
+                    let ct = http.content_type.as_deref().unwrap_or("application/json");
+                    (b, ct.to_string())
+                }),
             });
         }
         Ok(LoadConfig {
@@ -176,7 +180,8 @@ impl RunSpec {
         if self.rates().is_empty() {
             return Err(LiveError::Config("the workload is empty".into()));
         }
-        LoadGen::new(self.load_config()?)?;
+        LoadGen::new(self.load_config()?)
+            .map_err(|e| LiveError::Config(format!("{}: {e}", self.scenario.source)))?;
         Ok(())
     }
 
@@ -1025,6 +1030,9 @@ mod tests {
         let lc = s.load_config().unwrap();
         assert_eq!(lc.mix.len(), 2);
         assert_eq!(lc.mix[1].method, hyper::Method::POST);
+        let (body, content_type) = lc.mix[1].body.clone().unwrap();
+        assert!(body.contains("{int:1..64}") && content_type == "application/json");
+        assert_eq!(lc.mix[0].body, None);
         assert_eq!(lc.rates.len(), 180 + 60);
         assert_eq!(lc.measure_from_s, 180);
         s.validate().unwrap();

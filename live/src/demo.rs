@@ -79,6 +79,10 @@ impl Service {
             .get(SEED_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        // The demo has no use for a body, but reading it keeps the connection reusable.
+        if req.into_body().collect().await.is_err() {
+            return reply(StatusCode::BAD_REQUEST, "unreadable body".into());
+        }
         let target = if let Some(rest) = path.strip_prefix("/call/") {
             let mut parts = rest.split('/');
             match (

@@ -34,6 +34,8 @@ pub struct RequestKind {
     /// Path and query, with placeholders filled per request: `{int:LO..HI}`,
     /// `{float:LO..HI}`, `{choice:a|b|c}`.
     pub path: String,
+    /// Body template (same placeholders) and its content type; none by default.
+    pub body: Option<(String, String)>,
 }
 
 /// What to send, where, how fast.
@@ -104,15 +106,23 @@ pub struct Stats {
     pub last_error: Option<String>,
 }
 
-/// Fills a path template.
+/// Fills a path or body template. A `{` followed by a letter starts a placeholder
+/// (`{int:LO..HI}`, `{float:LO..HI}`, `{choice:a|b}`); any other brace is text, so JSON bodies
+/// need no escaping.
 pub fn expand(template: &str, rng: &mut impl Rng) -> Result<String, LiveError> {
     let mut out = String::with_capacity(template.len() + 16);
     let mut rest = template;
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
-        let close = rest[open..].find('}').ok_or_else(|| {
-            LiveError::Config(format!("unclosed '{{' in path template {template:?}"))
-        })? + open;
+        if !rest[open + 1..].starts_with(|c: char| c.is_ascii_alphabetic()) {
+            out.push('{');
+            rest = &rest[open + 1..];
+            continue;
+        }
+        let close = rest[open..]
+            .find('}')
+            .ok_or_else(|| LiveError::Config(format!("unclosed '{{' in template {template:?}")))?
+            + open;
         let spec = &rest[open + 1..close];
         let bad = || {
             LiveError::Config(format!(
@@ -189,7 +199,11 @@ impl LoadGen {
         }
         let mut probe = Pcg64Mcg::seed_from_u64(0);
         for k in &config.mix {
-            expand(&k.path, &mut probe)?;
+            let templates = std::iter::once(&k.path).chain(k.body.as_ref().map(|b| &b.0));
+            for t in templates {
+                expand(t, &mut probe)
+                    .map_err(|e| LiveError::Config(format!("request type '{}': {e}", k.name)))?;
+            }
         }
         let seconds = (0..config.rates.len()).map(|_| Second::new()).collect();
         let minutes = (0..config.rates.len().div_ceil(60))
@@ -229,10 +243,16 @@ impl LoadGen {
             let late = Instant::now().saturating_duration_since(scheduled);
             let kind = &c.mix[weights.sample(&mut rng)];
             let uri = format!("{}{}", c.base, expand(&kind.path, &mut rng)?);
-            let req = Request::builder()
-                .method(kind.method.clone())
-                .uri(uri)
-                .body(Full::new(Bytes::new()))
+            let builder = Request::builder().method(kind.method.clone()).uri(uri);
+            let (builder, body) = match &kind.body {
+                Some((template, content_type)) => (
+                    builder.header(hyper::header::CONTENT_TYPE, content_type),
+                    Bytes::from(expand(template, &mut rng)?),
+                ),
+                None => (builder, Bytes::new()),
+            };
+            let req = builder
+                .body(Full::new(body))
                 .map_err(|e| LiveError::Config(format!("request: {e}")))?;
             let second = at as usize;
             {
@@ -339,6 +359,11 @@ mod tests {
             "{p}"
         );
         assert_eq!(expand("/plain", &mut rng).unwrap(), "/plain");
+        let body = expand(r#"{"n": {int:7..7}, "o": {}, "k": "{choice:x}"}"#, &mut rng).unwrap();
+        assert_eq!(
+            body, r#"{"n": 7, "o": {}, "k": "x"}"#,
+            "JSON braces are text"
+        );
         for bad in [
             "/x{int:3..1}",
             "/x{int:a..b}",

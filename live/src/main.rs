@@ -638,6 +638,7 @@ fn load_bench(rps: f64, seconds: usize) -> Result<()> {
                 weight: 1.0,
                 method: hyper::Method::GET,
                 path: "/x?id={int:1..1000}".into(),
+                body: None,
             }],
             seed: 1,
             timeout: Duration::from_secs(2),

@@ -15,12 +15,17 @@ fn config(base: String, rate: f64, seconds: usize, timeout_ms: u64) -> LoadConfi
                 weight: 3.0,
                 method: Method::GET,
                 path: "/search?n={int:1..9}".into(),
+                body: None,
             },
             RequestKind {
                 name: "post".into(),
                 weight: 1.0,
                 method: Method::POST,
                 path: "/post".into(),
+                body: Some((
+                    r#"{"item": {int:1..5}, "kind": "{choice:a|b}"}"#.into(),
+                    "application/json".into(),
+                )),
             },
         ],
         seed: 5,
@@ -109,6 +114,74 @@ async fn an_unreachable_target_is_errors_not_a_hang() {
     assert!(s.last_error.is_some());
 }
 
+/// What a recording server saw: method, content type, body.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>;
+
+async fn recording_server() -> (String, Seen, tokio::task::JoinHandle<()>) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let seen: Seen = Default::default();
+    let log = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let log = log.clone();
+                    async move {
+                        let method = req.method().to_string();
+                        let ct = req
+                            .headers()
+                            .get(hyper::header::CONTENT_TYPE)
+                            .map(|v| v.to_str().unwrap().to_string())
+                            .unwrap_or_default();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        log.lock().unwrap().push((
+                            method,
+                            ct,
+                            String::from_utf8(body.to_vec()).unwrap(),
+                        ));
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            bytes::Bytes::from_static(b"ok"),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (base, seen, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_are_filled_in_and_typed() {
+    let (base, seen, srv) = recording_server().await;
+    let g = LoadGen::new(config(base, 200.0, 1, 1000)).unwrap();
+    g.run().await.unwrap();
+    srv.abort();
+    let seen = seen.lock().unwrap();
+    let posts: Vec<_> = seen.iter().filter(|(m, _, _)| m == "POST").collect();
+    assert!(posts.len() > 20, "about a quarter of 200: {}", posts.len());
+    for (_, ct, body) in &posts {
+        assert_eq!(ct, "application/json");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert!((1..=5).contains(&v["item"].as_i64().unwrap()), "{body}");
+        assert!(v["kind"] == "a" || v["kind"] == "b", "{body}");
+    }
+    assert!(seen
+        .iter()
+        .filter(|(m, _, _)| m == "GET")
+        .all(|(_, ct, body)| ct.is_empty() && body.is_empty()));
+}
+
 #[test]
 fn bad_configs_are_refused() {
     let mut c = config("http://127.0.0.1:1".into(), 1.0, 1, 100);
@@ -120,6 +193,13 @@ fn bad_configs_are_refused() {
         .unwrap_err()
         .to_string()
         .contains("bad placeholder"));
+    c.mix[0].path = "/x".into();
+    c.mix[1].body = Some(("{\"a\": {int:1..}}".into(), "application/json".into()));
+    let e = LoadGen::new(c.clone()).unwrap_err().to_string();
+    assert!(
+        e.contains("request type 'post'") && e.contains("bad placeholder"),
+        "{e}"
+    );
     c.mix.clear();
     assert!(LoadGen::new(c).is_err());
 }

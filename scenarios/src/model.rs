@@ -315,6 +315,12 @@ impl Scenario {
                         format!("'{}' must start with '/'", h.path),
                     ));
                 }
+                if h.content_type.is_some() && h.body.is_none() {
+                    return Err(invalid(
+                        format!("requests[{i}].http.content_type"),
+                        "a content type without a body".to_string(),
+                    ));
+                }
             }
             if !f.calls.contains_key(&r.call) {
                 return Err(invalid(

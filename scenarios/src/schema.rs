@@ -33,7 +33,8 @@ use crate::DistSpec;
 /// name = "get"
 /// weight = 1.0             # relative frequency in the request mix
 /// call = "front.get"       # the root call
-/// http = { method = "GET", path = "/get?id={int:1..1000}" }   # live runs only
+/// http = { method = "GET", path = "/get?id={int:1..1000}" }   # live runs only; also
+///                          # body = '{"id": {int:1..9}}' and content_type (default JSON)
 ///
 /// [calls."front.get"]
 /// service = "front"
@@ -120,14 +121,20 @@ pub struct RequestDef {
     pub http: Option<HttpDef>,
 }
 
-/// An HTTP request of the live load: method and path template (placeholders
-/// `{int:LO..HI}`, `{float:LO..HI}`, `{choice:a|b}` are filled per request).
+/// An HTTP request of the live load: method, path template and an optional body template
+/// (placeholders `{int:LO..HI}`, `{float:LO..HI}`, `{choice:a|b}` are filled per request).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpDef {
     #[serde(default = "get")]
     pub method: String,
     pub path: String,
+    /// Sent as the request body, e.g. `'{"key": {int:1..1000}}'`.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Content type of the body (default `application/json` when there is a body).
+    #[serde(default)]
+    pub content_type: Option<String>,
 }
 
 fn get() -> String {

@@ -217,6 +217,12 @@ http = { path = "x" }"#,
             "bad.toml: requests[0].http.path: 'x' must start with '/'",
         ),
         (
+            r#"call = "a.x""#,
+            r#"call = "a.x"
+http = { method = "POST", path = "/x", content_type = "text/plain" }"#,
+            "bad.toml: requests[0].http.content_type: a content type without a body",
+        ),
+        (
             r#"node = "n1"
 [[services]]
 name = "b""#,
