@@ -8,7 +8,7 @@ fn builtins_load_with_the_papers_shapes() {
         ("hotel-reservation", 17, 100.0, 10.0, Some(2000)),
         ("social-network", 30, 200.0, 1.5, Some(500)),
         ("train-ticket", 68, 1000.0, 1.0, Some(200)),
-        ("demo", 3, 50.0, 0.2, Some(40)),
+        ("demo", 3, 80.0, 0.2, Some(40)),
     ];
     for (name, services, slo, mult, constant) in expect {
         let s = Scenario::builtin(name).unwrap();
