@@ -264,9 +264,15 @@ struct Slot {
     /// First run second not yet filled by this container's rows.
     next_second: u32,
     last_limit: Option<f64>,
-    controlled: bool,
     /// Index of its open gap in `gaps`.
     open_gap: Option<usize>,
+}
+
+impl Slot {
+    /// Under the run's control: no gap open.
+    fn controlled(&self) -> bool {
+        self.open_gap.is_none()
+    }
 }
 
 struct AgentState {
@@ -328,10 +334,17 @@ impl Runner<'_> {
             .config(self.targets.for_group(s.group), initial)
     }
 
+    /// One request to `agent`; `None` when it is not connected.
+    async fn call(&mut self, agent: usize, call: &Call) -> Option<Result<Value, String>> {
+        let spec = self.spec;
+        let link = self.agents[agent].link.as_mut()?;
+        Some(link.call(&spec.token, call, spec.agent_timeout).await)
+    }
+
     /// Starts the scalers of `agent`'s containers (those not controlled, or all).
     async fn start(&mut self, agent: usize, all: bool) -> Result<Vec<usize>, String> {
         let picked: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| self.slots[i].agent == agent && (all || !self.slots[i].controlled))
+            .filter(|&i| self.slots[i].agent == agent && (all || !self.slots[i].controlled()))
             .collect();
         if picked.is_empty() {
             return Ok(picked);
@@ -344,12 +357,9 @@ impl Runner<'_> {
                 (s.container.clone(), self.scaler_config(s, initial))
             })
             .collect();
-        let (token, timeout) = (self.spec.token.clone(), self.spec.agent_timeout);
-        let link = self.agents[agent]
-            .link
-            .as_mut()
-            .ok_or_else(|| "not connected".to_string())?;
-        link.call(&token, &Call::Start { scalers }, timeout).await?;
+        self.call(agent, &Call::Start { scalers })
+            .await
+            .ok_or_else(|| "not connected".to_string())??;
         Ok(picked)
     }
 
@@ -369,7 +379,6 @@ impl Runner<'_> {
         self.gaps.push(gap);
         let s = &mut self.slots[slot];
         s.open_gap = Some(self.gaps.len() - 1);
-        s.controlled = false;
     }
 
     fn close_gap(&mut self, slot: usize, now_s: u32) {
@@ -377,7 +386,6 @@ impl Runner<'_> {
         if let Some(g) = s.open_gap.take() {
             self.gaps[g].to_s = Some(now_s.max(self.gaps[g].from_s));
         }
-        s.controlled = true;
         s.next_second = s.next_second.max(now_s);
     }
 
@@ -404,7 +412,7 @@ impl Runner<'_> {
     async fn retry(&mut self, elapsed: f64) {
         let now_s = elapsed as u32;
         for a in 0..self.agents.len() {
-            let needs = self.slots.iter().any(|s| s.agent == a && !s.controlled);
+            let needs = self.slots.iter().any(|s| s.agent == a && !s.controlled());
             if !needs || elapsed < self.agents[a].retry_at {
                 continue;
             }
@@ -440,11 +448,9 @@ impl Runner<'_> {
     /// Every agent's rows since the last poll, placed on the run's clock.
     async fn poll(&mut self, t0: Instant) {
         for a in 0..self.agents.len() {
-            let (token, timeout) = (self.spec.token.clone(), self.spec.agent_timeout);
-            let Some(link) = self.agents[a].link.as_mut() else {
+            let Some(reply) = self.call(a, &Call::Stats).await else {
                 continue;
             };
-            let reply = link.call(&token, &Call::Stats, timeout).await;
             let elapsed = t0.elapsed().as_secs_f64();
             match reply {
                 Ok(v) => {
@@ -467,7 +473,7 @@ impl Runner<'_> {
             .ok_or("stats reply without `containers`")?;
         let fault = v["fault"].as_str().map(str::to_string);
         for i in 0..self.slots.len() {
-            if self.slots[i].agent != agent || !self.slots[i].controlled {
+            if self.slots[i].agent != agent || !self.slots[i].controlled() {
                 continue;
             }
             let Some(c) = containers.get(&self.slots[i].container) else {
@@ -652,7 +658,7 @@ impl Runner<'_> {
             let targets: BTreeMap<String, f64> = self
                 .slots
                 .iter()
-                .filter(|s| s.agent == a && s.controlled)
+                .filter(|s| s.agent == a && s.controlled())
                 .map(|s| {
                     let group = self.spec.scenario.services[s.service].group;
                     (s.container.clone(), new.for_group(group))
@@ -661,27 +667,19 @@ impl Runner<'_> {
             if targets.is_empty() {
                 continue;
             }
-            let (token, timeout) = (self.spec.token.clone(), self.spec.agent_timeout);
-            let Some(link) = self.agents[a].link.as_mut() else {
-                continue;
-            };
-            if let Err(e) = link
-                .call(&token, &Call::UpdateTargets { targets }, timeout)
-                .await
-            {
+            if let Some(Err(e)) = self.call(a, &Call::UpdateTargets { targets }).await {
                 self.lose(a, format!("update_targets failed: {e}"), elapsed);
             }
         }
     }
 
-    /// `stop` on every reachable agent; returns what was restored.
+    /// `stop` on every reachable agent (each puts its containers' original limits back).
     async fn stop_all(&mut self) {
         for a in 0..self.agents.len() {
-            let (token, timeout) = (self.spec.token.clone(), self.spec.agent_timeout);
-            let Some(link) = self.agents[a].link.as_mut() else {
+            let Some(reply) = self.call(a, &Call::Stop).await else {
                 continue;
             };
-            match link.call(&token, &Call::Stop, timeout).await {
+            match reply {
                 Ok(v) => {
                     tracing::info!(node = %self.agents[a].node, restored = %v["restored"], "stopped")
                 }
@@ -762,7 +760,6 @@ async fn discover(spec: &RunSpec) -> Result<(Vec<AgentState>, Vec<Slot>), LiveEr
                     agent: index,
                     next_second: 0,
                     last_limit: None,
-                    controlled: true,
                     open_gap: None,
                 });
             }
