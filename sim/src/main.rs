@@ -84,7 +84,7 @@ struct WorkloadArgs {
 impl WorkloadArgs {
     fn load(&self) -> Result<(Arc<Scenario>, Arc<Trace>)> {
         let scenario = Scenario::load(&self.scenario)?;
-        let trace = load_trace(&self.trace, &scenario)?;
+        let trace = scenario.workload(&self.trace)?;
         let trace = match self.duration {
             Some(0) => bail!("--duration must be at least 1 second"),
             Some(d) => trace.truncated(d),
@@ -92,10 +92,6 @@ impl WorkloadArgs {
         };
         Ok((Arc::new(scenario), Arc::new(trace)))
     }
-}
-
-fn load_trace(spec: &str, scenario: &Scenario) -> Result<Trace> {
-    Ok(scenario.workload(spec)?)
 }
 
 #[derive(Args)]
@@ -137,10 +133,6 @@ struct RunArgs {
     json: bool,
 }
 
-fn tower_kind(name: &str, explore: f64) -> Result<TowerKind> {
-    Ok(TowerKind::parse(name, explore)?)
-}
-
 fn progress_bar(len: u64, what: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
@@ -157,7 +149,7 @@ fn progress_bar(len: u64, what: &str) -> ProgressBar {
 
 fn cmd_run(a: RunArgs) -> Result<()> {
     let (scenario, trace) = a.workload.load()?;
-    let tower = tower_kind(&a.tower, a.explore)?;
+    let tower = TowerKind::parse(&a.tower, a.explore)?;
     let memory = match &a.tower_memory {
         Some(p) if p.exists() => record::read_json::<TowerMemory>(p)?,
         _ => TowerMemory::default(),
@@ -546,14 +538,14 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
     let app = Arc::new(Scenario::load(&a.scenario)?);
     let workload = Workload {
         name: workload_name(&a.trace),
-        trace: a.many.trim(load_trace(&a.trace, &app)?)?,
+        trace: a.many.trim(app.workload(&a.trace)?)?,
     };
     let mut units = Vec::new();
     for c in &a.scalers {
         if *c == Contender::Autothrottle {
             let warmup = Workload {
                 name: workload_name(&a.warmup_trace),
-                trace: a.many.trim(load_trace(&a.warmup_trace, &app)?)?,
+                trace: a.many.trim(app.workload(&a.warmup_trace)?)?,
             };
             // The long sequential chain goes first so that it starts at once.
             units.insert(
@@ -648,9 +640,9 @@ struct EvaluateArgs {
 fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     let trace = |name: &str, app: &Scenario| -> Result<Arc<Trace>> {
         let t = match (&a.trace_dir, name) {
-            (_, "constant") => load_trace("constant", app)?,
+            (_, "constant") => app.workload("constant")?,
             (Some(dir), n) => Trace::read(&dir.join(format!("{n}.txt")))?,
-            (None, n) => load_trace(n, app)?,
+            (None, n) => app.workload(n)?,
         };
         a.many.trim(t)
     };
