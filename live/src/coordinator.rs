@@ -32,6 +32,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use traces::Load;
 use traces::Trace;
 
 use crate::loadgen::{LoadConfig, LoadGen, RequestKind, Stats};
@@ -53,6 +54,8 @@ pub struct RunSpec {
     /// The scenario's multiplier unless set.
     pub multiplier: Option<f64>,
     pub ramp_s: usize,
+    /// Open-loop Poisson arrivals or closed-loop users.
+    pub load: Load,
     pub scaler: ScalerKind,
     pub targets: Targets,
     /// Starting limit of every container, cores (the scenario's by default).
@@ -91,6 +94,7 @@ impl RunSpec {
             trace,
             multiplier: None,
             ramp_s: traces::RAMP_SECONDS,
+            load: Load::Poisson,
             scaler: ScalerKind::Captain,
             targets: Targets::new(0.1, 0.1),
             initial_limit: None,
@@ -147,6 +151,7 @@ impl RunSpec {
         Ok(LoadConfig {
             base: self.url.clone(),
             rates: self.rates(),
+            load: self.load,
             mix,
             seed: self.seed,
             timeout: self.request_timeout,
@@ -189,6 +194,7 @@ impl RunSpec {
     pub fn info(&self) -> RunInfo {
         RunInfo::new("live", &self.scenario, &self.trace.name, self.seed)
             .with_workload(self.multiplier(), self.ramp_s)
+            .with_load(self.load)
             .with_control(self.scaler, self.targets, self.tower)
     }
 }

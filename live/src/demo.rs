@@ -10,11 +10,19 @@
 //! awaited), burns its after-CPU and answers. Draws are seeded per (request seed, call) in the
 //! same way and order as the simulator's engine, so the CPU a call costs does not depend on
 //! timing.
+//!
+//! A service whose scenario entry has a `runtime` runs a real collector ([`Collector`]): the
+//! request CPU it burns drives allocation, and every `trigger_cpu` core-seconds of it a
+//! collection burns `work` core-seconds on several OS threads at once inside the service's
+//! process (so inside its cgroup, spending its CFS quota) — concurrently with the calls
+//! (Go-like), or with every call held until it is done (JVM-like stop the world). A call of
+//! `parallelism` k burns its CPU on k threads at once.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,6 +48,91 @@ pub struct Service {
     /// Address of every service, by scenario index.
     peers: Vec<SocketAddr>,
     client: HttpClient,
+    collector: Arc<Collector>,
+}
+
+/// A real garbage collector's CPU pattern, driven by the request CPU the service burns.
+#[derive(Debug)]
+pub struct Collector {
+    runtime: Option<scenarios::Runtime>,
+    /// Request CPU since the last collection started, nanoseconds.
+    since_last_ns: AtomicU64,
+    /// Calls burning CPU now (Go's idle workers take the Ps they leave free).
+    busy: AtomicUsize,
+    collecting: AtomicBool,
+    /// Stop the world: calls wait on this while a pause runs.
+    paused: Mutex<bool>,
+    resumed: Condvar,
+    collections: AtomicU64,
+}
+
+impl Collector {
+    fn new(runtime: Option<scenarios::Runtime>) -> Self {
+        Collector {
+            runtime,
+            since_last_ns: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
+            collecting: AtomicBool::new(false),
+            paused: Mutex::new(false),
+            resumed: Condvar::new(),
+            collections: AtomicU64::new(0),
+        }
+    }
+
+    /// Collections started so far.
+    pub fn collections(&self) -> u64 {
+        self.collections.load(Ordering::SeqCst)
+    }
+
+    /// Blocks while a stop-the-world pause runs.
+    fn wait_world(&self) {
+        let mut paused = self.paused.lock().expect("pause lock");
+        while *paused {
+            paused = self.resumed.wait(paused).expect("pause lock");
+        }
+    }
+
+    /// Counts `seconds` of request CPU; starts a collection when enough was allocated.
+    fn allocated(self: &Arc<Self>, seconds: f64) {
+        let Some(rt) = self.runtime else { return };
+        let ns = (seconds * 1e9) as u64;
+        let total = self.since_last_ns.fetch_add(ns, Ordering::SeqCst) + ns;
+        if (total as f64) < rt.trigger_cpu * 1e9 {
+            return;
+        }
+        if self
+            .collecting
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return;
+        }
+        self.since_last_ns.store(0, Ordering::SeqCst);
+        self.collections.fetch_add(1, Ordering::SeqCst);
+        let threads = if rt.stop_the_world {
+            *self.paused.lock().expect("pause lock") = true;
+            rt.threads as usize
+        } else {
+            (rt.threads as usize)
+                .saturating_sub(self.busy.load(Ordering::SeqCst))
+                .max(rt.min_threads as usize)
+        };
+        let each = rt.work / threads as f64;
+        let this = self.clone();
+        // Plain OS threads, not the blocking pool: the collector must not wait for call
+        // threads to free up, and its threads are in the process's cgroup like the calls'.
+        std::thread::spawn(move || {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| std::thread::spawn(move || spin(each, None)))
+                .collect();
+            for w in workers {
+                let _ = w.join();
+            }
+            *this.paused.lock().expect("pause lock") = false;
+            this.resumed.notify_all();
+            this.collecting.store(false, Ordering::SeqCst);
+        });
+    }
 }
 
 impl Service {
@@ -65,11 +158,39 @@ impl Service {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Service {
-            scenario,
             index,
             peers,
             client: Client::builder(TokioExecutor::new()).build_http(),
+            collector: Arc::new(Collector::new(scenario.services[index].runtime)),
+            scenario,
         })
+    }
+
+    /// This service's collector (for tests and reports).
+    pub fn collector(&self) -> Arc<Collector> {
+        self.collector.clone()
+    }
+
+    /// Burns a call's CPU on `parallelism` threads at once, then lets it drive the collector.
+    async fn burn_call(&self, seconds: f64, parallelism: u32) {
+        if seconds <= 0.0 {
+            return;
+        }
+        let k = parallelism.max(1) as usize;
+        let parts: Vec<_> = (0..k)
+            .map(|_| {
+                let gc = self.collector.clone();
+                tokio::task::spawn_blocking(move || {
+                    gc.busy.fetch_add(1, Ordering::SeqCst);
+                    spin(seconds / k as f64, Some(&gc));
+                    gc.busy.fetch_sub(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        for p in parts {
+            let _ = p.await;
+        }
+        self.collector.allocated(seconds);
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -139,7 +260,7 @@ impl Service {
         }
         let work = def.cpu.sample(&mut rng);
         let after = def.cpu_after.as_ref().map_or(0.0, |d| d.sample(&mut rng));
-        burn(work).await;
+        self.burn_call(work, def.parallelism).await;
         for stage in &def.stages {
             let mut waits = Vec::new();
             for &child in stage {
@@ -159,7 +280,7 @@ impl Service {
                 w.await.map_err(|e| e.to_string())??;
             }
         }
-        burn(after).await;
+        self.burn_call(after, def.parallelism).await;
         Ok(())
     }
 
@@ -195,22 +316,21 @@ fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
-/// Burns `seconds` of this thread's CPU time on a blocking thread.
-async fn burn(seconds: f64) {
-    if seconds <= 0.0 {
-        return;
-    }
-    let _ = tokio::task::spawn_blocking(move || {
-        let start = thread_cpu();
-        let mut x = 0u64;
-        while thread_cpu() - start < seconds {
-            for i in 0..1000u64 {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
-            }
-            std::hint::black_box(x);
+/// Burns `seconds` of this thread's CPU time; with a collector, holds still whenever a
+/// stop-the-world pause runs (checked every few microseconds of work).
+fn spin(seconds: f64, gc: Option<&Collector>) {
+    // Waiting for a pause costs no CPU, so the thread clock still measures the work done.
+    let start = thread_cpu();
+    let mut x = 0u64;
+    while thread_cpu() - start < seconds {
+        if let Some(gc) = gc {
+            gc.wait_world();
         }
-    })
-    .await;
+        for i in 0..1000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+    }
 }
 
 fn thread_cpu() -> f64 {

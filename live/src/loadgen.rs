@@ -1,11 +1,18 @@
-//! An open-loop HTTP load generator that replays a trace.
+//! An HTTP load generator that replays a trace, open loop or as closed-loop users.
 //!
-//! Requests are sent at Poisson arrival times whose rate follows the trace second by second,
-//! whatever the target does: a slow target does not slow the schedule down (that would hide
-//! exactly the latency being measured). Latency is measured from the *scheduled* send time, so
-//! a send delayed by the in-flight bound counts its wait too, and how far the sender fell
-//! behind is reported. Errors and timeouts are not dropped: they are counted, and recorded in
-//! the latency histograms at the timeout, so they count as SLO misses.
+//! Open loop ([`Load::Poisson`]): requests are sent at Poisson arrival times whose rate follows
+//! the trace second by second, whatever the target does: a slow target does not slow the
+//! schedule down (that would hide exactly the latency being measured). Latency is measured
+//! from the *scheduled* send time, so a send delayed by the in-flight bound counts its wait
+//! too, and how far the sender fell behind is reported.
+//!
+//! Closed loop ([`Load::Users`], the paper's Locust load): the trace value of a second is the
+//! number of users; each sends a request, waits for its answer, thinks an exponential time and
+//! sends the next ([`traces::Load`] says exactly how users start and retire, the same rule
+//! the simulator follows). Latency is measured from the moment the user sends.
+//!
+//! Either way, errors and timeouts are not dropped: they are counted, and recorded in the
+//! latency histograms at the timeout, so they count as SLO misses.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,6 +29,8 @@ use rand_distr::Distribution;
 use rand_pcg::Pcg64Mcg;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+
+use traces::Load;
 
 use crate::LiveError;
 
@@ -43,8 +52,10 @@ pub struct RequestKind {
 pub struct LoadConfig {
     /// `http://host:port`, no trailing slash.
     pub base: String,
-    /// Requests per second, one value per second.
+    /// Requests per second (or users, with a closed-loop `load`), one value per second.
     pub rates: Vec<f64>,
+    /// Open-loop Poisson arrivals or closed-loop users.
+    pub load: Load,
     pub mix: Vec<RequestKind>,
     pub seed: u64,
     pub timeout: Duration,
@@ -233,6 +244,18 @@ impl LoadGen {
             .build_http();
         let weights = WeightedIndex::new(c.mix.iter().map(|k| k.weight))
             .map_err(|e| LiveError::Config(format!("request weights: {e}")))?;
+        match c.load {
+            Load::Poisson => self.run_open(client, weights).await,
+            Load::Users { think_s } => self.run_users(client, weights, think_s).await,
+        }
+    }
+
+    async fn run_open(
+        &self,
+        client: HttpClient,
+        weights: WeightedIndex<f64>,
+    ) -> Result<(), LiveError> {
+        let c = &self.config;
         let mut rng = Pcg64Mcg::seed_from_u64(c.seed ^ 0x5EED);
         let permits = Arc::new(Semaphore::new(c.max_in_flight.max(1)));
         let start = Instant::now();
@@ -241,69 +264,27 @@ impl LoadGen {
             tokio::time::sleep_until(scheduled).await;
             let permit = permits.clone().acquire_owned().await.expect("never closed");
             let late = Instant::now().saturating_duration_since(scheduled);
-            let kind = &c.mix[weights.sample(&mut rng)];
-            let uri = format!("{}{}", c.base, expand(&kind.path, &mut rng)?);
-            let builder = Request::builder().method(kind.method.clone()).uri(uri);
-            let (builder, body) = match &kind.body {
-                Some((template, content_type)) => (
-                    builder.header(hyper::header::CONTENT_TYPE, content_type),
-                    Bytes::from(expand(template, &mut rng)?),
-                ),
-                None => (builder, Bytes::new()),
-            };
-            let req = builder
-                .body(Full::new(body))
-                .map_err(|e| LiveError::Config(format!("request: {e}")))?;
+            let req = self.request(&c.mix[weights.sample(&mut rng)], &mut rng)?;
             let second = at as usize;
-            {
-                let mut s = self.stats.lock().expect("stats lock");
-                s.lateness.saturating_record(late.as_micros().max(1) as u64);
-                s.seconds[second].sent += 1;
-            }
+            self.stats
+                .lock()
+                .expect("stats lock")
+                .lateness
+                .saturating_record(late.as_micros().max(1) as u64);
             let client = client.clone();
             let stats = self.stats.clone();
-            let timeout = c.timeout;
-            let measured = second >= c.measure_from_s;
+            let (timeout, measure_from) = (c.timeout, c.measure_from_s);
             tokio::spawn(async move {
-                let outcome = tokio::time::timeout(timeout, async {
-                    let resp = client.request(req).await.map_err(|e| e.to_string())?;
-                    let status = resp.status();
-                    resp.into_body()
-                        .collect()
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if status.is_success() {
-                        Ok(())
-                    } else {
-                        Err(format!("HTTP {status}"))
-                    }
-                })
+                exchange(
+                    &client,
+                    req,
+                    scheduled,
+                    second,
+                    timeout,
+                    measure_from,
+                    &stats,
+                )
                 .await;
-                let elapsed = Instant::now().saturating_duration_since(scheduled);
-                let mut s = stats.lock().expect("stats lock");
-                let sec = &mut s.seconds[second];
-                let us = match &outcome {
-                    Ok(Ok(())) => {
-                        sec.ok += 1;
-                        elapsed.as_micros().max(1) as u64
-                    }
-                    Ok(Err(_)) => {
-                        sec.errors += 1;
-                        timeout.as_micros() as u64
-                    }
-                    Err(_) => {
-                        sec.timeouts += 1;
-                        timeout.as_micros() as u64
-                    }
-                };
-                sec.latency.saturating_record(us);
-                s.minutes[second / 60].saturating_record(us);
-                if measured {
-                    s.overall.saturating_record(us);
-                }
-                if let Ok(Err(e)) = outcome {
-                    s.last_error = Some(e);
-                }
                 drop(permit);
             });
         }
@@ -313,6 +294,198 @@ impl LoadGen {
             .await
             .expect("never closed");
         Ok(())
+    }
+
+    /// Closed loop: one task per user; the count of each second decides who sends.
+    async fn run_users(
+        &self,
+        client: HttpClient,
+        weights: WeightedIndex<f64>,
+        think_s: f64,
+    ) -> Result<(), LiveError> {
+        let c = &self.config;
+        let seconds = c.rates.len();
+        let rates = Arc::new(c.rates.clone());
+        let mut active: Vec<Option<tokio::task::JoinHandle<Result<(), LiveError>>>> = Vec::new();
+        let start = Instant::now();
+        let mix = Arc::new(c.mix.clone());
+        let weights = Arc::new(weights);
+        for second in 0..seconds {
+            tokio::time::sleep_until(start + Duration::from_secs(second as u64)).await;
+            let n = traces::users_in(c.rates[second]);
+            if active.len() < n {
+                active.resize_with(n, || None);
+            }
+            let starting: Vec<usize> = (0..n)
+                .filter(|&u| active[u].as_ref().is_none_or(|h| h.is_finished()))
+                .collect();
+            for (i, &u) in starting.iter().enumerate() {
+                if let Some(h) = active[u].take() {
+                    h.await
+                        .map_err(|e| LiveError::Config(format!("user task: {e}")))??;
+                }
+                let begin =
+                    start + Duration::from_secs_f64(traces::spawn_time(second, i, starting.len()));
+                let user = User {
+                    id: u,
+                    rng: Pcg64Mcg::seed_from_u64(
+                        c.seed ^ 0x05E2 ^ (u as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    ),
+                    think_s,
+                };
+                let gen = UserContext {
+                    client: client.clone(),
+                    mix: mix.clone(),
+                    weights: weights.clone(),
+                    stats: self.stats.clone(),
+                    rates: rates.clone(),
+                    start,
+                    timeout: c.timeout,
+                    measure_from: c.measure_from_s,
+                    base: c.base.clone(),
+                };
+                active[u] = Some(tokio::spawn(user.run(gen, begin)));
+            }
+        }
+        for h in active.into_iter().flatten() {
+            h.await
+                .map_err(|e| LiveError::Config(format!("user task: {e}")))??;
+        }
+        Ok(())
+    }
+
+    fn request(
+        &self,
+        kind: &RequestKind,
+        rng: &mut Pcg64Mcg,
+    ) -> Result<Request<Full<Bytes>>, LiveError> {
+        build_request(&self.config.base, kind, rng)
+    }
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// A request of `kind` with its templates filled.
+fn build_request(
+    base: &str,
+    kind: &RequestKind,
+    rng: &mut Pcg64Mcg,
+) -> Result<Request<Full<Bytes>>, LiveError> {
+    let uri = format!("{}{}", base, expand(&kind.path, rng)?);
+    let builder = Request::builder().method(kind.method.clone()).uri(uri);
+    let (builder, body) = match &kind.body {
+        Some((template, content_type)) => (
+            builder.header(hyper::header::CONTENT_TYPE, content_type),
+            Bytes::from(expand(template, rng)?),
+        ),
+        None => (builder, Bytes::new()),
+    };
+    builder
+        .body(Full::new(body))
+        .map_err(|e| LiveError::Config(format!("request: {e}")))
+}
+
+/// Sends one request counted in second `second` (latency from `from`) and records the outcome.
+async fn exchange(
+    client: &HttpClient,
+    req: Request<Full<Bytes>>,
+    from: Instant,
+    second: usize,
+    timeout: Duration,
+    measure_from: usize,
+    stats: &Mutex<Stats>,
+) {
+    stats.lock().expect("stats lock").seconds[second].sent += 1;
+    let outcome = tokio::time::timeout(timeout, async {
+        let resp = client.request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        resp.into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("HTTP {status}"))
+        }
+    })
+    .await;
+    let elapsed = Instant::now().saturating_duration_since(from);
+    let mut s = stats.lock().expect("stats lock");
+    let sec = &mut s.seconds[second];
+    let us = match &outcome {
+        Ok(Ok(())) => {
+            sec.ok += 1;
+            elapsed.as_micros().max(1) as u64
+        }
+        Ok(Err(_)) => {
+            sec.errors += 1;
+            timeout.as_micros() as u64
+        }
+        Err(_) => {
+            sec.timeouts += 1;
+            timeout.as_micros() as u64
+        }
+    };
+    sec.latency.saturating_record(us);
+    s.minutes[second / 60].saturating_record(us);
+    if second >= measure_from {
+        s.overall.saturating_record(us);
+    }
+    if let Ok(Err(e)) = outcome {
+        s.last_error = Some(e);
+    }
+}
+
+/// What every closed-loop user shares.
+struct UserContext {
+    client: HttpClient,
+    mix: Arc<Vec<RequestKind>>,
+    weights: Arc<WeightedIndex<f64>>,
+    stats: Arc<Mutex<Stats>>,
+    /// The user count of each second: a user whose number is not below the count of the
+    /// second it would send in retires (read from the clock, not from a shared counter, so a
+    /// user never races the second's start).
+    rates: Arc<Vec<f64>>,
+    start: Instant,
+    timeout: Duration,
+    measure_from: usize,
+    base: String,
+}
+
+/// One closed-loop user, with its own seeded generator (request types, templates, thinking).
+struct User {
+    id: usize,
+    rng: Pcg64Mcg,
+    think_s: f64,
+}
+
+impl User {
+    async fn run(mut self, ctx: UserContext, begin: Instant) -> Result<(), LiveError> {
+        let mut next = begin;
+        loop {
+            tokio::time::sleep_until(next).await;
+            let now = Instant::now();
+            let second = now.saturating_duration_since(ctx.start).as_secs() as usize;
+            let wanted = ctx.rates.get(second).map_or(0, |&r| traces::users_in(r));
+            if self.id >= wanted {
+                return Ok(());
+            }
+            let kind = &ctx.mix[ctx.weights.sample(&mut self.rng)];
+            let req = build_request(&ctx.base, kind, &mut self.rng)?;
+            exchange(
+                &ctx.client,
+                req,
+                now,
+                second,
+                ctx.timeout,
+                ctx.measure_from,
+                &ctx.stats,
+            )
+            .await;
+            next = Instant::now()
+                + Duration::from_secs_f64(traces::think(self.think_s, &mut self.rng));
+        }
     }
 }
 

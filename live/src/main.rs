@@ -103,6 +103,13 @@ struct RunArgs {
     /// Warm-up ramp before the trace, seconds.
     #[arg(long, default_value_t = traces::RAMP_SECONDS)]
     ramp: usize,
+    /// poisson: the trace value is a rate of open-loop Poisson arrivals; users: a number of
+    /// Locust-like users, each thinking --think-time s (exponential) after every response.
+    #[arg(long, default_value = "poisson")]
+    load: traces::Load,
+    /// Mean think time of a user, seconds (--load users).
+    #[arg(long, default_value_t = traces::THINK_S)]
+    think_time: f64,
     /// Only replay the first N seconds of the trace.
     #[arg(long)]
     duration: Option<usize>,
@@ -291,6 +298,10 @@ fn run(a: RunArgs) -> Result<()> {
     }
     spec.multiplier = a.multiplier;
     spec.ramp_s = a.ramp;
+    spec.load = a
+        .load
+        .with_think(a.think_time)
+        .map_err(|e| anyhow::anyhow!("--think-time: {e}"))?;
     spec.scaler = a.scaler;
     spec.targets = a.targets;
     spec.initial_limit = a.initial_limit;
@@ -633,6 +644,7 @@ fn load_bench(rps: f64, seconds: usize) -> Result<()> {
         let gen = LoadGen::new(LoadConfig {
             base,
             rates: vec![rps; seconds],
+            load: traces::Load::Poisson,
             mix: vec![RequestKind {
                 name: "get".into(),
                 weight: 1.0,

@@ -4,11 +4,13 @@ use std::time::Duration;
 
 use hyper::Method;
 use live::loadgen::{serve_ok, LoadConfig, LoadGen, RequestKind};
+use traces::Load;
 
 fn config(base: String, rate: f64, seconds: usize, timeout_ms: u64) -> LoadConfig {
     LoadConfig {
         base,
         rates: vec![rate; seconds],
+        load: Load::Poisson,
         mix: vec![
             RequestKind {
                 name: "search".into(),
@@ -202,4 +204,49 @@ fn bad_configs_are_refused() {
     );
     c.mix.clear();
     assert!(LoadGen::new(c).is_err());
+}
+
+/// Requests each second of a closed-loop run: (sent, all answered).
+async fn users_run(delay_ms: u64, users: &[f64], think_s: f64) -> Vec<u64> {
+    let (base, srv) = server(Duration::from_millis(delay_ms)).await;
+    let mut c = config(base, 0.0, 0, 2000);
+    c.rates = users.to_vec();
+    c.load = Load::Users { think_s };
+    let g = LoadGen::new(c).unwrap();
+    g.run().await.unwrap();
+    srv.abort();
+    let s = g.stats();
+    let s = s.lock().unwrap();
+    for sec in &s.seconds {
+        assert_eq!(
+            sec.ok, sec.sent,
+            "every request answered: {:?}",
+            s.last_error
+        );
+    }
+    s.seconds.iter().map(|x| x.sent).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_wait_for_answers_and_follow_the_count() {
+    // 20 users thinking 0.2 s: each loops in about 0.2 s + the answer time.
+    let fast = users_run(5, &[20.0, 20.0, 20.0, 0.0, 0.0], 0.2).await;
+    let slow = users_run(300, &[20.0, 20.0, 20.0, 0.0, 0.0], 0.2).await;
+    let (f, s): (u64, u64) = (fast[..3].iter().sum(), slow[..3].iter().sum());
+    eprintln!("closed loop, 20 users x 3 s: {f} requests at 5 ms, {s} at 300 ms");
+    // About 20 / 0.205 = 98 per second against about 20 / 0.5 = 40: a slow app slows its load.
+    assert!((200..=360).contains(&f), "{fast:?}");
+    assert!((80..=160).contains(&s), "{slow:?}");
+    // Nobody sends once the count is 0.
+    assert_eq!(&fast[3..], &[0, 0]);
+    assert_eq!(&slow[3..], &[0, 0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_retire_and_come_back() {
+    // 10 users, then 2, then 10 again: the middle second sends far less.
+    let sent = users_run(2, &[10.0, 2.0, 10.0], 0.1).await;
+    eprintln!("users 10/2/10: {sent:?}");
+    assert!(sent[1] * 2 < sent[0], "{sent:?}");
+    assert!(sent[1] * 2 < sent[2], "{sent:?}");
 }

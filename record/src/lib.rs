@@ -32,6 +32,7 @@ use controller::{ScalerKind, Targets, TowerKind, TowerMemory};
 use scenarios::Scenario;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use traces::Load;
 
 /// Bumped when a field changes meaning; readers refuse newer formats.
 pub const FORMAT_VERSION: u32 = 1;
@@ -69,6 +70,14 @@ pub struct RunInfo {
     pub trace: String,
     pub multiplier: f64,
     pub ramp_s: usize,
+    /// How the trace became requests (open-loop Poisson when absent: records from before
+    /// closed-loop users existed).
+    #[serde(default, skip_serializing_if = "Load::is_poisson")]
+    pub load: Load,
+    /// Fingerprint of the application model that ran ([`Scenario::digest`]); empty in older
+    /// records.
+    #[serde(default)]
+    pub scenario_digest: String,
     /// Scaler kind (`captain`, `k8s-cpu`, `k8s-cpu-fast`, `const`).
     pub scaler: String,
     /// Targets at the start (per group).
@@ -122,7 +131,9 @@ impl RunInfo {
             source: source.into(),
             scenario: scenario.name.clone(),
             scenario_source: scenario.source.clone(),
+            scenario_digest: scenario.digest(),
             trace: trace.into(),
+            load: Load::Poisson,
             multiplier: scenario.multiplier,
             ramp_s: 0,
             scaler: ScalerKind::Captain.name().into(),
@@ -146,6 +157,12 @@ impl RunInfo {
     pub fn with_workload(mut self, multiplier: f64, ramp_s: usize) -> RunInfo {
         self.multiplier = multiplier;
         self.ramp_s = ramp_s;
+        self
+    }
+
+    /// Open-loop Poisson or closed-loop users.
+    pub fn with_load(mut self, load: Load) -> RunInfo {
+        self.load = load;
         self
     }
 
@@ -195,7 +212,9 @@ impl RunInfo {
             source: "sim".into(),
             scenario: "example".into(),
             scenario_source: "builtin:example".into(),
+            scenario_digest: String::new(),
             trace: "constant-10".into(),
+            load: Load::Poisson,
             multiplier: 1.0,
             ramp_s: 0,
             scaler: "captain".into(),

@@ -40,5 +40,5 @@ mod schema;
 
 pub use dist::{Dist, DistSpec};
 pub use error::ScenarioError;
-pub use model::{call_rng, CallNode, RequestType, Scenario, Service, BUILTIN};
-pub use schema::{CallDef, HttpDef, NodeDef, RequestDef, ScenarioFile, ServiceDef};
+pub use model::{call_rng, CallNode, RequestType, Runtime, Scenario, Service, BUILTIN};
+pub use schema::{CallDef, HttpDef, NodeDef, RequestDef, RuntimeDef, ScenarioFile, ServiceDef};

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use crate::{Dist, DistSpec, ScenarioError, ScenarioFile};
+use crate::{Dist, DistSpec, RuntimeDef, ScenarioError, ScenarioFile};
 
 /// The built-in scenarios.
 pub const BUILTIN: [&str; 4] = [
@@ -48,7 +48,109 @@ pub struct Service {
     pub group: u8,
     /// The limit it starts with, in cores.
     pub initial_limit: f64,
+    /// Its garbage collector, compiled for the simulator.
+    pub runtime: Option<Runtime>,
 }
+
+/// A collector as the simulator runs it: every `trigger_cpu` core-seconds of request CPU, a
+/// collection of `work` core-seconds on up to `threads` threads (at least `min_threads` of
+/// them even when the calls are busy: Go's dedicated mark workers). With `stop_the_world`,
+/// no call runs until the collection is done.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Runtime {
+    pub trigger_cpu: f64,
+    pub work: f64,
+    pub threads: u32,
+    pub min_threads: u32,
+    pub stop_the_world: bool,
+}
+
+impl Runtime {
+    /// The share of the container's CPU its collections take, at any load: collection work
+    /// over request CPU plus collection work.
+    pub fn cpu_share(&self) -> f64 {
+        self.work / (self.trigger_cpu + self.work)
+    }
+
+    /// Compiles a runtime definition for a container on a node of `cores` cores.
+    fn compile(def: &RuntimeDef, cores: f64) -> Result<Runtime, (String, String)> {
+        let positive = |field: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err((
+                    field.to_string(),
+                    format!("must be a positive number, got {v}"),
+                ))
+            }
+        };
+        let threads = |field: &str, v: Option<u32>, default: u32| match v {
+            Some(0) => Err((field.to_string(), "must be at least 1".to_string())),
+            Some(n) if n > MAX_RUNTIME_THREADS => Err((
+                field.to_string(),
+                format!("must be at most {MAX_RUNTIME_THREADS}, got {n}"),
+            )),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        let node = (cores.ceil() as u32).clamp(1, MAX_RUNTIME_THREADS);
+        match *def {
+            RuntimeDef::Go {
+                alloc_mb_per_cpu_s,
+                live_heap_mb,
+                gogc,
+                mark_ms_per_mb,
+                gomaxprocs,
+            } => {
+                positive("alloc_mb_per_cpu_s", alloc_mb_per_cpu_s)?;
+                positive("live_heap_mb", live_heap_mb)?;
+                positive("gogc", gogc)?;
+                positive("mark_ms_per_mb", mark_ms_per_mb)?;
+                let procs = threads("gomaxprocs", gomaxprocs, node)?;
+                // Go's heap goal never drops below 4 MB.
+                let cycle_mb = (live_heap_mb * gogc / 100.0).max(GO_MIN_HEAP_MB);
+                Ok(Runtime {
+                    trigger_cpu: cycle_mb / alloc_mb_per_cpu_s,
+                    work: live_heap_mb * mark_ms_per_mb / 1000.0,
+                    threads: procs,
+                    // GC background utilisation goal: 25% of the Ps, rounded.
+                    min_threads: ((procs as f64) * 0.25).round().max(1.0) as u32,
+                    stop_the_world: false,
+                })
+            }
+            RuntimeDef::Jvm {
+                alloc_mb_per_cpu_s,
+                young_mb,
+                pause_cpu_ms,
+                gc_threads,
+            } => {
+                positive("alloc_mb_per_cpu_s", alloc_mb_per_cpu_s)?;
+                positive("young_mb", young_mb)?;
+                positive("pause_cpu_ms", pause_cpu_ms)?;
+                let ergonomic = if node <= 8 {
+                    node
+                } else {
+                    8 + (node - 8) * 5 / 8
+                };
+                let n = threads("gc_threads", gc_threads, ergonomic)?;
+                Ok(Runtime {
+                    trigger_cpu: young_mb / alloc_mb_per_cpu_s,
+                    work: pause_cpu_ms / 1000.0,
+                    threads: n,
+                    min_threads: n,
+                    stop_the_world: true,
+                })
+            }
+        }
+    }
+}
+
+/// Go's minimum heap goal, MB.
+const GO_MIN_HEAP_MB: f64 = 4.0;
+/// More collector threads than this is a typo, not a machine.
+const MAX_RUNTIME_THREADS: u32 = 1024;
+/// Calls split over more threads than this are refused for the same reason.
+const MAX_PARALLELISM: u32 = 1024;
 
 /// A request type with its call tree expanded: `nodes[0]` is the root.
 #[derive(Debug, Clone)]
@@ -72,6 +174,8 @@ pub struct CallNode {
     pub probability: f64,
     /// The parent does not wait for this call.
     pub detached: bool,
+    /// Threads its CPU runs on at once.
+    pub parallelism: u32,
     /// Mean CPU (before + after), in seconds: for calibration reports.
     pub mean_cpu: f64,
 }
@@ -238,12 +342,21 @@ impl Scenario {
                     format!("must be 1 (CPU-heavy) or 2, got {}", s.group),
                 ));
             }
+            let runtime = s
+                .runtime
+                .as_ref()
+                .map(|r| Runtime::compile(r, cores))
+                .transpose()
+                .map_err(|(field, reason)| {
+                    invalid(format!("services[{i}].runtime.{field}"), reason)
+                })?;
             services.push(Service {
                 name: s.name.clone(),
                 node,
                 threads,
                 group: s.group,
                 initial_limit: f.initial_limit.unwrap_or(cores),
+                runtime,
             });
         }
 
@@ -267,6 +380,15 @@ impl Scenario {
                 return Err(invalid(
                     format!("{at}.probability"),
                     format!("must be within (0, 1], got {}", c.probability),
+                ));
+            }
+            if c.parallelism == 0 || c.parallelism > MAX_PARALLELISM {
+                return Err(invalid(
+                    format!("{at}.parallelism"),
+                    format!(
+                        "must be within 1..={MAX_PARALLELISM}, got {}",
+                        c.parallelism
+                    ),
                 ));
             }
             for (si, stage) in c.calls.iter().enumerate() {
@@ -352,6 +474,20 @@ impl Scenario {
             network_delay: f.network_delay.build(),
             file: f,
         })
+    }
+
+    /// A fingerprint of the model (every field as validated, not the file's comments or
+    /// layout): two runs with the same digest ran the same application, so a resumed sweep
+    /// can tell a run of an older version of a built-in scenario from a current one.
+    pub fn digest(&self) -> String {
+        let text = toml::to_string(&self.file).unwrap_or_default();
+        // FNV-1a, 64 bits: stable across Rust versions, unlike `DefaultHasher`.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in text.bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}")
     }
 
     /// Index of a service by name.
@@ -452,6 +588,7 @@ fn expand(
         stages: Vec::new(),
         probability: def.probability,
         detached: def.detached,
+        parallelism: def.parallelism,
         mean_cpu: mean(&def.cpu) + def.cpu_after.as_ref().map_or(0.0, mean),
     });
     let mut stages = Vec::with_capacity(def.calls.len());

@@ -28,6 +28,9 @@ use crate::DistSpec;
 /// node = "node-1"
 /// threads = 8              # calls that may run on the CPU at once (default: node cores)
 /// group = 1                # Tower target group: 1 = CPU-heavy, 2 = the rest (default 2)
+/// # Optional language runtime whose collector makes the container's CPU bursty (see
+/// # [`RuntimeDef`]): a Go concurrent collector or a JVM stop-the-world one.
+/// runtime = { kind = "go", alloc_mb_per_cpu_s = 100, live_heap_mb = 40, mark_ms_per_mb = 2.0 }
 ///
 /// [[requests]]
 /// name = "get"
@@ -44,6 +47,7 @@ use crate::DistSpec;
 /// cpu_after = { kind = "const", ms = 0.2 }  # optional CPU after the children
 /// probability = 1.0        # chance this call happens when its parent reaches it (default 1)
 /// detached = false         # true: the parent does not wait for it (default false)
+/// parallelism = 1          # threads the call's CPU runs on at once (default 1)
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,6 +109,44 @@ pub struct ServiceDef {
     /// Tower target group: 1 for the CPU-heavy services, 2 for the rest.
     #[serde(default = "two")]
     pub group: u8,
+    /// The language runtime's garbage collector, if it makes the container's CPU bursty.
+    #[serde(default)]
+    pub runtime: Option<RuntimeDef>,
+}
+
+/// A garbage-collecting runtime inside a container. Both kinds are driven by allocation, and
+/// allocation by the CPU the container's calls use (`alloc_mb_per_cpu_s` MB per core-second of
+/// request CPU), so collections come more often as load grows. The collector's CPU is the
+/// container's: it counts in `cpu.stat`, spends the CFS quota and can be throttled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RuntimeDef {
+    /// Go's concurrent mark-and-sweep collector. A cycle starts once the calls have allocated
+    /// `live_heap_mb * gogc / 100` MB since the last one (at least 4 MB: Go's minimum heap).
+    /// Its mark work, `live_heap_mb * mark_ms_per_mb` core-milliseconds, runs beside the calls
+    /// on every P they leave idle: a quarter of `gomaxprocs` as dedicated workers, and idle
+    /// workers on the rest, up to `gomaxprocs` threads in all. `gomaxprocs` defaults to the
+    /// node's cores, as Go sizes it from the host, not from the CFS quota.
+    Go {
+        alloc_mb_per_cpu_s: f64,
+        live_heap_mb: f64,
+        #[serde(default = "hundred")]
+        gogc: f64,
+        mark_ms_per_mb: f64,
+        #[serde(default)]
+        gomaxprocs: Option<u32>,
+    },
+    /// A JVM with the throughput (Parallel) collector, Java 8's server-class default: every
+    /// `young_mb` MB allocated, a young collection stops every application thread while
+    /// `pause_cpu_ms` core-milliseconds of collection work run on `gc_threads` threads
+    /// (default: HotSpot's ergonomics for the node's cores, N for N <= 8, else 8 + 5(N-8)/8).
+    Jvm {
+        alloc_mb_per_cpu_s: f64,
+        young_mb: f64,
+        pause_cpu_ms: f64,
+        #[serde(default)]
+        gc_threads: Option<u32>,
+    },
 }
 
 /// A request type of the load's mix.
@@ -161,10 +203,20 @@ pub struct CallDef {
     /// count in the request's, its CPU does count.
     #[serde(default)]
     pub detached: bool,
+    /// Threads the call's CPU (before and after its children) is split over, all running at
+    /// once: an inference with intra-op threads, a parallel sort. 1 is an ordinary call.
+    #[serde(default = "one_thread")]
+    pub parallelism: u32,
 }
 
 fn one() -> f64 {
     1.0
+}
+fn one_thread() -> u32 {
+    1
+}
+fn hundred() -> f64 {
+    100.0
 }
 fn two() -> u8 {
     2

@@ -16,18 +16,28 @@
 //! `v` reaches its start value plus its demand: a min-heap on that finish value makes the next
 //! completion an O(1) look-up and each completion O(log n).
 //!
+//! * Garbage collection (optional, [`scenarios::Runtime`]): the calls' CPU allocates memory,
+//!   and every `trigger_cpu` core-seconds of it starts a collection of `work` core-seconds split
+//!   over many threads at once (Go: every P the calls leave idle; a JVM: its GC threads, with
+//!   every call stopped until it is done). The collection spends the same quota as the calls,
+//!   so a collection on 32 threads can spend a period's quota in a few milliseconds and stall
+//!   every call to the period's end: the sub-second burstiness of real containers.
+//!
 //! [`rate`]: Container::set_rate
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 
 use controller::CpuSample;
+use scenarios::Runtime;
 
 /// CFS period length, seconds.
 pub const PERIOD: f64 = 0.1;
 /// CPU amounts (core-seconds) below this count as zero: absorbs floating-point rounding so that
 /// an event scheduled for "the moment the quota runs out" really finds it spent.
 const EPS: f64 = 1e-10;
+/// The `call` of a collector thread's segment: not a call, never reported as done.
+const COLLECTOR: u32 = u32::MAX;
 
 /// A piece of CPU work for one call.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -109,6 +119,28 @@ pub struct Container {
     /// Bumped on every change, so that stale scheduled events can be recognised.
     pub version: u64,
     seq: u64,
+    /// Calls among `running` (the rest are collector threads).
+    calls_running: usize,
+    gc: Option<Collector>,
+}
+
+/// The state of a container's garbage collector.
+#[derive(Debug, Clone)]
+struct Collector {
+    runtime: Runtime,
+    /// Request CPU since the last collection started (what drives allocation).
+    since_last: f64,
+    /// Collector threads still working on the current collection (0: none running).
+    active: usize,
+    /// Calls stopped by a stop-the-world collection: (remaining work, seq, call).
+    frozen: Vec<(f64, u64, u32)>,
+    collections: u64,
+}
+
+/// What a container's collector did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GcStats {
+    pub collections: u64,
 }
 
 impl Container {
@@ -131,6 +163,26 @@ impl Container {
             counters: Counters::default(),
             version: 0,
             seq: 0,
+            calls_running: 0,
+            gc: None,
+        }
+    }
+
+    /// The same container with a garbage-collecting runtime.
+    pub fn with_runtime(mut self, runtime: Option<Runtime>) -> Self {
+        self.gc = runtime.map(|runtime| Collector {
+            runtime,
+            since_last: 0.0,
+            active: 0,
+            frozen: Vec::new(),
+            collections: 0,
+        });
+        self
+    }
+
+    pub fn gc_stats(&self) -> GcStats {
+        GcStats {
+            collections: self.gc.as_ref().map_or(0, |g| g.collections),
         }
     }
 
@@ -144,6 +196,9 @@ impl Container {
             self.v += per_call;
             self.counters.usage += used;
             self.quota_left -= used;
+            if let Some(gc) = &mut self.gc {
+                gc.since_last += per_call * self.calls_running as f64;
+            }
         }
         self.last = self.last.max(now);
     }
@@ -168,7 +223,7 @@ impl Container {
     /// Adds work (the container must be advanced to now).
     pub fn submit(&mut self, seg: Segment) {
         self.period_had_work = true;
-        if self.running.len() < self.threads {
+        if self.calls_running < self.threads && !self.stopped() {
             self.start(seg);
         } else {
             self.waiting.push_back(seg);
@@ -177,12 +232,97 @@ impl Container {
     }
 
     fn start(&mut self, seg: Segment) {
+        self.calls_running += 1;
+        self.push(seg.work, seg.call);
+    }
+
+    fn push(&mut self, work: f64, call: u32) {
         self.seq += 1;
         self.running.push(Running {
-            finish_v: self.v + seg.work,
+            finish_v: self.v + work,
             seq: self.seq,
-            call: seg.call,
+            call,
         });
+    }
+
+    /// A stop-the-world collection is running: no call may run.
+    fn stopped(&self) -> bool {
+        self.gc
+            .as_ref()
+            .is_some_and(|g| g.active > 0 && g.runtime.stop_the_world)
+    }
+
+    /// Starts the calls that wait, while threads are free.
+    fn start_waiting(&mut self) {
+        while self.calls_running < self.threads && !self.stopped() {
+            let Some(next) = self.waiting.pop_front() else {
+                break;
+            };
+            self.start(next);
+        }
+    }
+
+    /// Starts a collection if the calls have allocated enough since the last one.
+    fn maybe_collect(&mut self) {
+        let Some(gc) = &mut self.gc else { return };
+        if gc.active > 0 || gc.since_last < gc.runtime.trigger_cpu - EPS {
+            return;
+        }
+        let rt = gc.runtime;
+        gc.since_last = 0.0;
+        gc.collections += 1;
+        let threads = if rt.stop_the_world {
+            // Every call stops where it is; it resumes with what it had left.
+            let v = self.v;
+            gc.frozen.extend(
+                self.running
+                    .drain()
+                    .map(|r| (r.finish_v - v, r.seq, r.call)),
+            );
+            self.calls_running = 0;
+            rt.threads as usize
+        } else {
+            // Go: dedicated workers on a quarter of the Ps, idle workers on every P the
+            // calls leave free.
+            (rt.threads as usize)
+                .saturating_sub(self.calls_running)
+                .max(rt.min_threads as usize)
+        };
+        gc.active = threads;
+        let each = rt.work / threads as f64;
+        for _ in 0..threads {
+            self.push(each, COLLECTOR);
+        }
+        self.period_had_work = true;
+    }
+
+    /// One collector thread finished; the last one ends the collection.
+    fn collector_done(&mut self) {
+        let gc = self
+            .gc
+            .as_mut()
+            .expect("collector segments need a collector");
+        gc.active -= 1;
+        if gc.active > 0 {
+            return;
+        }
+        if gc.runtime.stop_the_world {
+            let mut frozen = std::mem::take(&mut gc.frozen);
+            frozen.sort_by_key(|f| f.1);
+            let v = self.v;
+            for (left, seq, call) in frozen.drain(..) {
+                self.running.push(Running {
+                    finish_v: v + left,
+                    seq,
+                    call,
+                });
+                self.calls_running += 1;
+            }
+            if let Some(gc) = &mut self.gc {
+                gc.frozen = frozen;
+            }
+        }
+        self.start_waiting();
     }
 
     /// After advancing to an event time: moves finished calls to `done` (starting waiting
@@ -193,11 +333,15 @@ impl Container {
                 break;
             }
             let call = self.running.pop().expect("peeked").call;
-            done.push(call);
-            if let Some(next) = self.waiting.pop_front() {
-                self.start(next);
+            if call == COLLECTOR {
+                self.collector_done();
+                continue;
             }
+            self.calls_running -= 1;
+            done.push(call);
+            self.start_waiting();
         }
+        self.maybe_collect();
         if !self.throttled && self.quota_left <= EPS && !self.running.is_empty() {
             self.throttled = true;
             self.throttled_since = now;
@@ -217,7 +361,15 @@ impl Container {
         let finish = self.last + ((top.finish_v - self.v).max(0.0) / self.rate);
         let spend = self.rate * self.running.len() as f64;
         let exhaust = self.last + self.quota_left.max(0.0) / spend;
-        Some(finish.min(exhaust))
+        let mut next = finish.min(exhaust);
+        if let Some(gc) = &self.gc {
+            if gc.active == 0 && self.calls_running > 0 {
+                let alloc = self.rate * self.calls_running as f64;
+                let trigger = self.last + (gc.runtime.trigger_cpu - gc.since_last).max(0.0) / alloc;
+                next = next.min(trigger);
+            }
+        }
+        Some(next)
     }
 
     /// Ends the current period at `now` (after advancing): updates the cgroup counters.
@@ -390,6 +542,107 @@ mod tests {
             work: 0.02,
         });
         assert!((c.next_event().unwrap() - 0.02).abs() < 1e-12);
+    }
+
+    fn runtime(trigger_cpu: f64, work: f64, threads: u32, stop_the_world: bool) -> Runtime {
+        Runtime {
+            trigger_cpu,
+            work,
+            threads,
+            min_threads: threads / 4,
+            stop_the_world,
+        }
+    }
+
+    #[test]
+    fn a_wide_collection_spends_the_quota_and_stalls_the_call() {
+        // Limit 1.5 cores (150 ms per period), one call that would use one core all along.
+        // Without a collector it is never throttled.
+        let mut smooth = Container::new(0, 1, 1.5);
+        smooth.submit(Segment { call: 1, work: 1.0 });
+        run(&mut smooth, 0.0, 0.1 + 1e-9, 1.5);
+        assert_eq!(smooth.counters().nr_throttled, 0);
+
+        // Go-like: after 50 ms of request CPU, 93 ms of marking on the 31 idle Ps of 32
+        // (3 ms each). By 53 ms the container used 53 + 93 = 146 ms: 4 ms of quota are left,
+        // the call spends them by 57 ms and stalls to the period's end.
+        let mut c = Container::new(0, 1, 1.5).with_runtime(Some(runtime(0.05, 0.093, 32, false)));
+        c.submit(Segment { call: 1, work: 1.0 });
+        assert!(
+            (c.next_event().unwrap() - 0.05).abs() < 1e-12,
+            "the trigger"
+        );
+        run(&mut c, 0.0, 0.1 + 1e-9, 1.5);
+        let k = c.counters();
+        assert_eq!(c.gc_stats().collections, 1);
+        assert_eq!((k.nr_periods, k.nr_throttled), (1, 1));
+        assert!((k.usage - 0.15).abs() < 1e-8, "{}", k.usage);
+        assert!(
+            (k.throttled_time - 0.043).abs() < 1e-9,
+            "{}",
+            k.throttled_time
+        );
+    }
+
+    #[test]
+    fn go_marks_on_at_least_a_quarter_of_the_ps() {
+        // 32 calls keep every P busy: the collection still gets its 8 dedicated workers.
+        let mut c =
+            Container::new(0, 32, f64::INFINITY).with_runtime(Some(runtime(0.32, 0.08, 32, false)));
+        for i in 0..32 {
+            c.submit(Segment { call: i, work: 1.0 });
+        }
+        // 32 calls allocate 0.32 core-s by 10 ms; then 8 workers x 10 ms run beside them.
+        let done = run(&mut c, 0.0, 0.0199, f64::INFINITY);
+        assert!(done.is_empty());
+        assert_eq!(c.gc_stats().collections, 1);
+        assert_eq!(c.busy(), 40);
+        // 32 calls for 19.9 ms and 8 workers for 9.9 ms.
+        let want = 32.0 * 0.0199 + 8.0 * 0.0099;
+        assert!(
+            (c.counters().usage - want).abs() < 1e-9,
+            "{}",
+            c.counters().usage
+        );
+    }
+
+    #[test]
+    fn a_stop_the_world_pause_holds_every_call() {
+        // JVM-like: every 50 ms of request CPU, 40 ms of collection on 4 threads (10 ms of
+        // wall time) while the call waits. The call's 200 ms of CPU end at 230 ms: three pauses.
+        let mut c =
+            Container::new(0, 1, f64::INFINITY).with_runtime(Some(runtime(0.05, 0.04, 4, true)));
+        c.submit(Segment { call: 7, work: 0.2 });
+        let done = run(&mut c, 0.0, 1.0, f64::INFINITY);
+        assert_eq!(done.len(), 1);
+        assert!((done[0].0 - 0.23).abs() < 1e-9, "{:?}", done);
+        let n = c.gc_stats().collections;
+        assert!(n == 3 || n == 4, "{n}");
+        assert!((c.counters().usage - (0.2 + 0.04 * n as f64)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn calls_arriving_during_a_pause_wait_for_it() {
+        let mut c =
+            Container::new(0, 4, f64::INFINITY).with_runtime(Some(runtime(0.01, 0.04, 4, true)));
+        c.submit(Segment {
+            call: 1,
+            work: 0.01,
+        });
+        // At 10 ms call 1 is done and a 10 ms pause starts; call 2 comes in at 12 ms, waits
+        // for the pause to end at 20 ms and is done 1 ms later.
+        let first = run(&mut c, 0.0, 0.012, f64::INFINITY);
+        assert_eq!(first.len(), 1);
+        assert!((first[0].0 - 0.01).abs() < 1e-12);
+        assert_eq!(c.gc_stats().collections, 1);
+        c.submit(Segment {
+            call: 2,
+            work: 0.001,
+        });
+        let rest = run(&mut c, 0.012, 0.05, f64::INFINITY);
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].1, 2);
+        assert!((rest[0].0 - 0.021).abs() < 1e-9, "{rest:?}");
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! Randomness: arrivals and request types come from one seeded stream; everything about one
 //! call (whether it happens, its CPU demands, its network delays) comes from a generator seeded
 //! by (request seed, position in the call tree). So the workload a run sees does not depend on
-//! the controller: two scalers are compared on exactly the same requests.
+//! the controller: two scalers are compared on exactly the same requests. With closed-loop
+//! users ([`Load::Users`]) a request's send time depends on when the user's previous one was
+//! answered, so that holds only for the requests' contents, not their timing.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -18,6 +20,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_distr::Distribution;
 use rand_pcg::Pcg64Mcg;
 use scenarios::Scenario;
+use traces::Load;
 
 use crate::cfs::{Container, Counters, Segment, PERIOD};
 use crate::mintree::MinTree;
@@ -26,7 +29,12 @@ const NONE: u32 = u32::MAX;
 
 #[derive(Debug, Clone, Copy)]
 enum Kind {
+    /// The next Poisson arrival.
     Arrival,
+    /// A user sends its next request (or retires, if the user count fell below it).
+    UserSend(u32),
+    /// A new second: users start or retire to follow the trace.
+    Second(u32),
     /// A call reaches its service.
     Deliver(u32),
     /// Every child of the call's current stage has answered.
@@ -65,6 +73,10 @@ struct Call {
     alive: bool,
     stage: u16,
     pending: u16,
+    /// CPU segments of the current phase not yet done (a parallel call has several).
+    parts: u16,
+    /// The user who sent the request (root calls of closed-loop loads), or `NONE`.
+    user: u32,
     node: u32,
     parent: u32,
     seed: u64,
@@ -113,18 +125,29 @@ pub struct Engine<'a> {
     mix: WeightedIndex<f64>,
     in_flight: u64,
     done: Vec<u32>,
+    load: Load,
+    /// Closed loop: whether each user is active (thinking or waiting for a response).
+    users_active: Vec<bool>,
+    /// Closed loop: the number of users the trace asks for this second.
+    users_wanted: usize,
     pub stats: EngineStats,
 }
 
 impl<'a> Engine<'a> {
-    /// An idle application; `rates` is the request rate for each second; `limits` the initial
-    /// limit of each service.
-    pub fn new(scenario: &'a Scenario, rates: Vec<f64>, limits: &[f64], seed: u64) -> Self {
+    /// An idle application; `rates` is the trace value for each second (requests per second,
+    /// or users with a closed-loop `load`); `limits` the initial limit of each service.
+    pub fn new(
+        scenario: &'a Scenario,
+        rates: Vec<f64>,
+        load: Load,
+        limits: &[f64],
+        seed: u64,
+    ) -> Self {
         let containers: Vec<Container> = scenario
             .services
             .iter()
             .zip(limits)
-            .map(|(s, &l)| Container::new(s.node, s.threads, l))
+            .map(|(s, &l)| Container::new(s.node, s.threads, l).with_runtime(s.runtime))
             .collect();
         let mut node_members = vec![Vec::new(); scenario.nodes.len()];
         for (i, c) in containers.iter().enumerate() {
@@ -150,12 +173,29 @@ impl<'a> Engine<'a> {
             mix,
             in_flight: 0,
             done: Vec::new(),
+            load,
+            users_active: Vec::new(),
+            users_wanted: 0,
             stats: EngineStats::default(),
         };
-        if let Some(t) = traces::next_arrival(&e.rates, 0.0, &mut e.arrivals_rng) {
-            e.push(t, Kind::Arrival);
+        match load {
+            Load::Poisson => {
+                if let Some(t) = traces::next_arrival(&e.rates, 0.0, &mut e.arrivals_rng) {
+                    e.push(t, Kind::Arrival);
+                }
+            }
+            Load::Users { .. } => {
+                if !e.rates.is_empty() {
+                    e.push(0.0, Kind::Second(0));
+                }
+            }
         }
         e
+    }
+
+    /// Garbage collections each container has run so far.
+    pub fn collections(&self, service: usize) -> u64 {
+        self.containers[service].gc_stats().collections
     }
 
     /// Requests that arrived and have not been answered.
@@ -196,11 +236,11 @@ impl<'a> Engine<'a> {
             self.now = ev.t;
             match ev.kind {
                 Kind::Arrival => self.arrive(),
+                Kind::UserSend(user) => self.user_send(user),
+                Kind::Second(second) => self.second(second as usize),
                 Kind::Deliver(call) => {
-                    let c = &self.calls[call as usize];
-                    let service = self.node_of(c).service;
-                    let work = c.work;
-                    self.submit(service, Segment { call, work });
+                    let work = self.calls[call as usize].work;
+                    self.submit_call(call, work);
                 }
                 Kind::Resume(call) => {
                     self.calls[call as usize].stage += 1;
@@ -240,6 +280,14 @@ impl<'a> Engine<'a> {
     }
 
     fn arrive(&mut self) {
+        self.send(NONE);
+        if let Some(t) = traces::next_arrival(&self.rates, self.now, &mut self.arrivals_rng) {
+            self.push(t, Kind::Arrival);
+        }
+    }
+
+    /// A request leaves the client now (on behalf of `user`, or `NONE` for open loop).
+    fn send(&mut self, user: u32) {
         let now = self.now;
         let rtype = self.mix.sample(&mut self.arrivals_rng) as u16;
         let seed = self.arrivals_rng.next_u64();
@@ -248,10 +296,50 @@ impl<'a> Engine<'a> {
         let root = self
             .spawn(rtype, 0, NONE, seed, now, true)
             .expect("roots always happen");
-        self.calls[root as usize].arrival = now;
-        if let Some(t) = traces::next_arrival(&self.rates, now, &mut self.arrivals_rng) {
-            self.push(t, Kind::Arrival);
+        let r = &mut self.calls[root as usize];
+        r.arrival = now;
+        r.user = user;
+    }
+
+    /// Closed loop, at the start of a second: users the trace adds start at evenly spread
+    /// moments of the second; users above the new count retire at their next send.
+    fn second(&mut self, second: usize) {
+        let wanted = self.rates.get(second).map_or(0, |&r| traces::users_in(r));
+        self.users_wanted = wanted;
+        if self.users_active.len() < wanted {
+            self.users_active.resize(wanted, false);
         }
+        let starting: Vec<u32> = (0..wanted as u32)
+            .filter(|&u| !self.users_active[u as usize])
+            .collect();
+        for (i, &u) in starting.iter().enumerate() {
+            self.users_active[u as usize] = true;
+            self.push(
+                traces::spawn_time(second, i, starting.len()),
+                Kind::UserSend(u),
+            );
+        }
+        if second + 1 < self.rates.len() {
+            self.push((second + 1) as f64, Kind::Second(second as u32 + 1));
+        }
+    }
+
+    fn user_send(&mut self, user: u32) {
+        // The trace is over (the run is draining): nobody sends any more.
+        if user as usize >= self.users_wanted || self.now >= self.rates.len() as f64 {
+            self.users_active[user as usize] = false;
+            return;
+        }
+        self.send(user);
+    }
+
+    /// A closed-loop user got its response at `t`: it thinks, then sends again.
+    fn user_answered(&mut self, user: u32, t: f64) {
+        let Load::Users { think_s } = self.load else {
+            return;
+        };
+        let next = t + traces::think(think_s, &mut self.arrivals_rng);
+        self.push(next, Kind::UserSend(user));
     }
 
     /// Creates call `node` of a request, if it happens; schedules its delivery.
@@ -279,6 +367,8 @@ impl<'a> Engine<'a> {
             alive: true,
             stage: 0,
             pending: 0,
+            parts: 0,
+            user: NONE,
             node,
             parent,
             seed,
@@ -303,6 +393,27 @@ impl<'a> Engine<'a> {
         Some(id)
     }
 
+    /// Puts a phase of a call's CPU on its container: one segment, or one per thread for a
+    /// parallel call (the phase ends when the last is done).
+    fn submit_call(&mut self, call: u32, work: f64) {
+        let c = &self.calls[call as usize];
+        let def = self.node_of(c);
+        let (service, parts) = (def.service, def.parallelism.max(1));
+        self.calls[call as usize].parts = parts as u16;
+        if parts == 1 {
+            self.submit(service, Segment { call, work });
+            return;
+        }
+        let c = &mut self.containers[service];
+        c.advance(self.now);
+        let before = c.busy();
+        let each = work / parts as f64;
+        for _ in 0..parts {
+            c.submit(Segment { call, work: each });
+        }
+        self.touch(service, before);
+    }
+
     fn submit(&mut self, service: usize, seg: Segment) {
         let c = &mut self.containers[service];
         c.advance(self.now);
@@ -321,6 +432,10 @@ impl<'a> Engine<'a> {
         self.touch(c, before);
         for &call in &done {
             let k = &mut self.calls[call as usize];
+            k.parts = k.parts.saturating_sub(1);
+            if k.parts > 0 {
+                continue;
+            }
             if k.after_phase {
                 self.complete(call, on_done);
             } else {
@@ -363,8 +478,7 @@ impl<'a> Engine<'a> {
         if k.cpu_after > 0.0 {
             k.after_phase = true;
             let work = k.cpu_after;
-            let service = self.node_of(&self.calls[call as usize]).service;
-            self.submit(service, Segment { call, work });
+            self.submit_call(call, work);
         } else {
             self.complete(call, on_done);
         }
@@ -382,6 +496,9 @@ impl<'a> Engine<'a> {
                 arrival: k.arrival,
                 done: back,
             });
+            if k.user != NONE {
+                self.user_answered(k.user, back);
+            }
             return;
         }
         if self.node_of(&k).detached {

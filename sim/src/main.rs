@@ -13,7 +13,7 @@ use record::RecordWriter;
 use scenarios::Scenario;
 use sim::run::{run, RunConfig, TowerKind};
 use sim::sweep::{self, Contender, Settings, Unit, Workload};
-use traces::Trace;
+use traces::{Load, Trace};
 
 #[derive(Parser)]
 #[command(
@@ -79,6 +79,14 @@ struct WorkloadArgs {
     /// Only replay the first N seconds of the trace (for quick looks).
     #[arg(long)]
     duration: Option<usize>,
+    /// users: the trace value is a number of Locust-like users, each thinking
+    /// --think-time s (exponential) after every response (the paper's load); poisson: the
+    /// value is a rate of open-loop Poisson arrivals (the stricter test).
+    #[arg(long, default_value = "poisson")]
+    load: Load,
+    /// Mean think time of a user, seconds (--load users).
+    #[arg(long, default_value_t = traces::THINK_S)]
+    think_time: f64,
 }
 
 impl WorkloadArgs {
@@ -91,6 +99,12 @@ impl WorkloadArgs {
             None => trace,
         };
         Ok((Arc::new(scenario), Arc::new(trace)))
+    }
+
+    fn load_model(&self) -> Result<Load> {
+        self.load
+            .with_think(self.think_time)
+            .map_err(|e| anyhow::anyhow!("--think-time: {e}"))
     }
 }
 
@@ -157,6 +171,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let cfg = RunConfig {
         multiplier: a.workload.multiplier,
         ramp_s: a.workload.ramp,
+        load: a.workload.load_model()?,
         initial_limit: a.initial_limit,
         tower,
         memory,
@@ -292,6 +307,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let cfg = RunConfig {
         multiplier: a.workload.multiplier,
         ramp_s: a.workload.ramp,
+        load: a.workload.load_model()?,
         seed: a.seed,
         ..RunConfig::new(scenario, trace, ScalerKind::Captain, a.targets)
     };
@@ -401,14 +417,33 @@ fn cmd_scenario(name: &str) -> Result<()> {
         s.slo_ms,
         s.multiplier
     );
-    println!("CPU per request on the mix: {:.2} ms", total * 1000.0);
     println!(
-        "{:<32} {:>5} {:>7} {:>10} {:>6}",
+        "CPU per request on the mix: {:.2} ms of request CPU (collectors not included)",
+        total * 1000.0
+    );
+    println!(
+        "{:<32} {:>5} {:>7} {:>10} {:>6}  collector",
         "service", "group", "threads", "ms/request", "share"
     );
     for (svc, c) in s.services.iter().zip(&per) {
+        // What the collector adds: its share of the container's CPU, and one collection's
+        // work and width (the burst that can spend a period's quota at once).
+        let gc = svc.runtime.map_or(String::new(), |r| {
+            format!(
+                "{} every {:.2} core-s of requests: {:.0} core-ms on {} threads, {:.0}% of CPU",
+                if r.stop_the_world {
+                    "pause"
+                } else {
+                    "concurrent mark"
+                },
+                r.trigger_cpu,
+                r.work * 1000.0,
+                r.threads,
+                100.0 * r.cpu_share()
+            )
+        });
         println!(
-            "{:<32} {:>5} {:>7} {:>10.3} {:>5.1}%",
+            "{:<32} {:>5} {:>7} {:>10.3} {:>5.1}%  {gc}",
             svc.name,
             svc.group,
             svc.threads,
@@ -462,11 +497,24 @@ struct ManyArgs {
     /// Write services.csv (per second per service) for every run.
     #[arg(long)]
     services: bool,
+    /// users (Locust-like closed loop, the paper's load) or poisson (open loop). Default:
+    /// poisson for sweep, users for evaluate.
+    #[arg(long)]
+    load: Option<Load>,
+    /// Mean think time of a user, seconds (users load).
+    #[arg(long, default_value_t = traces::THINK_S)]
+    think_time: f64,
 }
 
 impl ManyArgs {
-    fn settings(&self, out: &std::path::Path) -> Settings {
-        Settings {
+    fn settings(&self, out: &std::path::Path, default_load: Load) -> Result<Settings> {
+        let load = self
+            .load
+            .unwrap_or(default_load)
+            .with_think(self.think_time)
+            .map_err(|e| anyhow::anyhow!("--think-time: {e}"))?;
+        Ok(Settings {
+            load,
             out: out.to_path_buf(),
             seed: self.seed,
             ramp_s: self.ramp,
@@ -475,7 +523,7 @@ impl ManyArgs {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             services_csv: self.services,
             resume: !self.no_resume,
-        }
+        })
     }
 
     fn trim(&self, t: Trace) -> Result<Arc<Trace>> {
@@ -567,7 +615,7 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
         }
     }
     let units = a.many.shard(units)?;
-    let settings = a.many.settings(&a.out);
+    let settings = a.many.settings(&a.out, Load::Poisson)?;
     let rows = execute_with_progress(&units, &settings)?;
     let best = sweep::best(&rows);
     sweep::write_csv(&a.out.join("results.csv"), &rows)?;
@@ -683,7 +731,7 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     // Long chains first, so that they start at once.
     chains.extend(grids);
     let units = a.many.shard(chains)?;
-    let settings = a.many.settings(&a.out);
+    let settings = a.many.settings(&a.out, Load::users())?;
     let rows = execute_with_progress(&units, &settings)?;
     finish_evaluation(&a.out, rows, !a.no_plots)
 }

@@ -10,7 +10,7 @@ use controller::{MinuteObservation, Scaler, ScalerKind, Targets, TowerMemory};
 use hdrhistogram::Histogram;
 use record::{MinuteRow, RecordWriter, RunInfo, ServiceRow, Summary};
 use scenarios::Scenario;
-use traces::Trace;
+use traces::{Load, Trace};
 
 use crate::cfs::{Counters, PERIOD};
 use crate::engine::{boundary, Completion, Engine, EngineStats};
@@ -32,6 +32,8 @@ pub struct RunConfig {
     /// Use the scenario's multiplier unless set.
     pub multiplier: Option<f64>,
     pub ramp_s: usize,
+    /// Open-loop Poisson arrivals or closed-loop users.
+    pub load: Load,
     pub scaler: ScalerKind,
     /// Initial targets per group (throttle ratio for the Captain, utilisation for K8s-CPU).
     pub targets: Targets,
@@ -60,6 +62,7 @@ impl RunConfig {
             trace,
             multiplier: None,
             ramp_s: traces::RAMP_SECONDS,
+            load: Load::Poisson,
             scaler,
             targets,
             initial_limit: None,
@@ -105,6 +108,7 @@ impl RunConfig {
     pub fn info(&self) -> RunInfo {
         RunInfo::new("sim", &self.scenario, &self.trace.name, self.seed)
             .with_workload(self.multiplier(), self.ramp_s)
+            .with_load(self.load)
             .with_control(self.scaler, self.targets, self.tower)
     }
 }
@@ -179,7 +183,7 @@ pub fn run(
     )?;
     let mut targets = cfg.targets;
 
-    let mut engine = Engine::new(scenario, rates, &limits, cfg.seed);
+    let mut engine = Engine::new(scenario, rates, cfg.load, &limits, cfg.seed);
     let n = scenario.services.len();
     let settle = (cfg.ramp_s + SETTLE_S) as f64;
 

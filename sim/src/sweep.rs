@@ -16,7 +16,7 @@ use controller::{ScalerKind, Targets, TowerMemory};
 use record::{Record, RecordWriter, RunInfo};
 use scenarios::Scenario;
 use serde::{Deserialize, Serialize};
-use traces::Trace;
+use traces::{Load, Trace};
 
 use crate::run::{run, RunConfig, TowerKind};
 
@@ -164,6 +164,8 @@ pub struct Settings {
     pub out: PathBuf,
     pub seed: u64,
     pub ramp_s: usize,
+    /// Open-loop Poisson or closed-loop users.
+    pub load: Load,
     /// Worker threads.
     pub jobs: usize,
     /// Write services.csv for every run.
@@ -289,6 +291,7 @@ fn run_unit(
                 let mut cfg = RunConfig::new(app.clone(), workload.trace.clone(), scaler, *t);
                 cfg.seed = settings.seed;
                 cfg.ramp_s = settings.ramp_s;
+                cfg.load = settings.load;
                 cfg.services_csv = settings.services_csv;
                 let dir = format!(
                     "runs/{}/{}/{}-{}",
@@ -360,6 +363,7 @@ fn captain_config(
     let mut cfg = RunConfig::new(app.clone(), trace.clone(), ScalerKind::Captain, initial);
     cfg.seed = settings.seed;
     cfg.ramp_s = settings.ramp_s;
+    cfg.load = settings.load;
     cfg.services_csv = settings.services_csv;
     cfg.tower = tower;
     cfg.memory = memory;

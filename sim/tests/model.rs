@@ -174,3 +174,69 @@ fn the_slo_trade_off_is_real() {
         );
     }
 }
+
+fn run_users(scenario: Arc<Scenario>, users: u32, seconds: usize, limit: f64) -> RunOutput {
+    let mut cfg = RunConfig::new(
+        scenario,
+        Arc::new(Trace::constant(users, seconds)),
+        ScalerKind::Const,
+        Targets::new(0.1, 0.1),
+    );
+    cfg.ramp_s = 0;
+    cfg.initial_limit = Some(limit);
+    cfg.load = traces::Load::users();
+    run(&cfg, None, &mut |_, _| {}).unwrap()
+}
+
+#[test]
+fn users_send_one_request_per_think_time_and_back_off_when_the_app_stalls() {
+    // 50 users thinking 1 s on a fast service: about 50 / (1 s + 10 ms) requests per second.
+    let fast = run_users(one_service(4, 4, 10.0), 50, 600, 4.0);
+    let s = &fast.info.summary;
+    eprintln!(
+        "50 users, fast service: {:.1} RPS, P99 {:.1} ms",
+        s.mean_rps, s.p99_ms
+    );
+    assert!((s.mean_rps - 49.5).abs() < 2.0, "{}", s.mean_rps);
+    // At 0.1 core the service can do 10 requests of 10 ms per second. Users wait for their
+    // answers, so arrivals fall to what it can serve; open-loop Poisson at 50 RPS piles up.
+    let slow = run_users(one_service(4, 4, 10.0), 50, 600, 0.1);
+    let s = &slow.info.summary;
+    eprintln!(
+        "50 users, 0.1-core service: {:.1} RPS, P99 {:.0} ms",
+        s.mean_rps, s.p99_ms
+    );
+    assert!(s.mean_rps < 10.5, "{}", s.mean_rps);
+    assert!(slow.peak_in_flight <= 50, "{}", slow.peak_in_flight);
+    let mut cfg = RunConfig::new(
+        one_service(4, 4, 10.0),
+        Arc::new(Trace::constant(50, 600)),
+        ScalerKind::Const,
+        Targets::new(0.1, 0.1),
+    );
+    cfg.ramp_s = 0;
+    cfg.initial_limit = Some(0.1);
+    let open = run(&cfg, None, &mut |_, _| {}).unwrap();
+    assert!(open.peak_in_flight > 1000, "{}", open.peak_in_flight);
+}
+
+#[test]
+fn a_collector_adds_its_share_of_cpu_and_same_seed_same_run() {
+    let with_gc = |text: &str| {
+        let t = text.replace(
+            "threads = 4\n",
+            "threads = 4\nruntime = { kind = \"go\", alloc_mb_per_cpu_s = 100, live_heap_mb = 20, mark_ms_per_mb = 2 }\n",
+        );
+        Arc::new(Scenario::parse("gc.toml", &t).unwrap())
+    };
+    let base = toml::to_string(&one_service(4, 4, 10.0).file).unwrap();
+    let gc = with_gc(&base);
+    let share = gc.services[0].runtime.unwrap().cpu_share();
+    let plain = run_constant(one_service(4, 4, 10.0), 50, 600, 1);
+    let bursty = run_constant(gc.clone(), 50, 600, 1);
+    let (u0, u1) = (plain.info.summary.usage, bursty.info.summary.usage);
+    eprintln!("usage without / with a collector: {u0:.3} / {u1:.3} cores (share {share:.3})");
+    assert!((u1 * (1.0 - share) - u0).abs() < 0.01, "{u0} {u1} {share}");
+    let again = run_constant(gc, 50, 600, 1);
+    assert_eq!(again.info, bursty.info);
+}

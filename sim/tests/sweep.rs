@@ -42,6 +42,7 @@ fn settings(dir: &std::path::Path, jobs: usize) -> Settings {
         out: dir.to_path_buf(),
         seed: 3,
         ramp_s: 30,
+        load: traces::Load::users(),
         jobs,
         services_csv: false,
         resume: true,
@@ -101,9 +102,23 @@ fn resume_reuses_finished_runs_and_reruns_changed_ones() {
     other.seed = 4;
     let changed = sweep::execute(&units()[1..2], &other, &|_| {}).unwrap();
     assert!(changed.iter().all(|r| r.seed == 4));
+    let after_seed = std::fs::metadata(&marker).unwrap().modified().unwrap();
+    assert_ne!(after_seed, before);
+    // The same app name with another model (a built-in recalibrated, say) is re-run too.
+    let mut units = units()[1..2].to_vec();
+    let Unit::Grid { app, .. } = &mut units[0] else {
+        panic!("a grid unit")
+    };
+    let text = toml::to_string(&app.file)
+        .unwrap()
+        .replace("mean_ms = 6.0", "mean_ms = 6.5");
+    *app = Arc::new(Scenario::parse("builtin:demo", &text).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    sweep::execute(&units, &other, &|_| {}).unwrap();
     assert_ne!(
         std::fs::metadata(&marker).unwrap().modified().unwrap(),
-        before
+        after_seed,
+        "a changed model is not reused"
     );
 }
 

@@ -25,7 +25,9 @@
 //! ```
 
 mod generate;
+mod load;
 mod trace;
 
 pub use generate::{Generator, BUILTIN};
+pub use load::{spawn_time, think, users_in, Load, THINK_S};
 pub use trace::{next_arrival, ramp, Stats, Trace, TraceError, RAMP_SECONDS};
