@@ -1,10 +1,11 @@
 //! # scenarios: microservice applications as data
 //!
 //! A scenario describes an application the way the simulator and the live coordinator need it:
-//! nodes and their cores, services (containers) with their node, worker threads and Tower target
-//! group, request types with their weights and call trees, the per-hop network delay, the
-//! latency SLO, the trace multiplier and the Tower's RPS bucket. It is a TOML file; the schema is
-//! documented field by field on [`ScenarioFile`] and in the crate README.
+//! nodes and their cores, services (containers) with their node, worker threads, Tower target
+//! group and garbage-collecting runtime (Go-like concurrent or JVM-like stop-the-world), request
+//! types with their weights and call trees (calls may run on several threads at once), the
+//! per-hop network delay, the latency SLO, the trace multiplier and the Tower's RPS bucket. It is a TOML file; the schema is
+//! documented field by field on [`ScenarioFile`].
 //!
 //! ```
 //! use scenarios::Scenario;

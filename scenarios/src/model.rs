@@ -149,8 +149,9 @@ impl Runtime {
 const GO_MIN_HEAP_MB: f64 = 4.0;
 /// More collector threads than this is a typo, not a machine.
 const MAX_RUNTIME_THREADS: u32 = 1024;
-/// Calls split over more threads than this are refused for the same reason.
-const MAX_PARALLELISM: u32 = 1024;
+/// Calls split over more threads than this are refused (the simulator counts a call's
+/// segments in a byte).
+const MAX_PARALLELISM: u32 = 255;
 
 /// A request type with its call tree expanded: `nodes[0]` is the root.
 #[derive(Debug, Clone)]

@@ -271,7 +271,7 @@ name = "b""#,
             r#"calls = [["b.y"]]"#,
             r#"calls = [["b.y"]]
 parallelism = 0"#,
-            "bad.toml: calls.\"a.x\".parallelism: must be within 1..=1024, got 0",
+            "bad.toml: calls.\"a.x\".parallelism: must be within 1..=255, got 0",
         ),
     ];
     for (from, to, expected) in cases {

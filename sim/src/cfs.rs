@@ -121,7 +121,8 @@ pub struct Container {
     seq: u64,
     /// Calls among `running` (the rest are collector threads).
     calls_running: usize,
-    gc: Option<Collector>,
+    /// Boxed: most containers have none, and the hot loop walks containers.
+    gc: Option<Box<Collector>>,
 }
 
 /// The state of a container's garbage collector.
@@ -170,12 +171,14 @@ impl Container {
 
     /// The same container with a garbage-collecting runtime.
     pub fn with_runtime(mut self, runtime: Option<Runtime>) -> Self {
-        self.gc = runtime.map(|runtime| Collector {
-            runtime,
-            since_last: 0.0,
-            active: 0,
-            frozen: Vec::new(),
-            collections: 0,
+        self.gc = runtime.map(|runtime| {
+            Box::new(Collector {
+                runtime,
+                since_last: 0.0,
+                active: 0,
+                frozen: Vec::new(),
+                collections: 0,
+            })
         });
         self
     }
@@ -253,6 +256,7 @@ impl Container {
     }
 
     /// Starts the calls that wait, while threads are free.
+    #[inline]
     fn start_waiting(&mut self) {
         while self.calls_running < self.threads && !self.stopped() {
             let Some(next) = self.waiting.pop_front() else {
@@ -263,6 +267,7 @@ impl Container {
     }
 
     /// Starts a collection if the calls have allocated enough since the last one.
+    #[inline]
     fn maybe_collect(&mut self) {
         let Some(gc) = &mut self.gc else { return };
         if gc.active > 0 || gc.since_last < gc.runtime.trigger_cpu - EPS {

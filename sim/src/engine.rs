@@ -26,6 +26,8 @@ use crate::cfs::{Container, Counters, Segment, PERIOD};
 use crate::mintree::MinTree;
 
 const NONE: u32 = u32::MAX;
+/// The `rtype` of a finished call.
+const DEAD: u16 = u16::MAX;
 
 #[derive(Debug, Clone, Copy)]
 enum Kind {
@@ -67,16 +69,15 @@ impl Ord for Event {
 }
 
 #[derive(Debug, Clone, Copy)]
+/// 64 bytes: one cache line (the hot loop reads calls all the time).
 struct Call {
+    /// The request type; `DEAD` once the call is done (its slot is free).
     rtype: u16,
     after_phase: bool,
-    alive: bool,
+    /// CPU segments of the current phase not yet done (a parallel call has several).
+    parts: u8,
     stage: u16,
     pending: u16,
-    /// CPU segments of the current phase not yet done (a parallel call has several).
-    parts: u16,
-    /// The user who sent the request (root calls of closed-loop loads), or `NONE`.
-    user: u32,
     node: u32,
     parent: u32,
     seed: u64,
@@ -128,6 +129,9 @@ pub struct Engine<'a> {
     load: Load,
     /// Closed loop: whether each user is active (thinking or waiting for a response).
     users_active: Vec<bool>,
+    /// Closed loop: the user of each root call, by call slot (kept out of `Call` so that a
+    /// call stays one cache line).
+    user_of: Vec<u32>,
     /// Closed loop: the number of users the trace asks for this second.
     users_wanted: usize,
     pub stats: EngineStats,
@@ -175,6 +179,7 @@ impl<'a> Engine<'a> {
             done: Vec::new(),
             load,
             users_active: Vec::new(),
+            user_of: Vec::new(),
             users_wanted: 0,
             stats: EngineStats::default(),
         };
@@ -207,7 +212,7 @@ impl<'a> Engine<'a> {
     pub fn in_flight_arrivals(&self) -> Vec<f64> {
         self.calls
             .iter()
-            .filter(|c| c.alive && c.parent == NONE)
+            .filter(|c| c.rtype != DEAD && c.parent == NONE)
             .map(|c| c.arrival)
             .collect()
     }
@@ -296,9 +301,13 @@ impl<'a> Engine<'a> {
         let root = self
             .spawn(rtype, 0, NONE, seed, now, true)
             .expect("roots always happen");
-        let r = &mut self.calls[root as usize];
-        r.arrival = now;
-        r.user = user;
+        self.calls[root as usize].arrival = now;
+        if user != NONE {
+            if self.user_of.len() <= root as usize {
+                self.user_of.resize(self.calls.len(), NONE);
+            }
+            self.user_of[root as usize] = user;
+        }
     }
 
     /// Closed loop, at the start of a second: users the trace adds start at evenly spread
@@ -364,11 +373,9 @@ impl<'a> Engine<'a> {
         let call = Call {
             rtype,
             after_phase: false,
-            alive: true,
+            parts: 0,
             stage: 0,
             pending: 0,
-            parts: 0,
-            user: NONE,
             node,
             parent,
             seed,
@@ -399,7 +406,7 @@ impl<'a> Engine<'a> {
         let c = &self.calls[call as usize];
         let def = self.node_of(c);
         let (service, parts) = (def.service, def.parallelism.max(1));
-        self.calls[call as usize].parts = parts as u16;
+        self.calls[call as usize].parts = parts as u8;
         if parts == 1 {
             self.submit(service, Segment { call, work });
             return;
@@ -488,7 +495,7 @@ impl<'a> Engine<'a> {
         let now = self.now;
         let k = self.calls[call as usize];
         let back = now + k.delay_back;
-        self.calls[call as usize].alive = false;
+        self.calls[call as usize].rtype = DEAD;
         self.free.push(call);
         if k.parent == NONE {
             self.in_flight -= 1;
@@ -496,8 +503,11 @@ impl<'a> Engine<'a> {
                 arrival: k.arrival,
                 done: back,
             });
-            if k.user != NONE {
-                self.user_answered(k.user, back);
+            if let Some(slot) = self.user_of.get_mut(call as usize) {
+                let user = std::mem::replace(slot, NONE);
+                if user != NONE {
+                    self.user_answered(user, back);
+                }
             }
             return;
         }

@@ -4,9 +4,14 @@
 //! control, driving the very controller code the live agent runs.
 //!
 //! * [`cfs`]: one container's CPU: processor sharing, worker threads, 100 ms quota periods with
-//!   burst-then-stall throttling, cgroup counters. Start here to see what "throttled" means.
-//! * [`engine`]: requests arrive (Poisson, following the trace), walk their call trees across
-//!   containers and nodes, and leave.
+//!   burst-then-stall throttling, cgroup counters, and the garbage collectors that make real
+//!   containers bursty (a Go-like collection on every idle P, a JVM-like stop-the-world pause).
+//!   Start here to see what "throttled" means.
+//! * [`engine`]: requests arrive (open-loop Poisson following the trace, or closed-loop users
+//!   who think between requests, as the paper's Locust load), walk their call trees across
+//!   containers and nodes (a call may run on several threads at once), and leave.
+//! * [`sweep`]: target sweeps, the Autothrottle warm-up protocol and the paper's evaluation
+//!   grid, in parallel, sharded and resumable.
 //! * [`run`](mod@run): one benchmark run: scalers sampled every 100 ms, the Tower every minute,
 //!   the summary of the evaluation protocol and the run record.
 //!
@@ -23,6 +28,12 @@
 //! // 200 trace RPS x the demo's 0.2 multiplier.
 //! assert!((out.info.summary.mean_rps - 40.0).abs() < 3.0);
 //! assert!(out.info.summary.allocation < 6.0, "the Captain scaled down from 3 x 2 cores");
+//!
+//! // The same app as 40 Locust-like users who think 1 s between requests: a little under
+//! // 40 requests per second, since each also waits for its answers.
+//! cfg.load = traces::Load::users();
+//! let users = run(&cfg, None, &mut |_, _| {}).unwrap();
+//! assert!(users.info.summary.mean_rps < 40.0 && users.info.summary.mean_rps > 36.0);
 //! ```
 
 pub mod cfs;

@@ -442,7 +442,7 @@ fn cmd_scenario(name: &str) -> Result<()> {
                 100.0 * r.cpu_share()
             )
         });
-        println!(
+        let line = format!(
             "{:<32} {:>5} {:>7} {:>10.3} {:>5.1}%  {gc}",
             svc.name,
             svc.group,
@@ -450,6 +450,7 @@ fn cmd_scenario(name: &str) -> Result<()> {
             c * 1000.0,
             100.0 * c / total.max(1e-12)
         );
+        println!("{}", line.trim_end());
     }
     Ok(())
 }

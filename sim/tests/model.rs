@@ -240,3 +240,44 @@ fn a_collector_adds_its_share_of_cpu_and_same_seed_same_run() {
     let again = run_constant(gc, 50, 600, 1);
     assert_eq!(again.info, bursty.info);
 }
+
+/// The best (highest) K8s-CPU-Fast target that meets the SLO on a short constant load.
+fn best_fast_target(scenario: Arc<Scenario>) -> Option<f64> {
+    [0.9, 0.8, 0.7, 0.6, 0.5].into_iter().find(|&t| {
+        let mut cfg = RunConfig::new(
+            scenario.clone(),
+            Arc::new(Trace::constant(200, 240)),
+            ScalerKind::K8sCpuFast,
+            Targets::new(t, t),
+        );
+        cfg.ramp_s = 60;
+        cfg.load = traces::Load::users();
+        let s = run(&cfg, None, &mut |_, _| {}).unwrap().info.summary;
+        eprintln!(
+            "  target {t}: P99 {:.1} ms, throttle ratio {:.3}",
+            s.p99_ms, s.throttle_ratio
+        );
+        s.slo_met
+    })
+}
+
+#[test]
+fn collectors_make_the_k8s_baseline_need_a_lower_target() {
+    // The calibrated hotel-reservation (Go collectors), 2,000 users for 4 minutes, against
+    // the same app with its collectors taken out.
+    let bursty = Arc::new(Scenario::builtin("hotel-reservation").unwrap());
+    let mut file = bursty.file.clone();
+    for s in &mut file.services {
+        s.runtime = None;
+    }
+    let smooth = Arc::new(Scenario::from_file("smooth.toml", file).unwrap());
+    eprintln!("with collectors:");
+    let with = best_fast_target(bursty);
+    eprintln!("without:");
+    let without = best_fast_target(smooth);
+    eprintln!("best K8s-CPU-Fast target: {with:?} with collectors, {without:?} without");
+    let (Some(with), Some(without)) = (with, without) else {
+        panic!("both should meet the SLO at some target: {with:?} {without:?}");
+    };
+    assert!(with < without, "{with} vs {without}");
+}
