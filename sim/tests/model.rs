@@ -32,14 +32,21 @@ cpu = {{ kind = "exp", mean_ms = {mean_ms} }}
     Arc::new(Scenario::parse("queue.toml", &text).unwrap())
 }
 
-fn run_constant(scenario: Arc<Scenario>, rps: u32, seconds: usize, seed: u64) -> RunOutput {
+/// A run of a constant load (`value` requests per second, or users) with no ramp, every
+/// container held at its initial limit.
+fn constant(scenario: Arc<Scenario>, value: u32, seconds: usize) -> RunConfig {
     let mut cfg = RunConfig::new(
         scenario,
-        Arc::new(Trace::constant(rps, seconds)),
+        Arc::new(Trace::constant(value, seconds)),
         ScalerKind::Const,
         Targets::new(0.1, 0.1),
     );
     cfg.ramp_s = 0;
+    cfg
+}
+
+fn run_constant(scenario: Arc<Scenario>, rps: u32, seconds: usize, seed: u64) -> RunOutput {
+    let mut cfg = constant(scenario, rps, seconds);
     cfg.seed = seed;
     run(&cfg, None, &mut |_, _| {}).unwrap()
 }
@@ -176,13 +183,7 @@ fn the_slo_trade_off_is_real() {
 }
 
 fn run_users(scenario: Arc<Scenario>, users: u32, seconds: usize, limit: f64) -> RunOutput {
-    let mut cfg = RunConfig::new(
-        scenario,
-        Arc::new(Trace::constant(users, seconds)),
-        ScalerKind::Const,
-        Targets::new(0.1, 0.1),
-    );
-    cfg.ramp_s = 0;
+    let mut cfg = constant(scenario, users, seconds);
     cfg.initial_limit = Some(limit);
     cfg.load = traces::Load::users();
     run(&cfg, None, &mut |_, _| {}).unwrap()
@@ -208,13 +209,7 @@ fn users_send_one_request_per_think_time_and_back_off_when_the_app_stalls() {
     );
     assert!(s.mean_rps < 10.5, "{}", s.mean_rps);
     assert!(slow.peak_in_flight <= 50, "{}", slow.peak_in_flight);
-    let mut cfg = RunConfig::new(
-        one_service(4, 4, 10.0),
-        Arc::new(Trace::constant(50, 600)),
-        ScalerKind::Const,
-        Targets::new(0.1, 0.1),
-    );
-    cfg.ramp_s = 0;
+    let mut cfg = constant(one_service(4, 4, 10.0), 50, 600);
     cfg.initial_limit = Some(0.1);
     let open = run(&cfg, None, &mut |_, _| {}).unwrap();
     assert!(open.peak_in_flight > 1000, "{}", open.peak_in_flight);
@@ -244,12 +239,9 @@ fn a_collector_adds_its_share_of_cpu_and_same_seed_same_run() {
 /// The best (highest) K8s-CPU-Fast target that meets the SLO on a short constant load.
 fn best_fast_target(scenario: Arc<Scenario>) -> Option<f64> {
     [0.9, 0.8, 0.7, 0.6, 0.5].into_iter().find(|&t| {
-        let mut cfg = RunConfig::new(
-            scenario.clone(),
-            Arc::new(Trace::constant(200, 240)),
-            ScalerKind::K8sCpuFast,
-            Targets::new(t, t),
-        );
+        let mut cfg = constant(scenario.clone(), 200, 240);
+        cfg.scaler = ScalerKind::K8sCpuFast;
+        cfg.targets = Targets::new(t, t);
         cfg.ramp_s = 60;
         cfg.load = traces::Load::users();
         let s = run(&cfg, None, &mut |_, _| {}).unwrap().info.summary;
