@@ -256,6 +256,7 @@ impl LoadGen {
         weights: WeightedIndex<f64>,
     ) -> Result<(), LiveError> {
         let c = &self.config;
+        let sender = Arc::new(self.sender(client));
         let mut rng = Pcg64Mcg::seed_from_u64(c.seed ^ 0x5EED);
         let permits = Arc::new(Semaphore::new(c.max_in_flight.max(1)));
         let start = Instant::now();
@@ -264,27 +265,15 @@ impl LoadGen {
             tokio::time::sleep_until(scheduled).await;
             let permit = permits.clone().acquire_owned().await.expect("never closed");
             let late = Instant::now().saturating_duration_since(scheduled);
-            let req = self.request(&c.mix[weights.sample(&mut rng)], &mut rng)?;
-            let second = at as usize;
+            let req = build_request(&c.base, &c.mix[weights.sample(&mut rng)], &mut rng)?;
             self.stats
                 .lock()
                 .expect("stats lock")
                 .lateness
                 .saturating_record(late.as_micros().max(1) as u64);
-            let client = client.clone();
-            let stats = self.stats.clone();
-            let (timeout, measure_from) = (c.timeout, c.measure_from_s);
+            let sender = sender.clone();
             tokio::spawn(async move {
-                exchange(
-                    &client,
-                    req,
-                    scheduled,
-                    second,
-                    timeout,
-                    measure_from,
-                    &stats,
-                )
-                .await;
+                sender.exchange(req, scheduled, at as usize).await;
                 drop(permit);
             });
         }
@@ -304,15 +293,19 @@ impl LoadGen {
         think_s: f64,
     ) -> Result<(), LiveError> {
         let c = &self.config;
-        let seconds = c.rates.len();
-        let rates = Arc::new(c.rates.clone());
-        let mut active: Vec<Option<tokio::task::JoinHandle<Result<(), LiveError>>>> = Vec::new();
         let start = Instant::now();
-        let mix = Arc::new(c.mix.clone());
-        let weights = Arc::new(weights);
-        for second in 0..seconds {
+        let ctx = Arc::new(UserContext {
+            sender: self.sender(client),
+            mix: c.mix.clone(),
+            weights,
+            rates: c.rates.clone(),
+            start,
+            base: c.base.clone(),
+        });
+        let mut active: Vec<Option<tokio::task::JoinHandle<Result<(), LiveError>>>> = Vec::new();
+        for (second, &rate) in c.rates.iter().enumerate() {
             tokio::time::sleep_until(start + Duration::from_secs(second as u64)).await;
-            let n = traces::users_in(c.rates[second]);
+            let n = traces::users_in(rate);
             if active.len() < n {
                 active.resize_with(n, || None);
             }
@@ -333,18 +326,7 @@ impl LoadGen {
                     ),
                     think_s,
                 };
-                let gen = UserContext {
-                    client: client.clone(),
-                    mix: mix.clone(),
-                    weights: weights.clone(),
-                    stats: self.stats.clone(),
-                    rates: rates.clone(),
-                    start,
-                    timeout: c.timeout,
-                    measure_from: c.measure_from_s,
-                    base: c.base.clone(),
-                };
-                active[u] = Some(tokio::spawn(user.run(gen, begin)));
+                active[u] = Some(tokio::spawn(user.run(ctx.clone(), begin)));
             }
         }
         for h in active.into_iter().flatten() {
@@ -354,15 +336,15 @@ impl LoadGen {
         Ok(())
     }
 
-    fn request(
-        &self,
-        kind: &RequestKind,
-        rng: &mut Pcg64Mcg,
-    ) -> Result<Request<Full<Bytes>>, LiveError> {
-        build_request(&self.config.base, kind, rng)
+    fn sender(&self, client: HttpClient) -> Sender {
+        Sender {
+            client,
+            stats: self.stats.clone(),
+            timeout: self.config.timeout,
+            measure_from: self.config.measure_from_s,
+        }
     }
 }
-
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 /// A request of `kind` with its templates filled.
@@ -385,71 +367,71 @@ fn build_request(
         .map_err(|e| LiveError::Config(format!("request: {e}")))
 }
 
-/// Sends one request counted in second `second` (latency from `from`) and records the outcome.
-async fn exchange(
-    client: &HttpClient,
-    req: Request<Full<Bytes>>,
-    from: Instant,
-    second: usize,
+/// Sends requests and records how they went, for both loads.
+struct Sender {
+    client: HttpClient,
+    stats: Arc<Mutex<Stats>>,
     timeout: Duration,
     measure_from: usize,
-    stats: &Mutex<Stats>,
-) {
-    stats.lock().expect("stats lock").seconds[second].sent += 1;
-    let outcome = tokio::time::timeout(timeout, async {
-        let resp = client.request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        resp.into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!("HTTP {status}"))
+}
+
+impl Sender {
+    /// Sends one request counted in second `second` (latency from `from`) and records the outcome.
+    async fn exchange(&self, req: Request<Full<Bytes>>, from: Instant, second: usize) {
+        let (client, stats, timeout) = (&self.client, &self.stats, self.timeout);
+        stats.lock().expect("stats lock").seconds[second].sent += 1;
+        let outcome = tokio::time::timeout(timeout, async {
+            let resp = client.request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            resp.into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("HTTP {status}"))
+            }
+        })
+        .await;
+        let elapsed = Instant::now().saturating_duration_since(from);
+        let mut s = stats.lock().expect("stats lock");
+        let sec = &mut s.seconds[second];
+        let us = match &outcome {
+            Ok(Ok(())) => {
+                sec.ok += 1;
+                elapsed.as_micros().max(1) as u64
+            }
+            Ok(Err(_)) => {
+                sec.errors += 1;
+                timeout.as_micros() as u64
+            }
+            Err(_) => {
+                sec.timeouts += 1;
+                timeout.as_micros() as u64
+            }
+        };
+        sec.latency.saturating_record(us);
+        s.minutes[second / 60].saturating_record(us);
+        if second >= self.measure_from {
+            s.overall.saturating_record(us);
         }
-    })
-    .await;
-    let elapsed = Instant::now().saturating_duration_since(from);
-    let mut s = stats.lock().expect("stats lock");
-    let sec = &mut s.seconds[second];
-    let us = match &outcome {
-        Ok(Ok(())) => {
-            sec.ok += 1;
-            elapsed.as_micros().max(1) as u64
+        if let Ok(Err(e)) = outcome {
+            s.last_error = Some(e);
         }
-        Ok(Err(_)) => {
-            sec.errors += 1;
-            timeout.as_micros() as u64
-        }
-        Err(_) => {
-            sec.timeouts += 1;
-            timeout.as_micros() as u64
-        }
-    };
-    sec.latency.saturating_record(us);
-    s.minutes[second / 60].saturating_record(us);
-    if second >= measure_from {
-        s.overall.saturating_record(us);
-    }
-    if let Ok(Err(e)) = outcome {
-        s.last_error = Some(e);
     }
 }
 
 /// What every closed-loop user shares.
 struct UserContext {
-    client: HttpClient,
-    mix: Arc<Vec<RequestKind>>,
-    weights: Arc<WeightedIndex<f64>>,
-    stats: Arc<Mutex<Stats>>,
+    sender: Sender,
+    mix: Vec<RequestKind>,
+    weights: WeightedIndex<f64>,
     /// The user count of each second: a user whose number is not below the count of the
     /// second it would send in retires (read from the clock, not from a shared counter, so a
     /// user never races the second's start).
-    rates: Arc<Vec<f64>>,
+    rates: Vec<f64>,
     start: Instant,
-    timeout: Duration,
-    measure_from: usize,
     base: String,
 }
 
@@ -461,7 +443,7 @@ struct User {
 }
 
 impl User {
-    async fn run(mut self, ctx: UserContext, begin: Instant) -> Result<(), LiveError> {
+    async fn run(mut self, ctx: Arc<UserContext>, begin: Instant) -> Result<(), LiveError> {
         let mut next = begin;
         loop {
             tokio::time::sleep_until(next).await;
@@ -473,16 +455,7 @@ impl User {
             }
             let kind = &ctx.mix[ctx.weights.sample(&mut self.rng)];
             let req = build_request(&ctx.base, kind, &mut self.rng)?;
-            exchange(
-                &ctx.client,
-                req,
-                now,
-                second,
-                ctx.timeout,
-                ctx.measure_from,
-                &ctx.stats,
-            )
-            .await;
+            ctx.sender.exchange(req, now, second).await;
             next = Instant::now()
                 + Duration::from_secs_f64(traces::think(self.think_s, &mut self.rng));
         }

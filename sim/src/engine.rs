@@ -198,11 +198,6 @@ impl<'a> Engine<'a> {
         e
     }
 
-    /// Garbage collections each container has run so far.
-    pub fn collections(&self, service: usize) -> u64 {
-        self.containers[service].gc_stats().collections
-    }
-
     /// Requests that arrived and have not been answered.
     pub fn in_flight(&self) -> u64 {
         self.in_flight
@@ -403,14 +398,9 @@ impl<'a> Engine<'a> {
     /// Puts a phase of a call's CPU on its container: one segment, or one per thread for a
     /// parallel call (the phase ends when the last is done).
     fn submit_call(&mut self, call: u32, work: f64) {
-        let c = &self.calls[call as usize];
-        let def = self.node_of(c);
+        let def = self.node_of(&self.calls[call as usize]);
         let (service, parts) = (def.service, def.parallelism.max(1));
         self.calls[call as usize].parts = parts as u8;
-        if parts == 1 {
-            self.submit(service, Segment { call, work });
-            return;
-        }
         let c = &mut self.containers[service];
         c.advance(self.now);
         let before = c.busy();
@@ -418,14 +408,6 @@ impl<'a> Engine<'a> {
         for _ in 0..parts {
             c.submit(Segment { call, work: each });
         }
-        self.touch(service, before);
-    }
-
-    fn submit(&mut self, service: usize, seg: Segment) {
-        let c = &mut self.containers[service];
-        c.advance(self.now);
-        let before = c.busy();
-        c.submit(seg);
         self.touch(service, before);
     }
 

@@ -102,10 +102,14 @@ impl WorkloadArgs {
     }
 
     fn load_model(&self) -> Result<Load> {
-        self.load
-            .with_think(self.think_time)
-            .map_err(|e| anyhow::anyhow!("--think-time: {e}"))
+        load_model(self.load, self.think_time)
     }
+}
+
+/// `--load` with `--think-time` applied (and checked).
+fn load_model(load: Load, think_time: f64) -> Result<Load> {
+    load.with_think(think_time)
+        .map_err(|e| anyhow::anyhow!("--think-time: {e}"))
 }
 
 #[derive(Args)]
@@ -509,11 +513,7 @@ struct ManyArgs {
 
 impl ManyArgs {
     fn settings(&self, out: &std::path::Path, default_load: Load) -> Result<Settings> {
-        let load = self
-            .load
-            .unwrap_or(default_load)
-            .with_think(self.think_time)
-            .map_err(|e| anyhow::anyhow!("--think-time: {e}"))?;
+        let load = load_model(self.load.unwrap_or(default_load), self.think_time)?;
         Ok(Settings {
             load,
             out: out.to_path_buf(),

@@ -239,3 +239,22 @@ fn plot_refuses_what_is_not_a_record() {
         "not a run record",
     );
 }
+
+#[test]
+fn bad_load_options_are_refused() {
+    fails_with(
+        &["run", "--load", "closed", "--duration", "5"],
+        None,
+        "unknown load 'closed' (expected users or poisson)",
+    );
+    fails_with(
+        &["run", "--load", "users", "--think-time=-1", "--duration", "5"],
+        None,
+        "--think-time: think time must be within 0.001..3600 s, got -1",
+    );
+    fails_with(
+        &["sweep", "--load", "users", "--think-time=NaN", "--duration", "5"],
+        None,
+        "--think-time: think time must be within",
+    );
+}
