@@ -248,12 +248,26 @@ fn bad_load_options_are_refused() {
         "unknown load 'closed' (expected users or poisson)",
     );
     fails_with(
-        &["run", "--load", "users", "--think-time=-1", "--duration", "5"],
+        &[
+            "run",
+            "--load",
+            "users",
+            "--think-time=-1",
+            "--duration",
+            "5",
+        ],
         None,
         "--think-time: think time must be within 0.001..3600 s, got -1",
     );
     fails_with(
-        &["sweep", "--load", "users", "--think-time=NaN", "--duration", "5"],
+        &[
+            "sweep",
+            "--load",
+            "users",
+            "--think-time=NaN",
+            "--duration",
+            "5",
+        ],
         None,
         "--think-time: think time must be within",
     );
