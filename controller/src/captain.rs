@@ -9,8 +9,14 @@ use crate::sample::{CpuSample, Delta, MIN_LIMIT};
 use crate::scaler::{check_target, Scaler};
 use crate::ControllerError;
 
-/// Samples per decision: the Captain samples every 100 ms and decides every second.
+/// Samples per decision: the Captain samples every 100 ms and decides every second, so the
+/// throttle ratio is "throttled periods out of 10".
 const SAMPLES_PER_PERIOD: usize = 10;
+/// Seconds between decisions, on the samples' own clock.
+const DECISION_PERIOD: f64 = 1.0;
+/// Slack when comparing sample times: the original decides at the first sample at least
+/// `1 s - 0.1 ms` after the last decision, so a sample that arrives a little early still counts.
+const DECISION_SLACK: f64 = 1e-4;
 /// How many per-sample usage rates the scale-down estimate looks at (5 s).
 const USAGE_HISTORY: usize = 50;
 /// The margin (in standard deviations of usage) a fresh Captain keeps above peak usage.
@@ -24,18 +30,23 @@ const INITIAL_MARGIN: f64 = 3.0;
 /// A scale-down that immediately causes heavy throttling is rolled back at the next sample, and
 /// the margin grows by how badly the target was missed, so that the Captain learns how much
 /// headroom this container needs.
+///
+/// Start-up is the original's too: both histories start zero-filled (so the first seconds'
+/// standard deviation includes those zeros and the first scale-downs are cautious), and a
+/// decision falls on the first sample at least a second after the previous one, on the sample
+/// clock, whatever number of samples that took.
 #[derive(Debug, Clone)]
 pub struct Captain {
     target: f64,
     limit: f64,
     last_limit: f64,
     margin: f64,
-    /// Last [`SAMPLES_PER_PERIOD`] throttled-period deltas; zero-filled after every decision, so
-    /// the ratio is always "throttled periods out of 10".
+    /// Last [`SAMPLES_PER_PERIOD`] throttled-period deltas; zero-filled after every decision.
     throttled: VecDeque<f64>,
+    /// Last [`USAGE_HISTORY`] usage rates (cores), zero-filled at start.
     usage: VecDeque<f64>,
     last_was_scale_down: bool,
-    since_decision: usize,
+    last_decision_t: f64,
     prev: Option<CpuSample>,
 }
 
@@ -48,10 +59,10 @@ impl Captain {
             limit: initial_limit.max(MIN_LIMIT),
             last_limit: initial_limit.max(MIN_LIMIT),
             margin: INITIAL_MARGIN,
-            throttled: zeros(),
-            usage: VecDeque::with_capacity(USAGE_HISTORY),
+            throttled: zeros(SAMPLES_PER_PERIOD),
+            usage: zeros(USAGE_HISTORY),
             last_was_scale_down: false,
-            since_decision: 0,
+            last_decision_t: f64::NAN,
             prev: None,
         }
     }
@@ -85,24 +96,27 @@ impl Captain {
                 self.last_was_scale_down = true;
             }
         }
-        self.throttled = zeros();
+        self.throttled = zeros(SAMPLES_PER_PERIOD);
         self.limit = self.limit.max(MIN_LIMIT);
     }
 }
 
 impl Scaler for Captain {
     fn sample(&mut self, now: &CpuSample) -> f64 {
-        let Some(prev) = self.prev.replace(*now) else {
+        let Some(prev) = self.prev else {
+            self.prev = Some(*now);
+            self.last_decision_t = now.t;
             return self.limit;
         };
+        // A sample that does not move the clock forward carries no rate; the original would
+        // divide by zero on it.
         let Some(d) = Delta::between(&prev, now) else {
             return self.limit;
         };
+        self.prev = Some(*now);
         self.throttled.pop_front();
         self.throttled.push_back(d.throttled as f64);
-        if self.usage.len() == USAGE_HISTORY {
-            self.usage.pop_front();
-        }
+        self.usage.pop_front();
         self.usage.push_back(d.usage / d.dt);
 
         let ratio = self.throttle_ratio();
@@ -110,12 +124,11 @@ impl Scaler for Captain {
             // The last scale-down hurt: undo it with interest and remember to keep more headroom.
             self.limit = 2.0 * self.last_limit - self.limit;
             self.margin += ratio - self.target;
-            self.throttled = zeros();
+            self.throttled = zeros(SAMPLES_PER_PERIOD);
             self.last_was_scale_down = false;
         }
-        self.since_decision += 1;
-        if self.since_decision >= SAMPLES_PER_PERIOD {
-            self.since_decision = 0;
+        if now.t >= self.last_decision_t + DECISION_PERIOD - DECISION_SLACK {
+            self.last_decision_t = now.t;
             self.decide();
         }
         self.limit = self.limit.max(MIN_LIMIT);
@@ -126,8 +139,8 @@ impl Scaler for Captain {
         self.limit
     }
 
-    fn target(&self) -> f64 {
-        self.target
+    fn target(&self) -> Option<f64> {
+        Some(self.target)
     }
 
     fn set_target(&mut self, target: f64) -> Result<(), ControllerError> {
@@ -141,8 +154,8 @@ impl Scaler for Captain {
     }
 }
 
-fn zeros() -> VecDeque<f64> {
-    VecDeque::from(vec![0.0; SAMPLES_PER_PERIOD])
+fn zeros(n: usize) -> VecDeque<f64> {
+    VecDeque::from(vec![0.0; n])
 }
 
 /// Maximum and sample standard deviation (0 for fewer than two values).
@@ -177,16 +190,78 @@ mod tests {
         let mut c = Captain::new(0.1, 10.0);
         let mut feed = Feed::default();
         c.sample(&feed.start());
-        // Usage alternates 1 and 3 cores: max 3, sample stdev of [1,3,1,3,...] over 10 values.
+        // Usage alternates 1 and 3 cores for a second; the other 40 of the 50 remembered rates
+        // are the start-up zeros: mean 0.4, sum of squares 50, so the sample variance is
+        // (50 - 50 * 0.4^2) / 49 = 42/49.
         let mut limit = 0.0;
         for i in 0..10 {
             limit = c.sample(&feed.next(if i % 2 == 0 { 1.0 } else { 3.0 }, false));
         }
-        let sd = (10.0f64 / 9.0).sqrt(); // mean 2, squared deviations all 1, n-1 = 9
-                                         // Margin after the decision: 3 + 0 - 0.1 = 2.9.
+        let sd = (42.0f64 / 49.0).sqrt();
+        // Margin after the decision: 3 + 0 - 0.1 = 2.9.
         let expected = 3.0 + sd * 2.9;
         assert!((limit - expected).abs() < 1e-9, "{limit} vs {expected}");
         assert!((c.margin() - 2.9).abs() < 1e-12);
+    }
+
+    #[test]
+    fn start_up_history_is_zero_filled_as_in_the_original() {
+        // Hand-computed on the original's rules. Target 0.3, 16 cores, a steady 4 cores.
+        let mut c = Captain::new(0.3, 16.0);
+        let mut feed = Feed::default();
+        c.sample(&feed.start());
+        let mut limit = 0.0;
+        for _ in 0..10 {
+            limit = c.sample(&feed.next(4.0, false));
+        }
+        // t = 1 s: rates [0 x40, 4 x10], mean 0.8, variance (160 - 32) / 49; margin 2.7.
+        // An empty-start history would have had stdev 0 and gone to max(8, 4) = 8.
+        let first = 4.0 + (128.0f64 / 49.0).sqrt() * 2.7;
+        assert!((limit - first).abs() < 1e-9, "{limit} vs {first}");
+        for _ in 0..10 {
+            limit = c.sample(&feed.next(4.0, false));
+        }
+        // t = 2 s: [0 x30, 4 x20], variance (320 - 128) / 49, margin 2.4: the estimate 8.75 is
+        // above 90% of the limit, so the limit holds.
+        let second = 4.0 + (192.0f64 / 49.0).sqrt() * 2.4;
+        assert!(second > 0.9 * first);
+        assert!((limit - first).abs() < 1e-9, "{limit} vs {first}");
+        // Once the zeros have left the history (5 s), a steady load has no spread at all.
+        for _ in 0..40 {
+            limit = c.sample(&feed.next(4.0, false));
+        }
+        assert_eq!(limit, 4.0);
+    }
+
+    #[test]
+    fn decides_on_the_sample_clock_not_by_counting_samples() {
+        // A late sample (one 200 ms step): the decision is at the first sample at least 1 s
+        // after the start, the 9th, not the 10th.
+        let mut c = Captain::new(0.1, 32.0);
+        let mut s = CpuSample {
+            t: 0.0,
+            usage: 0.0,
+            nr_periods: 0,
+            nr_throttled: 0,
+            throttled_time: 0.0,
+        };
+        c.sample(&s);
+        let mut step = |c: &mut Captain, dt: f64| {
+            s.t += dt;
+            s.usage += dt * 0.5;
+            c.sample(&s)
+        };
+        assert_eq!(step(&mut c, 0.2), 32.0);
+        for _ in 0..7 {
+            assert_eq!(step(&mut c, 0.1), 32.0);
+        }
+        // t = 1.0 - 0.05 ms: within the original's 0.1 ms slack, so this one decides.
+        assert_eq!(step(&mut c, 0.09995), 16.0);
+        // Samples twice as fast: the next decision takes 20 of them.
+        for _ in 0..19 {
+            assert_eq!(step(&mut c, 0.05), 16.0);
+        }
+        assert_eq!(step(&mut c, 0.05), 8.0);
     }
 
     #[test]
@@ -310,7 +385,9 @@ mod tests {
         for _ in 0..10 {
             limit = c.sample(&feed.next(2.0, false));
         }
-        assert_eq!(limit, 2.0);
+        // [0 x40, 2 x10]: variance (40 - 8) / 49; margin 2.9.
+        let expected = 2.0 + (32.0f64 / 49.0).sqrt() * 2.9;
+        assert!((limit - expected).abs() < 1e-9, "{limit} vs {expected}");
     }
 
     #[test]

@@ -6,8 +6,11 @@ use crate::sample::{CpuSample, MIN_LIMIT};
 use crate::scaler::{check_k8s_target, Scaler};
 use crate::ControllerError;
 
-/// Slack for comparing sample times that are sums of 0.1 s steps.
-const TIME_EPS: f64 = 1e-6;
+/// Slack for comparing sample times: as in the original, a period ends at the first sample at
+/// least `period - 0.1 ms` after it began (sample clocks jitter on a real node).
+const PERIOD_SLACK: f64 = 1e-4;
+/// Slack for the window / period division (300 / 15 is 20 windows, not 19.999...).
+const RATIO_EPS: f64 = 1e-9;
 
 /// Every `period`, recommends `usage / target` (usage in cores averaged over the period) and
 /// applies the maximum recommendation of the last `window`: the "K8s-CPU" (15 s / 300 s) and
@@ -40,7 +43,7 @@ impl K8sCpu {
         Ok(K8sCpu {
             target,
             period: period_s,
-            keep: ((window_s / period_s) + TIME_EPS).floor().max(1.0) as usize,
+            keep: ((window_s / period_s) + RATIO_EPS).floor().max(1.0) as usize,
             limit: initial_limit.max(MIN_LIMIT),
             recommendations: VecDeque::new(),
             period_start: None,
@@ -55,7 +58,7 @@ impl Scaler for K8sCpu {
             return self.limit;
         };
         let elapsed = now.t - start.t;
-        if elapsed + TIME_EPS < self.period {
+        if elapsed + PERIOD_SLACK < self.period {
             return self.limit;
         }
         let usage = (now.usage - start.usage).max(0.0) / elapsed;
@@ -76,8 +79,8 @@ impl Scaler for K8sCpu {
         self.limit
     }
 
-    fn target(&self) -> f64 {
-        self.target
+    fn target(&self) -> Option<f64> {
+        Some(self.target)
     }
 
     fn set_target(&mut self, target: f64) -> Result<(), ControllerError> {

@@ -20,12 +20,13 @@
 //! // A container that burns 2 cores and is never throttled, starting at a 4-core limit.
 //! let mut captain = Captain::new(0.1, 4.0);
 //! let mut limit = 4.0;
-//! for i in 0..=20 {
+//! for i in 0..=60 {
 //!     let t = i as f64 * 0.1;
 //!     let sample = CpuSample { t, usage: 2.0 * t, nr_periods: i, nr_throttled: 0, throttled_time: 0.0 };
 //!     limit = captain.sample(&sample);
 //! }
-//! // No throttling and a steady usage: the Captain scales down towards the usage.
+//! // No throttling and a steady usage: once the start-up zeros have left its 5-s usage
+//! // history, the Captain scales down towards the usage.
 //! assert!(limit < 4.0 && limit >= 2.0);
 //! ```
 //!

@@ -15,8 +15,9 @@ pub trait Scaler: Send {
     fn sample(&mut self, sample: &CpuSample) -> f64;
     /// The limit the scaler currently wants.
     fn limit(&self) -> f64;
-    /// The target the scaler holds (throttle ratio for the Captain, utilisation for K8s-CPU).
-    fn target(&self) -> f64;
+    /// The target the scaler holds (throttle ratio for the Captain, utilisation for K8s-CPU);
+    /// `None` for a fixed limit, which has none.
+    fn target(&self) -> Option<f64>;
     /// Changes the target from now on (the Tower does this every minute).
     fn set_target(&mut self, target: f64) -> Result<(), ControllerError>;
     /// A short name for records and logs.
@@ -45,9 +46,10 @@ impl Scaler for Const {
     fn limit(&self) -> f64 {
         self.limit
     }
-    fn target(&self) -> f64 {
-        self.limit
+    fn target(&self) -> Option<f64> {
+        None
     }
+    /// A fixed limit ignores targets (a Tower may still send them to every container).
     fn set_target(&mut self, _: f64) -> Result<(), ControllerError> {
         Ok(())
     }
@@ -355,9 +357,9 @@ mod tests {
     fn set_target_is_validated() {
         let mut c = ScalerKind::Captain.config(0.1, 4.0).build().unwrap();
         assert!(c.set_target(0.2).is_ok());
-        assert_eq!(c.target(), 0.2);
+        assert_eq!(c.target(), Some(0.2));
         assert!(c.set_target(2.0).is_err());
-        assert_eq!(c.target(), 0.2);
+        assert_eq!(c.target(), Some(0.2));
         let mut k = ScalerKind::K8sCpu.config(0.5, 4.0).build().unwrap();
         assert!(k.set_target(0.0).is_err());
     }

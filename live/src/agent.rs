@@ -61,7 +61,8 @@ pub struct Gauge {
     pub limit: f64,
     pub usage: f64,
     pub throttle_ratio: f64,
-    pub target: f64,
+    /// `None` for a fixed limit.
+    pub target: Option<f64>,
 }
 
 /// The agent.
@@ -285,12 +286,13 @@ impl Agent {
                     }
                 }
                 // A scaler may refuse a target in range (K8s-CPU refuses 0): undo what was set.
-                let mut done: Vec<(&String, f64)> = Vec::new();
+                let mut done: Vec<(&String, Option<f64>)> = Vec::new();
                 for (name, t) in &targets {
                     let c = self.controlled.get_mut(name).expect("checked");
                     let before = c.scaler.target();
                     if let Err(e) = c.scaler.set_target(*t) {
                         for (n, b) in done {
+                            let Some(b) = b else { continue };
                             let _ = self
                                 .controlled
                                 .get_mut(n)

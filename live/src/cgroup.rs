@@ -151,6 +151,8 @@ pub struct Cgroup {
     pub name: String,
     pub version: Version,
     pub dir: PathBuf,
+    /// Where `cpuacct.usage` lives (v1: the cpuacct hierarchy, often not `dir`).
+    acct_dir: PathBuf,
     stat: File,
     usage: Option<File>,
     quota: File,
@@ -175,15 +177,14 @@ impl Cgroup {
     /// Opens group `rel` under `root` and remembers its current limit as the original.
     pub fn open(name: &str, root: &Root, rel: &Path) -> Result<Cgroup, LiveError> {
         let (dir, acct) = root.dirs(rel)?;
+        let acct_dir = acct.unwrap_or_else(|| dir.clone());
         let mut g = match root.version {
             Version::V1 => Cgroup {
                 name: name.to_string(),
                 version: Version::V1,
                 stat: open(&dir.join("cpu.stat"), false)?,
-                usage: Some(open(
-                    &acct.unwrap_or_else(|| dir.clone()).join("cpuacct.usage"),
-                    false,
-                )?),
+                usage: Some(open(&acct_dir.join("cpuacct.usage"), false)?),
+                acct_dir,
                 quota: open(&dir.join("cpu.cfs_quota_us"), true)?,
                 period: Some(open(&dir.join("cpu.cfs_period_us"), true)?),
                 dir,
@@ -202,6 +203,7 @@ impl Cgroup {
                 version: Version::V2,
                 stat: open(&dir.join("cpu.stat"), false)?,
                 usage: None,
+                acct_dir,
                 quota: open(&dir.join("cpu.max"), true)?,
                 period: None,
                 dir,
@@ -221,12 +223,20 @@ impl Cgroup {
         Ok(g)
     }
 
-    fn read(&mut self, which: Which) -> Result<&str, LiveError> {
+    /// The file's path, for errors: `cpuacct.usage` is in the cpuacct hierarchy on v1.
+    fn path(&self, which: CgroupFile) -> PathBuf {
+        match which {
+            CgroupFile::Usage => self.acct_dir.join(which.file(self.version)),
+            _ => self.dir.join(which.file(self.version)),
+        }
+    }
+
+    fn read(&mut self, which: CgroupFile) -> Result<&str, LiveError> {
         let file = match which {
-            Which::Stat => &self.stat,
-            Which::Usage => self.usage.as_ref().expect("v1 has cpuacct.usage"),
-            Which::Quota => &self.quota,
-            Which::Period => self.period.as_ref().expect("v1 has cpu.cfs_period_us"),
+            CgroupFile::Stat => &self.stat,
+            CgroupFile::Usage => self.usage.as_ref().expect("v1 has cpuacct.usage"),
+            CgroupFile::Quota => &self.quota,
+            CgroupFile::Period => self.period.as_ref().expect("v1 has cpu.cfs_period_us"),
         };
         self.buf.clear();
         self.buf.resize(4096, 0);
@@ -235,7 +245,7 @@ impl Cgroup {
             let n = file
                 .read_at(&mut self.buf[filled..], filled as u64)
                 .map_err(|e| LiveError::Cgroup {
-                    path: self.dir.join(which.file(self.version)),
+                    path: self.path(which),
                     reason: e.to_string(),
                 })?;
             if n == 0 {
@@ -248,14 +258,14 @@ impl Cgroup {
         }
         self.buf.truncate(filled);
         std::str::from_utf8(&self.buf).map_err(|_| LiveError::Cgroup {
-            path: self.dir.join(which.file(self.version)),
+            path: self.path(which),
             reason: "not text".into(),
         })
     }
 
-    fn bad(&self, which: Which, text: &str) -> LiveError {
+    fn bad(&self, which: CgroupFile, text: &str) -> LiveError {
         LiveError::Cgroup {
-            path: self.dir.join(which.file(self.version)),
+            path: self.path(which),
             reason: format!("unexpected content {text:?}"),
         }
     }
@@ -264,32 +274,32 @@ impl Cgroup {
     pub fn read_quota(&mut self) -> Result<Quota, LiveError> {
         match self.version {
             Version::V1 => {
-                let q = self.read(Which::Quota)?.trim().to_string();
-                let p = self.read(Which::Period)?.trim().to_string();
-                let period_us: u64 = p.parse().map_err(|_| self.bad(Which::Period, &p))?;
-                let quota: i64 = q.parse().map_err(|_| self.bad(Which::Quota, &q))?;
+                let q = self.read(CgroupFile::Quota)?.trim().to_string();
+                let p = self.read(CgroupFile::Period)?.trim().to_string();
+                let period_us: u64 = p.parse().map_err(|_| self.bad(CgroupFile::Period, &p))?;
+                let quota: i64 = q.parse().map_err(|_| self.bad(CgroupFile::Quota, &q))?;
                 Ok(Quota {
                     quota_us: (quota >= 0).then_some(quota as u64),
                     period_us,
                 })
             }
             Version::V2 => {
-                let text = self.read(Which::Quota)?.trim().to_string();
-                parse_cpu_max(&text).ok_or_else(|| self.bad(Which::Quota, &text))
+                let text = self.read(CgroupFile::Quota)?.trim().to_string();
+                parse_cpu_max(&text).ok_or_else(|| self.bad(CgroupFile::Quota, &text))
             }
         }
     }
 
     /// The cumulative counters now, stamped `t`.
     pub fn sample(&mut self, t: f64) -> Result<CpuSample, LiveError> {
-        let stat = self.read(Which::Stat)?.to_string();
+        let stat = self.read(CgroupFile::Stat)?.to_string();
         let field = |name: &str| -> Option<u64> {
             stat.lines()
                 .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
                 .and_then(|v| v.trim().parse().ok())
         };
         let missing = |f: &str| LiveError::Cgroup {
-            path: self.dir.join(Which::Stat.file(self.version)),
+            path: self.dir.join(CgroupFile::Stat.file(self.version)),
             reason: format!("no {f} in cpu.stat"),
         };
         let nr_periods = field("nr_periods").ok_or_else(|| missing("nr_periods"))?;
@@ -298,8 +308,8 @@ impl Cgroup {
             Version::V1 => {
                 let throttled_ns =
                     field("throttled_time").ok_or_else(|| missing("throttled_time"))?;
-                let u = self.read(Which::Usage)?.trim().to_string();
-                let usage_ns: u64 = u.parse().map_err(|_| self.bad(Which::Usage, &u))?;
+                let u = self.read(CgroupFile::Usage)?.trim().to_string();
+                let usage_ns: u64 = u.parse().map_err(|_| self.bad(CgroupFile::Usage, &u))?;
                 Ok(CpuSample {
                     t,
                     usage: usage_ns as f64 / 1e9,
@@ -365,7 +375,7 @@ impl Cgroup {
                 (&self.quota, text)
             }
         };
-        write_all(file, &self.dir.join(Which::Quota.file(self.version)), &text)?;
+        write_all(file, &self.dir.join(CgroupFile::Quota.file(self.version)), &text)?;
         self.current = q;
         Ok(())
     }
@@ -424,22 +434,23 @@ pub fn parse_cpu_max(text: &str) -> Option<Quota> {
     })
 }
 
+/// The files of a group the agent reads and writes.
 #[derive(Debug, Clone, Copy)]
-enum Which {
+enum CgroupFile {
     Stat,
     Usage,
     Quota,
     Period,
 }
 
-impl Which {
+impl CgroupFile {
     fn file(self, v: Version) -> &'static str {
         match (self, v) {
-            (Which::Stat, _) => "cpu.stat",
-            (Which::Usage, _) => "cpuacct.usage",
-            (Which::Quota, Version::V1) => "cpu.cfs_quota_us",
-            (Which::Quota, Version::V2) => "cpu.max",
-            (Which::Period, _) => "cpu.cfs_period_us",
+            (CgroupFile::Stat, _) => "cpu.stat",
+            (CgroupFile::Usage, _) => "cpuacct.usage",
+            (CgroupFile::Quota, Version::V1) => "cpu.cfs_quota_us",
+            (CgroupFile::Quota, Version::V2) => "cpu.max",
+            (CgroupFile::Period, _) => "cpu.cfs_period_us",
         }
     }
 }
@@ -622,6 +633,28 @@ mod tests {
         let mut g = Cgroup::open("web", &root, Path::new("app/web")).unwrap();
         let e = g.sample(0.0).unwrap_err();
         assert!(e.to_string().contains("no nr_periods"), "{e}");
+    }
+
+    #[test]
+    fn v1_errors_name_the_cpuacct_file_where_it_is() {
+        // Separate cpu and cpuacct mounts, as on most v1 hosts.
+        let dir = tempfile::tempdir().unwrap();
+        let (cpu, acct) = (dir.path().join("cpu/app"), dir.path().join("cpuacct/app"));
+        std::fs::create_dir_all(&cpu).unwrap();
+        std::fs::create_dir_all(&acct).unwrap();
+        std::fs::write(cpu.join("cpu.cfs_quota_us"), "-1\n").unwrap();
+        std::fs::write(cpu.join("cpu.cfs_period_us"), "100000\n").unwrap();
+        std::fs::write(cpu.join("cpu.stat"), "nr_periods 1\nnr_throttled 0\nthrottled_time 0\n")
+            .unwrap();
+        std::fs::write(acct.join("cpuacct.usage"), "many\n").unwrap();
+        std::fs::write(dir.path().join("cpuacct/cpuacct.usage"), "0\n").unwrap();
+        std::fs::write(dir.path().join("cpu/cpu.cfs_quota_us"), "-1\n").unwrap();
+        let root = Root::detect(dir.path()).unwrap();
+        assert_eq!(root.version, Version::V1);
+        let mut g = Cgroup::open("web", &root, Path::new("app")).unwrap();
+        let e = g.sample(0.0).unwrap_err().to_string();
+        let want = acct.canonicalize().unwrap().join("cpuacct.usage");
+        assert!(e.contains(&want.display().to_string()), "{e}");
     }
 
     #[test]

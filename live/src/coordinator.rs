@@ -26,7 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use controller::{MinuteObservation, ScalerKind, Targets, Tower, TowerKind, TowerMemory};
-use record::{Gap, MinuteRow, RecordWriter, RunInfo, ServiceRow, Summary};
+use record::latency::quantile_ms;
+use record::{throttle_ratio, Gap, Latencies, MinuteRow, RecordWriter, RunInfo, ServiceRow, Summary};
 use scenarios::Scenario;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -325,6 +326,8 @@ struct Runner<'a> {
     per_second: Vec<SecondTotals>,
     writer: RecordWriter,
     targets: Targets,
+    /// The targets in force in each minute written so far.
+    minute_targets: Vec<(u32, Targets)>,
     minute: u32,
     total_s: usize,
 }
@@ -543,19 +546,14 @@ impl Runner<'_> {
                     periods += agg.periods;
                     throttled += agg.throttled;
                     if self.writer.wants_services() {
-                        self.writer.service(&ServiceRow {
-                            t: t as u32 + 1,
-                            service: self.spec.scenario.services[svc].name.clone(),
-                            limit: agg.limit,
-                            usage: agg.usage,
-                            nr_periods: agg.periods,
-                            nr_throttled: agg.throttled,
-                            throttle_ratio: if agg.periods > 0 {
-                                agg.throttled as f64 / agg.periods as f64
-                            } else {
-                                0.0
-                            },
-                        })?;
+                        self.writer.service(&ServiceRow::new(
+                            t as u32 + 1,
+                            &self.spec.scenario.services[svc].name,
+                            agg.limit,
+                            agg.usage,
+                            agg.periods,
+                            agg.throttled,
+                        ))?;
                     }
                 } else {
                     // A second without rows outside any gap (the agent was a little late at
@@ -614,13 +612,7 @@ impl Runner<'_> {
                         h.saturating_record_n(age_us.max(1), out);
                     }
                 }
-                let q = |q: f64| {
-                    if h.is_empty() {
-                        0.0
-                    } else {
-                        h.value_at_quantile(q) as f64 / 1000.0
-                    }
-                };
+                let q = |q: f64| quantile_ms(&h, q);
                 let per = &self.per_second[m * 60..end];
                 let sum = |f: &dyn Fn(&SecondTotals) -> f64| per.iter().map(f).sum::<f64>() / 60.0;
                 MinuteRow {
@@ -639,6 +631,7 @@ impl Runner<'_> {
                 }
             };
             self.writer.minute(&row)?;
+            self.minute_targets.push((row.minute, self.targets));
             tracing::info!(
                 minute = row.minute,
                 rps = format!("{:.1}", row.rps),
@@ -832,6 +825,7 @@ pub async fn run(
         per_second: Vec::with_capacity(total_s),
         writer,
         targets: spec.targets,
+        minute_targets: Vec::new(),
         minute: 0,
         total_s,
     };
@@ -900,7 +894,7 @@ pub async fn run(
         match sender.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => failure = Some(e),
-            Err(e) => failure = Some(LiveError::Config(format!("load generator failed: {e}"))),
+            Err(e) => failure = Some(LiveError::Internal(format!("load generator task: {e}"))),
         }
     }
     // The last rows, then the limits back, whatever happened.
@@ -916,9 +910,16 @@ pub async fn run(
         r.minutes(&stats, &mut tower, f64::INFINITY).await?;
     }
 
-    let mut info = spec.info();
+    let mut info = spec.info().with_initial_limits(
+        spec.scenario
+            .services
+            .iter()
+            .map(|s| spec.initial_limit.unwrap_or(s.initial_limit))
+            .collect(),
+    );
     info.complete = stopped.is_none();
-    info.summary = summary(spec, &r, &stats.lock().expect("stats lock"));
+    info.summary = summary(spec, &r, &stats.lock().expect("stats lock"))
+        .with_mean_targets(&r.minute_targets, spec.ramp_s);
     info.gaps = r.gaps.clone();
     if let Some(why) = &stopped {
         tracing::warn!("run ended early at {elapsed:.0} s: {why}");
@@ -927,12 +928,7 @@ pub async fn run(
     if spec.tower != TowerKind::None {
         r.writer.tower(&memory)?;
     }
-    let lateness_p99_ms = stats
-        .lock()
-        .expect("stats lock")
-        .lateness
-        .value_at_quantile(0.99) as f64
-        / 1000.0;
+    let lateness_p99_ms = quantile_ms(&stats.lock().expect("stats lock").lateness, 0.99);
     let Runner { writer, .. } = r;
     writer.finish(&info)?;
     Ok(Outcome {
@@ -987,32 +983,13 @@ fn summary(spec: &RunSpec, r: &Runner, s: &Stats) -> Summary {
         .iter()
         .map(|x| x.sent - x.done())
         .sum();
-    let h = &s.overall;
-    let q = |q: f64| {
-        if h.is_empty() {
-            0.0
-        } else {
-            h.value_at_quantile(q) as f64 / 1000.0
-        }
-    };
-    let p99 = q(0.99);
-    Summary {
+    Summary::new(
+        Latencies::judge(&s.overall, incomplete, spec.scenario.slo_ms),
         allocation,
-        usage: after.iter().map(|p| p.usage).sum::<f64>() / trace_s,
-        mean_ms: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
-        p50_ms: q(0.5),
-        p90_ms: q(0.9),
-        p99_ms: p99,
-        mean_rps: sent as f64 / trace_s,
-        requests: h.len(),
-        incomplete,
-        slo_met: p99 <= spec.scenario.slo_ms && !h.is_empty() && incomplete == 0,
-        throttle_ratio: if periods > 0 {
-            throttled as f64 / periods as f64
-        } else {
-            0.0
-        },
-    }
+        after.iter().map(|p| p.usage).sum::<f64>() / trace_s,
+        sent as f64 / trace_s,
+        throttle_ratio(throttled, periods),
+    )
 }
 
 #[cfg(test)]

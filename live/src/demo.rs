@@ -320,9 +320,9 @@ fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 /// stop-the-world pause runs (checked every few microseconds of work).
 fn spin(seconds: f64, gc: Option<&Collector>) {
     // Waiting for a pause costs no CPU, so the thread clock still measures the work done.
-    let start = thread_cpu();
+    let start = crate::os::thread_cpu_seconds();
     let mut x = 0u64;
-    while thread_cpu() - start < seconds {
+    while crate::os::thread_cpu_seconds() - start < seconds {
         if let Some(gc) = gc {
             gc.wait_world();
         }
@@ -331,15 +331,6 @@ fn spin(seconds: f64, gc: Option<&Collector>) {
         }
         std::hint::black_box(x);
     }
-}
-
-fn thread_cpu() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 /// Serves `service` on `listener` until the task is dropped.

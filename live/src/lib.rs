@@ -14,6 +14,8 @@
 //!   runs the Tower each minute and writes the same run record as the simulator.
 //! * [`loadgen`]: an open-loop HTTP load generator that replays a trace (Poisson arrivals,
 //!   request mix, bounded in-flight, latency from the scheduled send time).
+//! * [`os`]: the operating-system calls the std library lacks (CPU clocks, signals), each
+//!   wrapped once.
 //! * [`testing`]: real cgroups for tests and benchmarks, created under a fresh name and
 //!   removed on drop.
 //!
@@ -27,6 +29,7 @@ pub mod demo;
 pub mod discovery;
 pub mod journal;
 pub mod loadgen;
+pub mod os;
 pub mod protocol;
 pub mod server;
 pub mod testing;
@@ -60,6 +63,10 @@ pub enum LiveError {
     /// Nothing accepts connections at the app's URL.
     #[error("cannot reach the app at {url}: {reason}")]
     Unreachable { url: String, reason: String },
+    /// A task of the run (the load generator) panicked or was cancelled: a bug, not a
+    /// setting the user can change.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error(transparent)]
     Record(#[from] record::RecordError),
     #[error(transparent)]

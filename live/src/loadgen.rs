@@ -66,13 +66,7 @@ pub struct LoadConfig {
     pub measure_from_s: usize,
 }
 
-/// Latency range of the histograms, microseconds: 1 us .. 1 h.
-const MAX_US: u64 = 3_600_000_000;
-
-/// A full-precision latency histogram (three significant digits).
-pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_US, 3).expect("static bounds")
-}
+use record::latency::{histogram, MAX_LATENCY_US as MAX_US};
 
 /// One second of the schedule: the requests scheduled in it and how they went.
 #[derive(Debug, Clone)]

@@ -313,7 +313,7 @@ fn run(a: RunArgs) -> Result<()> {
     spec.dead_app_s = a.give_up_after;
     spec.services_csv = !a.no_services;
     spec.validate()?;
-    let writer = record::RecordWriter::create(&a.out, a.force, spec.services_csv)?;
+    let writer = record::RecordWriter::create(&a.out, a.force, spec.services_csv).map_err(force_hint)?;
 
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let bar = indicatif::ProgressBar::new(spec.rates().len() as u64);
@@ -332,10 +332,7 @@ fn run(a: RunArgs) -> Result<()> {
         .build()?;
     let out = rt.block_on(async {
         let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
+            live::os::stop_requested().await.expect("SIGTERM handler");
         };
         let bar = bar.clone();
         coordinator::run(&spec, writer, shutdown, &mut move |done, total| {
@@ -399,8 +396,9 @@ fn supervise(a: &AgentArgs) -> Result<()> {
         .args(&args)
         .spawn()
         .context("cannot start the agent worker")?;
-    let pid = child.id() as i32;
-    // Forward SIGTERM/SIGINT to the worker, which restores and exits cleanly.
+    let pid = child.id();
+    // Forward SIGTERM/SIGINT to the worker, which restores and exits cleanly. (The child is
+    // not reaped before `wait` below, so its pid stays its own.)
     let forward = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -411,7 +409,7 @@ fn supervise(a: &AgentArgs) -> Result<()> {
             let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).expect("signal");
             loop {
                 let sig = tokio::select! { _ = term.recv() => libc::SIGTERM, _ = int.recv() => libc::SIGINT };
-                unsafe { libc::kill(pid, sig) };
+                live::os::signal(pid, sig);
             }
         });
     });
@@ -434,7 +432,7 @@ fn supervise(a: &AgentArgs) -> Result<()> {
 fn agent(a: AgentArgs) -> Result<()> {
     if a.worker {
         // If the supervisor dies, end this worker through its clean path.
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+        live::os::terminate_with_parent();
     }
     let token = live::agent::load_token(
         a.token_file.as_deref(),
@@ -517,10 +515,7 @@ fn agent(a: AgentArgs) -> Result<()> {
             });
         }
         let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("signal");
-            tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
+            live::os::stop_requested().await.expect("SIGTERM handler");
         };
         live::server::run(config, tx, shutdown).await?;
         Ok(())
@@ -579,7 +574,7 @@ fn bench(b: BenchArgs) -> Result<()> {
     if !r.ok {
         bail!("start failed: {:?}", r.error);
     }
-    let usage0 = cpu_time();
+    let usage0 = live::os::process_cpu_seconds();
     let start = Instant::now();
     let mut lateness = Vec::new();
     let mut k = 1u64;
@@ -594,7 +589,7 @@ fn bench(b: BenchArgs) -> Result<()> {
         k += 1;
     }
     let wall = start.elapsed().as_secs_f64();
-    let cpu = cpu_time() - usage0;
+    let cpu = live::os::process_cpu_seconds() - usage0;
     agent.restore_all();
     drop(groups);
     lateness.sort_by(f64::total_cmp);
@@ -622,13 +617,6 @@ fn tempfile_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// CPU time (user + system) of this process, seconds.
-fn cpu_time() -> f64 {
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(u.ru_utime) + tv(u.ru_stime)
-}
 
 /// Drives `rps` for `seconds` against an in-process trivial server and reports what got through.
 fn load_bench(rps: f64, seconds: usize) -> Result<()> {
@@ -677,13 +665,13 @@ fn load_bench(rps: f64, seconds: usize) -> Result<()> {
         );
         println!(
             "latency             p50 {:.2} ms, p99 {:.2} ms",
-            all.value_at_quantile(0.5) as f64 / 1000.0,
-            all.value_at_quantile(0.99) as f64 / 1000.0
+            record::latency::quantile_ms(all, 0.5),
+            record::latency::quantile_ms(all, 0.99)
         );
         println!(
             "send lateness       p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-            s.lateness.value_at_quantile(0.5) as f64 / 1000.0,
-            s.lateness.value_at_quantile(0.99) as f64 / 1000.0,
+            record::latency::quantile_ms(&s.lateness, 0.5),
+            record::latency::quantile_ms(&s.lateness, 0.99),
             s.lateness.max() as f64 / 1000.0
         );
         Ok(())
@@ -752,8 +740,7 @@ fn demo(spec: &str, port: u16, cgroup_root: &Path, group: Option<String>) -> Res
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
+        live::os::stop_requested().await?;
         anyhow::Ok(())
     })?;
     drop(groups);
@@ -785,4 +772,12 @@ fn demo_service(spec: &str, service: &str, listen: SocketAddr, peers: &[String])
         live::demo::serve(svc, listener).await;
         anyhow::Ok(())
     })
+}
+
+/// The record library refuses to overwrite a finished run; here the user can say so.
+fn force_hint(e: record::RecordError) -> anyhow::Error {
+    match e {
+        record::RecordError::Exists(_) => anyhow::anyhow!("{e} (pass --force to replace it)"),
+        e => e.into(),
+    }
 }

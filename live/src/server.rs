@@ -112,7 +112,15 @@ pub async fn run(
                     });
                     metrics.usage.get_or_create(&l).set(g.usage);
                     metrics.throttle.get_or_create(&l).set(g.throttle_ratio);
-                    metrics.target.get_or_create(&l).set(g.target);
+                    // A fixed limit has no target: no series rather than a made-up value.
+                    match g.target {
+                        Some(t) => {
+                            metrics.target.get_or_create(&l).set(t);
+                        }
+                        None => {
+                            metrics.target.remove(&l);
+                        }
+                    }
                 }
             }
         });

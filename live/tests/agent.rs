@@ -81,14 +81,14 @@ fn run_second(f: &mut Fixture, name: &str, t0: f64, cores: f64) {
 #[test]
 fn captain_scales_down_and_stop_restores() {
     let mut f = fixture(&["web"]);
-    let r = start(&mut f, "web", ScalerKind::Captain.config(0.1, 4.0));
+    let r = start(&mut f, "web", ScalerKind::Captain.config(0.1, 8.0));
     assert!(r.ok, "{r:?}");
     f.agent.tick(0.0);
     run_second(&mut f, "web", 0.0, 1.0);
     assert_eq!(
         cpu_max(&f, "web"),
-        "200000 100000\n",
-        "4 cores halved after one second of 1-core use"
+        "400000 100000\n",
+        "8 cores halved after one second of 1-core use"
     );
     assert!(
         f.dir.path().join("state/journal.json").exists(),
@@ -206,8 +206,8 @@ impl controller::Scaler for Faulty {
     fn limit(&self) -> f64 {
         0.5
     }
-    fn target(&self) -> f64 {
-        0.1
+    fn target(&self) -> Option<f64> {
+        Some(0.1)
     }
     fn set_target(&mut self, _: f64) -> Result<(), controller::ControllerError> {
         Ok(())

@@ -4,17 +4,20 @@
 //! without a collector, in both worlds.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use controller::{ScalerKind, Targets};
-use live::cgroup::{Cgroup, Root};
+use live::cgroup::Cgroup;
 use live::loadgen::{LoadConfig, LoadGen, RequestKind};
 use live::testing::http_get;
 use scenarios::Scenario;
 use sim::run::{run, RunConfig};
 use traces::{Load, Trace};
+
+mod support;
+use support::{cgroup_root, fresh_name, Proc};
 
 const RPS: u32 = 40;
 const SECONDS: usize = 30;
@@ -70,25 +73,17 @@ fn simulated(text: &str) -> f64 {
     out.info.summary.throttle_ratio
 }
 
-/// Stops the demo (it removes its groups) even when the test fails.
-struct Demo(Child);
-impl Drop for Demo {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
 /// Throttle ratio of the real service (`live demo` in its own cgroup) under the fixed quota,
 /// with the same open-loop load.
 fn live(text: &str, tag: &str) -> f64 {
-    let root = Root::detect(Path::new("/sys/fs/cgroup")).expect("a cgroup hierarchy");
+    let root = cgroup_root();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gc-demo.toml");
     std::fs::write(&file, text).unwrap();
-    let group = format!("autothrottle-test-{}-{tag}", std::process::id());
+    let group = fresh_name(tag);
     let port = 21_000 + (std::process::id() % 20_000) as u16 + tag.len() as u16;
-    let demo = Demo(
+    // Stopped (it removes its groups) even when the test fails.
+    let demo = Proc(
         Command::new(env!("CARGO_BIN_EXE_live"))
             .args(["demo", "--scenario"])
             .arg(&file)

@@ -11,12 +11,7 @@ use hyper_util::rt::TokioExecutor;
 use live::demo::{serve, Service};
 use scenarios::Scenario;
 
-fn process_cpu() -> f64 {
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(u.ru_utime) + tv(u.ru_stime)
-}
+use live::os::process_cpu_seconds as process_cpu;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_walk_the_tree_and_burn_the_cpu_of_the_model() {

@@ -1,79 +1,34 @@
 //! `live run` end to end on this machine's real cgroups: the demo app's three services, each
 //! in its own group, the agent, the coordinator with its load generator, Captains and the
 //! BanditTower; then the faults (a bad trace, an unreachable app, an agent killed mid-run).
-//! Skipped, with a message, where cgroups are not writable.
+//! Ignored by a plain `cargo test`: they need root and writable cgroups (CI runs them with
+//! `--ignored`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use live::cgroup::{Cgroup, Quota, Root};
 use live::testing::http_get;
 use record::Record;
 
+mod support;
+use support::{cgroup_root, free_port, fresh_name, groups, serial, wait_for, Proc};
+
 const SERVICES: [&str; 3] = ["gateway", "auth", "store"];
 const TOKEN: &str = "e2e-token";
-
-/// The two tests burn real CPU: one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn exe() -> &'static str {
     env!("CARGO_BIN_EXE_live")
 }
 
-/// Kills (SIGTERM, then SIGKILL) what it holds when dropped, so that a failing assertion
-/// does not leave processes or groups behind.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.0.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The demo app in groups under `group`, and the root; `None` (skip) without cgroups.
-fn demo(tag: &str) -> Option<(Root, String, Proc, u16)> {
-    let root = match Root::detect(Path::new("/sys/fs/cgroup")) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("SKIPPED: no cgroup hierarchy: {e}");
-            return None;
-        }
-    };
-    let group = format!("autothrottle-test-{}-{tag}", std::process::id());
-    let probe = root.cpu.join(format!("{group}-probe"));
-    if let Err(e) = std::fs::create_dir(&probe) {
-        eprintln!(
-            "SKIPPED: cgroups are not writable here ({}: {e})",
-            probe.display()
-        );
-        return None;
-    }
-    let _ = std::fs::remove_dir(&probe);
+/// The demo app in groups under `group`, and the root.
+fn demo(tag: &str) -> (Root, String, Proc, u16) {
+    let root = cgroup_root();
+    let group = fresh_name(tag);
+    // Fail early, with the reason, where groups cannot be made.
+    drop(groups(&format!("{tag}-probe"), 0));
     let port = free_port();
     let child = Command::new(exe())
         .args(["demo", "--scenario", "demo", "--port", &port.to_string()])
@@ -87,18 +42,7 @@ fn demo(tag: &str) -> Option<(Root, String, Proc, u16)> {
         || http_get(&gateway, "/get?key=1") == Some(200),
         "the demo gateway",
     );
-    Some((root, group, proc, port))
-}
-
-/// A port for the demo's first service; the two after it must be free as well.
-fn free_port() -> u16 {
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        if p < 60_000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
-            return p;
-        }
-    }
+    (root, group, proc, port)
 }
 
 /// Starts an agent for `services` of the demo group; returns it and its address.
@@ -189,11 +133,10 @@ fn service_rows(r: &Record) -> BTreeMap<String, Vec<record::ServiceRow>> {
 }
 
 #[test]
+#[ignore = "needs root and writable cgroup v1/v2"]
 fn captains_and_the_bandit_tower_run_the_demo_app_on_real_cgroups() {
     let _one = serial();
-    let Some((root, group, demo_proc, port)) = demo("e2e") else {
-        return;
-    };
+    let (root, group, demo_proc, port) = demo("e2e");
     let dir = tempfile::tempdir().unwrap();
     let before = quotas(&root, &group);
     let (agent_proc, addr) = agent(dir.path(), "local", &group, &SERVICES, "127.0.0.1:0", true);
@@ -311,11 +254,10 @@ fn captains_and_the_bandit_tower_run_the_demo_app_on_real_cgroups() {
 }
 
 #[test]
+#[ignore = "needs root and writable cgroup v1/v2"]
 fn bad_input_and_lost_agents_are_handled() {
     let _one = serial();
-    let Some((root, group, demo_proc, port)) = demo("faults") else {
-        return;
-    };
+    let (root, group, demo_proc, port) = demo("faults");
     let dir = tempfile::tempdir().unwrap();
     let before = quotas(&root, &group);
     // Two nodes: the gateway's agent, and the agent of auth and store (supervised).
@@ -433,7 +375,7 @@ fn bad_input_and_lost_agents_are_handled() {
         "control of store",
     );
     std::thread::sleep(Duration::from_secs(5));
-    unsafe { libc::kill(run.0.id() as i32, libc::SIGINT) };
+    live::os::signal(run.0.id(), libc::SIGINT);
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(st) = run.0.try_wait().unwrap() {
@@ -477,8 +419,8 @@ fn bad_input_and_lost_agents_are_handled() {
     std::thread::sleep(Duration::from_secs(10));
     let worker =
         std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", agent_b.0.id())).unwrap();
-    let worker: i32 = worker.split_whitespace().next().unwrap().parse().unwrap();
-    unsafe { libc::kill(worker, libc::SIGKILL) };
+    let worker: u32 = worker.split_whitespace().next().unwrap().parse().unwrap();
+    live::os::signal(worker, libc::SIGKILL);
     wait_for(
         || quota(&root, &group, "auth").quota_us.is_none(),
         "the supervisor to restore auth",

@@ -1,6 +1,7 @@
 //! On real kernel cgroups (v1 at /sys/fs/cgroup here): the agent's Captain throttles a
 //! CPU-burning process, and the original quota comes back after a stop, a SIGTERM and a
-//! SIGKILL. Skipped, with a message, where cgroups are not writable.
+//! SIGKILL. Ignored by a plain `cargo test`: they need root and writable cgroups (CI runs
+//! them with `--ignored`).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -16,37 +17,18 @@ use live::journal::Journal;
 use live::protocol::{self, Call, Request};
 use live::testing::{http_get, Groups};
 
-fn groups(tag: &str, n: usize) -> Option<(Root, Groups)> {
-    let root = match Root::detect(Path::new("/sys/fs/cgroup")) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("SKIPPED: no cgroup hierarchy: {e}");
-            return None;
-        }
-    };
-    match Groups::create(
-        &root,
-        &format!("autothrottle-test-{}-{tag}", std::process::id()),
-        n,
-    ) {
-        Ok(g) => Some((root, g)),
-        Err(e) => {
-            eprintln!("SKIPPED: cgroups are not writable here: {e}");
-            None
-        }
-    }
-}
+mod support;
+use support::{fresh_name, groups, serial, wait_for};
 
 fn quota(root: &Root, g: &Groups, name: &str) -> live::cgroup::Quota {
     Cgroup::open(name, root, &g.rel(name)).unwrap().original()
 }
 
 #[test]
+#[ignore = "needs root and writable cgroup v1/v2"]
 fn the_kernel_throttles_what_the_captain_allows() {
     let _one_at_a_time = serial();
-    let Some((root, mut g)) = groups("captain", 1) else {
-        return;
-    };
+    let (root, mut g) = groups("captain", 1);
     let original = quota(&root, &g, "g0");
     g.burn("g0", 2).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -136,15 +118,7 @@ fn the_kernel_throttles_what_the_captain_allows() {
     assert!(!dir.path().join("j.json").exists());
 }
 
-/// The tests in this file share the machine's two cores with CPU burners and agents: one at a
-/// time keeps their timing honest.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 static ADDRESSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn call(stream: &mut TcpStream, id: u64, call: &Call) -> serde_json::Value {
     stream
@@ -165,14 +139,6 @@ fn connect(port: u16) -> TcpStream {
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
             Err(e) => panic!("agent did not come up: {e}"),
         }
-    }
-}
-
-fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -236,18 +202,17 @@ fn children_of(pid: u32) -> Vec<u32> {
 }
 
 #[test]
+#[ignore = "needs root and writable cgroup v1/v2"]
 fn sigterm_and_sigkill_leave_no_quota_behind() {
     let _one_at_a_time = serial();
-    let Some((root, g)) = groups("signals", 1) else {
-        return;
-    };
+    let (root, g) = groups("signals", 1);
     let original = quota(&root, &g, "g0");
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal.json");
 
     // SIGTERM to the supervisor: passed on, the worker restores and exits cleanly.
     let (mut child, _) = agent_controlling(&root, &g, &journal, &[]);
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    live::os::signal(child.id(), libc::SIGTERM);
     assert!(child.wait().unwrap().success());
     assert_eq!(quota(&root, &g, "g0"), original, "restored after SIGTERM");
     assert!(!journal.exists());
@@ -256,7 +221,7 @@ fn sigterm_and_sigkill_leave_no_quota_behind() {
     let (mut child, _) = agent_controlling(&root, &g, &journal, &[]);
     let workers = children_of(child.id());
     assert_eq!(workers.len(), 1, "one worker under the supervisor");
-    unsafe { libc::kill(workers[0] as i32, libc::SIGKILL) };
+    live::os::signal(workers[0], libc::SIGKILL);
     let status = child.wait().unwrap();
     assert!(!status.success(), "the supervisor reports the crash");
     assert_eq!(
@@ -294,11 +259,10 @@ fn sigterm_and_sigkill_leave_no_quota_behind() {
 }
 
 #[test]
+#[ignore = "needs root and writable cgroup v1/v2"]
 fn protocol_abuse_over_tcp_never_changes_a_limit() {
     let _one_at_a_time = serial();
-    let Some((root, g)) = groups("abuse", 1) else {
-        return;
-    };
+    let (root, g) = groups("abuse", 1);
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal.json");
     let (mut child, port) = agent_controlling(&root, &g, &journal, &["--no-supervisor"]);
@@ -336,30 +300,17 @@ fn protocol_abuse_over_tcp_never_changes_a_limit() {
     );
     let r = call(&mut s, 8, &Call::Stop);
     assert_eq!(r["ok"], true);
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    live::os::signal(child.id(), libc::SIGTERM);
     child.wait().unwrap();
 }
 
 #[test]
+#[ignore = "needs root and writable cgroup v1/v2"]
 fn the_demo_app_runs_each_service_in_its_own_group() {
     let _one_at_a_time = serial();
-    let root = match Root::detect(Path::new("/sys/fs/cgroup")) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("SKIPPED: no cgroup hierarchy: {e}");
-            return;
-        }
-    };
-    // Fail early (skip) where groups cannot be made.
-    if let Err(e) = Groups::create(
-        &root,
-        &format!("autothrottle-test-{}-probe", std::process::id()),
-        0,
-    ) {
-        eprintln!("SKIPPED: cgroups are not writable here: {e}");
-        return;
-    }
-    let group = format!("autothrottle-test-{}-demo", std::process::id());
+    // Fail early, with the reason, where groups cannot be made.
+    let (root, _probe) = groups("probe", 0);
+    let group = fresh_name("demo");
     let port = 20_000 + (std::process::id() % 20_000) as u16;
     let mut demo = Command::new(env!("CARGO_BIN_EXE_live"))
         .args([
@@ -398,7 +349,7 @@ fn the_demo_app_runs_each_service_in_its_own_group() {
             );
         }
     }
-    unsafe { libc::kill(demo.id() as i32, libc::SIGTERM) };
+    live::os::signal(demo.id(), libc::SIGTERM);
     assert!(demo.wait().unwrap().success());
     assert!(
         !root.cpu.join(&group).exists(),

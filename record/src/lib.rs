@@ -34,12 +34,15 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use traces::Load;
 
+pub mod latency;
+pub use latency::Latencies;
+
 /// Bumped when a field changes meaning; readers refuse newer formats.
 pub const FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, Error)]
 pub enum RecordError {
-    #[error("{0}: already holds a run record (run.json); pass --force to overwrite it")]
+    #[error("{0}: already holds a run record (run.json); refusing to overwrite it")]
     Exists(PathBuf),
     #[error("{path}: {cause}")]
     Io {
@@ -80,8 +83,12 @@ pub struct RunInfo {
     pub scenario_digest: String,
     /// Scaler kind (`captain`, `k8s-cpu`, `k8s-cpu-fast`, `const`).
     pub scaler: String,
-    /// Targets at the start (per group).
+    /// Targets at the start (per group); a Tower run's targets over time are in
+    /// `minutes.csv` and their mean in the summary.
     pub targets: Targets,
+    /// Each service's limit at the start, cores (scenario order; empty in older records).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub initial_limits: Vec<f64>,
     /// Tower kind (`none`, `explore`, `bandit`).
     pub tower: String,
     pub explore: f64,
@@ -150,7 +157,14 @@ impl RunInfo {
             complete: true,
             summary: Summary::default(),
             gaps: Vec::new(),
+            initial_limits: scenario.services.iter().map(|s| s.initial_limit).collect(),
         }
+    }
+
+    /// The limits the services started from, cores (scenario order).
+    pub fn with_initial_limits(mut self, limits: Vec<f64>) -> RunInfo {
+        self.initial_limits = limits;
+        self
     }
 
     /// How the trace was replayed.
@@ -227,6 +241,7 @@ impl RunInfo {
             complete: true,
             summary: Summary::default(),
             gaps: Vec::new(),
+            initial_limits: vec![4.0],
         }
     }
 }
@@ -242,15 +257,83 @@ pub struct Summary {
     pub mean_ms: f64,
     pub p50_ms: f64,
     pub p90_ms: f64,
-    /// P99 over all requests that arrived after the ramp.
+    /// P99 over all requests that arrived after the ramp, by the one SLO rule
+    /// ([`Latencies::judge`]: unfinished requests count as slower than any).
     pub p99_ms: f64,
     pub mean_rps: f64,
+    /// Requests judged (arrived after the ramp) that completed.
     pub requests: u64,
-    /// Requests that had not completed when the run ended; they count as SLO misses in P99.
+    /// Requests judged that had not completed when the run ended.
     pub incomplete: u64,
     pub slo_met: bool,
     /// Fraction of CFS periods (with work) that were throttled, over all services.
     pub throttle_ratio: f64,
+    /// Time-weighted mean of the targets in force over the judged minutes (those after the
+    /// ramp): the fixed targets of a run without a Tower, what the Tower held otherwise.
+    /// 0 in older records.
+    #[serde(default)]
+    pub mean_target1: f64,
+    #[serde(default)]
+    pub mean_target2: f64,
+}
+
+impl Summary {
+    /// A summary whose latency fields come from the SLO rule's verdict.
+    pub fn new(
+        latencies: Latencies,
+        allocation: f64,
+        usage: f64,
+        mean_rps: f64,
+        throttle_ratio: f64,
+    ) -> Summary {
+        Summary {
+            allocation,
+            usage,
+            mean_ms: latencies.mean_ms,
+            p50_ms: latencies.p50_ms,
+            p90_ms: latencies.p90_ms,
+            p99_ms: latencies.p99_ms,
+            mean_rps,
+            requests: latencies.requests,
+            incomplete: latencies.incomplete,
+            slo_met: latencies.slo_met,
+            throttle_ratio,
+            mean_target1: 0.0,
+            mean_target2: 0.0,
+        }
+    }
+
+    /// Sets the mean targets from the run's minutes: those that start at or after `ramp_s`
+    /// (all of them when none does).
+    pub fn with_mean_targets(mut self, minutes: &[(u32, Targets)], ramp_s: usize) -> Summary {
+        let judged = |m: &&(u32, Targets)| m.0 as usize * 60 >= ramp_s;
+        let mut picked: Vec<&(u32, Targets)> = minutes.iter().filter(judged).collect();
+        if picked.is_empty() {
+            picked = minutes.iter().collect();
+        }
+        if let Some(first) = picked.first() {
+            // A target held throughout is reported exactly, not as a sum divided back.
+            let mean = |f: fn(&Targets) -> f64| {
+                if picked.iter().all(|m| f(&m.1) == f(&first.1)) {
+                    f(&first.1)
+                } else {
+                    picked.iter().map(|m| f(&m.1)).sum::<f64>() / picked.len() as f64
+                }
+            };
+            self.mean_target1 = mean(|t| t.group1);
+            self.mean_target2 = mean(|t| t.group2);
+        }
+        self
+    }
+}
+
+/// Throttled periods out of periods with work, 0 when there were none.
+pub fn throttle_ratio(throttled: u64, periods: u64) -> f64 {
+    if periods > 0 {
+        throttled as f64 / periods as f64
+    } else {
+        0.0
+    }
 }
 
 /// One minute of a run.
@@ -289,6 +372,28 @@ pub struct ServiceRow {
     pub nr_throttled: u64,
     /// nr_throttled / nr_periods over the second (0 when idle).
     pub throttle_ratio: f64,
+}
+
+impl ServiceRow {
+    /// A row with its throttle ratio computed from the counts.
+    pub fn new(
+        t: u32,
+        service: &str,
+        limit: f64,
+        usage: f64,
+        nr_periods: u64,
+        nr_throttled: u64,
+    ) -> ServiceRow {
+        ServiceRow {
+            t,
+            service: service.to_string(),
+            limit,
+            usage,
+            nr_periods,
+            nr_throttled,
+            throttle_ratio: throttle_ratio(nr_throttled, nr_periods),
+        }
+    }
 }
 
 /// Streams a record to a directory.

@@ -184,7 +184,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         ..RunConfig::new(scenario, trace, a.scaler, a.targets)
     };
     cfg.validate()?;
-    let writer = RecordWriter::create(&a.out, a.force, cfg.services_csv)?;
+    let writer = RecordWriter::create(&a.out, a.force, cfg.services_csv).map_err(force_hint)?;
     let bar = progress_bar(0, "simulating");
     let start = Instant::now();
     let out = run(&cfg, Some(writer), &mut |done, total| {
@@ -852,4 +852,12 @@ fn cmd_plot(a: PlotArgs) -> Result<()> {
     )?;
     println!("{}", a.out.display());
     Ok(())
+}
+
+/// The record library refuses to overwrite a finished run; here the user can say so.
+fn force_hint(e: record::RecordError) -> anyhow::Error {
+    match e {
+        record::RecordError::Exists(_) => anyhow::anyhow!("{e} (pass --force to replace it)"),
+        e => e.into(),
+    }
 }

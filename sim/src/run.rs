@@ -8,7 +8,8 @@ use anyhow::{bail, Result};
 pub use controller::TowerKind;
 use controller::{MinuteObservation, Scaler, ScalerKind, Targets, TowerMemory};
 use hdrhistogram::Histogram;
-use record::{MinuteRow, RecordWriter, RunInfo, ServiceRow, Summary};
+use record::latency::{histogram, quantile_ms as ms};
+use record::{throttle_ratio, Latencies, MinuteRow, RecordWriter, RunInfo, ServiceRow, Summary};
 use scenarios::Scenario;
 use traces::{Load, Trace};
 
@@ -21,8 +22,6 @@ const PERIODS_PER_MINUTE: u64 = 600;
 const DRAIN_S: u64 = 60;
 /// Allocation is averaged from this long after the ramp (210 s with the standard 180 s ramp).
 const SETTLE_S: usize = 30;
-/// Latency histogram range, microseconds: 1 us .. 1 h.
-const MAX_LATENCY_US: u64 = 3_600_000_000;
 
 /// Everything one run needs.
 #[derive(Debug, Clone)]
@@ -131,17 +130,6 @@ fn positive(x: f64) -> bool {
     x > 0.0 && x.is_finite()
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("static bounds are valid")
-}
-
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
-    if h.is_empty() {
-        0.0
-    } else {
-        h.value_at_quantile(q) as f64 / 1000.0
-    }
-}
 
 /// Runs one configuration, streaming the record to `writer` if given; `progress` is called
 /// every simulated second with (seconds done, seconds in total).
@@ -162,11 +150,13 @@ pub fn run(
     let cap = |i: usize, l: f64| l.min(node_cores[i]);
     let mut scalers: Vec<Box<dyn Scaler>> = Vec::with_capacity(scenario.services.len());
     let mut limits = Vec::with_capacity(scenario.services.len());
+    let mut initials = Vec::with_capacity(scenario.services.len());
     for (i, s) in scenario.services.iter().enumerate() {
         let initial = match &cfg.initial_limits {
             Some(ls) => ls[i],
             None => cfg.initial_limit.unwrap_or(s.initial_limit),
         };
+        initials.push(initial);
         let scaler = cfg
             .scaler
             .config(cfg.targets.for_group(s.group), initial)
@@ -210,6 +200,7 @@ pub fn run(
     let mut minute_start_arrivals = 0u64;
     let mut minute_start_usage = 0.0f64;
     let mut second_prev: Vec<Counters> = vec![Counters::default(); n];
+    let mut minute_targets: Vec<(u32, Targets)> = Vec::new();
     let mut ramp_counters: Option<(f64, u64, u64, u64)> = None; // usage, periods, throttled, arrivals at ramp end
     let mut peak_in_flight = 0u64;
     let mut service_ramp = vec![0.0; n];
@@ -253,21 +244,14 @@ pub fn run(
                 for i in 0..n {
                     let now = engine.counters(i);
                     let prev = second_prev[i];
-                    let periods = now.nr_periods - prev.nr_periods;
-                    let throttled = now.nr_throttled - prev.nr_throttled;
-                    w.service(&ServiceRow {
-                        t: second as u32,
-                        service: scenario.services[i].name.clone(),
-                        limit: limits[i],
-                        usage: now.usage - prev.usage,
-                        nr_periods: periods,
-                        nr_throttled: throttled,
-                        throttle_ratio: if periods > 0 {
-                            throttled as f64 / periods as f64
-                        } else {
-                            0.0
-                        },
-                    })?;
+                    w.service(&ServiceRow::new(
+                        second as u32,
+                        &scenario.services[i].name,
+                        limits[i],
+                        now.usage - prev.usage,
+                        now.nr_periods - prev.nr_periods,
+                        now.nr_throttled - prev.nr_throttled,
+                    ))?;
                     second_prev[i] = now;
                 }
             }
@@ -298,6 +282,7 @@ pub fn run(
                 target1: targets.group1,
                 target2: targets.group2,
             };
+            minute_targets.push((minute, targets));
             if let Some(w) = writer.as_mut() {
                 w.minute(&row)?;
             }
@@ -319,8 +304,8 @@ pub fn run(
         }
     }
 
-    // Let the requests still in flight finish (CFS and scalers keep running), then count the
-    // rest as misses at the longest latency the histogram holds.
+    // Let the requests still in flight finish (CFS and scalers keep running); the SLO rule
+    // counts the rest as misses.
     let (usage_end, periods_end, throttled_end, arrivals_end) = totals(&engine, n);
     let service_end: Vec<f64> = (0..n).map(|i| engine.counters(i).usage).collect();
     let mut k = total_periods;
@@ -338,40 +323,22 @@ pub fn run(
     }
     let stuck = engine.in_flight_arrivals();
     let incomplete = stuck.iter().filter(|&&a| a >= ramp_end).count() as u64;
-    for _ in 0..incomplete {
-        overall.saturating_record(MAX_LATENCY_US);
-    }
 
     let (usage0, periods0, throttled0, arrivals0) = ramp_counters.unwrap_or((0.0, 0, 0, 0));
     let trace_s = (seconds as usize).saturating_sub(cfg.ramp_s).max(1) as f64;
-    let p99 = ms(&overall, 0.99);
-    let periods = periods_end - periods0;
-    let mut info = cfg.info();
-    info.summary = Summary {
-        allocation: if alloc_time > 0.0 {
+    let mut info = cfg.info().with_initial_limits(initials);
+    info.summary = Summary::new(
+        Latencies::judge(&overall, incomplete, scenario.slo_ms),
+        if alloc_time > 0.0 {
             alloc_sum / alloc_time
         } else {
             alloc_all / time_all.max(PERIOD)
         },
-        usage: (usage_end - usage0) / trace_s,
-        mean_ms: if overall.is_empty() {
-            0.0
-        } else {
-            overall.mean() / 1000.0
-        },
-        p50_ms: ms(&overall, 0.50),
-        p90_ms: ms(&overall, 0.90),
-        p99_ms: p99,
-        mean_rps: (arrivals_end - arrivals0) as f64 / trace_s,
-        requests: overall.len(),
-        incomplete,
-        slo_met: p99 <= scenario.slo_ms && !overall.is_empty(),
-        throttle_ratio: if periods > 0 {
-            (throttled_end - throttled0) as f64 / periods as f64
-        } else {
-            0.0
-        },
-    };
+        (usage_end - usage0) / trace_s,
+        (arrivals_end - arrivals0) as f64 / trace_s,
+        throttle_ratio(throttled_end - throttled0, periods_end - periods0),
+    )
+    .with_mean_targets(&minute_targets, cfg.ramp_s);
     let memory = tower.into_memory();
     if let Some(w) = writer {
         if cfg.tower != TowerKind::None {

@@ -98,8 +98,12 @@ pub struct ResultRow {
     pub scaler: String,
     /// `grid` for a target sweep; `warmup-explore`, `warmup-bandit` or `eval` for Autothrottle.
     pub phase: String,
-    pub target1: f64,
-    pub target2: f64,
+    /// The fixed targets of the run, or `tower` when a Tower chose them.
+    pub target1: String,
+    pub target2: String,
+    /// Time-weighted mean of the targets in force after the ramp.
+    pub mean_target1: f64,
+    pub mean_target2: f64,
     pub seed: u64,
     pub allocation: f64,
     pub usage: f64,
@@ -433,8 +437,10 @@ fn row(info: &RunInfo, workload: &str, scaler: &str, phase: &str, dir: &str) -> 
         workload: workload.to_string(),
         scaler: scaler.to_string(),
         phase: phase.to_string(),
-        target1: info.targets.group1,
-        target2: info.targets.group2,
+        target1: fixed_or_tower(info, info.targets.group1),
+        target2: fixed_or_tower(info, info.targets.group2),
+        mean_target1: s.mean_target1,
+        mean_target2: s.mean_target2,
         seed: info.seed,
         allocation: s.allocation,
         usage: s.usage,
@@ -448,6 +454,15 @@ fn row(info: &RunInfo, workload: &str, scaler: &str, phase: &str, dir: &str) -> 
     }
 }
 
+/// What a target column says: the fixed target, or `tower` for a run whose Tower chose.
+fn fixed_or_tower(info: &RunInfo, target: f64) -> String {
+    if info.tower == TowerKind::None.name() {
+        target.to_string()
+    } else {
+        "tower".into()
+    }
+}
+
 /// The best run of one contender on one (app, workload): the lowest allocation that met the
 /// SLO among grid runs, or the evaluation run for Autothrottle. `None` when nothing met it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -455,8 +470,8 @@ pub struct Best {
     pub app: String,
     pub workload: String,
     pub scaler: String,
-    pub target1: Option<f64>,
-    pub target2: Option<f64>,
+    pub target1: Option<String>,
+    pub target2: Option<String>,
     pub allocation: Option<f64>,
     pub p99_ms: Option<f64>,
     pub slo_ms: f64,
@@ -488,8 +503,8 @@ pub fn best(rows: &[ResultRow]) -> Vec<Best> {
                 app,
                 workload,
                 scaler,
-                target1: winner.map(|r| r.target1),
-                target2: winner.map(|r| r.target2),
+                target1: winner.map(|r| r.target1.clone()),
+                target2: winner.map(|r| r.target2.clone()),
                 allocation: winner.map(|r| r.allocation),
                 p99_ms: winner.map(|r| r.p99_ms),
                 slo_ms,
@@ -561,9 +576,8 @@ pub fn best_table(best: &[Best]) -> String {
         "app", "workload", "scaler", "targets", "allocation", "P99 ms", "SLO ms"
     );
     for b in best {
-        let targets = match (b.target1, b.target2) {
-            _ if b.scaler == "autothrottle" => "tower".into(),
-            (Some(a), Some(c)) if a == c => format!("{a}"),
+        let targets = match (&b.target1, &b.target2) {
+            (Some(a), Some(c)) if a == c => a.clone(),
             (Some(a), Some(c)) => format!("{a},{c}"),
             _ => "-".into(),
         };
