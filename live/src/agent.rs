@@ -12,11 +12,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
 use controller::{CpuSample, Scaler, ScalerConfig};
-use serde_json::json;
 
 use crate::cgroup::{Cgroup, Root};
 use crate::journal::{Entry, Journal};
-use crate::protocol::{token_matches, Call, Code, Request, Response, StatRow};
+use crate::protocol::{
+    token_matches, Call, Code, ContainerStats, HelloReply, Request, Response, StartReply, StatRow,
+    StatsReply, StopReply, UpdateReply,
+};
 use crate::LiveError;
 
 /// Per-second rows kept per container between two `stats` (an hour); older ones are dropped
@@ -265,7 +267,13 @@ impl Agent {
         match req.call {
             Call::Hello => Response::ok(
                 req.id,
-                json!({"node": self.node, "version": crate::protocol::VERSION, "containers": self.known(), "controlling": self.controlling(), "fault": self.fault}),
+                HelloReply {
+                    node: self.node.clone(),
+                    version: crate::protocol::VERSION,
+                    containers: self.known(),
+                    controlling: self.controlling(),
+                    fault: self.fault.clone(),
+                },
             ),
             Call::Start { scalers } => self.start(req.id, scalers),
             Call::UpdateTargets { targets } => {
@@ -304,26 +312,38 @@ impl Agent {
                     }
                     done.push((name, before));
                 }
-                Response::ok(req.id, json!({"updated": targets.len()}))
+                Response::ok(
+                    req.id,
+                    UpdateReply {
+                        updated: targets.len(),
+                    },
+                )
             }
             Call::Stats => {
-                let mut out = serde_json::Map::new();
+                let mut containers = BTreeMap::new();
                 for (name, c) in self.controlled.iter_mut() {
-                    let rows: Vec<StatRow> = c.rows.drain(..).collect();
-                    out.insert(
+                    containers.insert(
                         name.clone(),
-                        json!({"limit": c.cgroup.current().cores(), "target": c.scaler.target(), "rows": rows, "dropped": c.dropped}),
+                        ContainerStats {
+                            limit: Some(c.cgroup.current().cores()).filter(|l| l.is_finite()),
+                            target: c.scaler.target(),
+                            rows: c.rows.drain(..).collect(),
+                            dropped: std::mem::take(&mut c.dropped),
+                        },
                     );
-                    c.dropped = 0;
                 }
                 Response::ok(
                     req.id,
-                    json!({"containers": out, "fault": self.fault, "now": now}),
+                    StatsReply {
+                        now,
+                        containers,
+                        fault: self.fault.clone(),
+                    },
                 )
             }
             Call::Stop => {
                 let restored = self.end_control("");
-                Response::ok(req.id, json!({"restored": restored}))
+                Response::ok(req.id, StopReply { restored })
             }
         }
     }
@@ -384,7 +404,12 @@ impl Agent {
             }
         }
         self.fault = None;
-        Response::ok(id, json!({"controlling": self.controlling()}))
+        Response::ok(
+            id,
+            StartReply {
+                controlling: self.controlling(),
+            },
+        )
     }
 }
 

@@ -375,7 +375,11 @@ impl Cgroup {
                 (&self.quota, text)
             }
         };
-        write_all(file, &self.dir.join(CgroupFile::Quota.file(self.version)), &text)?;
+        write_all(
+            file,
+            &self.dir.join(CgroupFile::Quota.file(self.version)),
+            &text,
+        )?;
         self.current = q;
         Ok(())
     }
@@ -644,8 +648,11 @@ mod tests {
         std::fs::create_dir_all(&acct).unwrap();
         std::fs::write(cpu.join("cpu.cfs_quota_us"), "-1\n").unwrap();
         std::fs::write(cpu.join("cpu.cfs_period_us"), "100000\n").unwrap();
-        std::fs::write(cpu.join("cpu.stat"), "nr_periods 1\nnr_throttled 0\nthrottled_time 0\n")
-            .unwrap();
+        std::fs::write(
+            cpu.join("cpu.stat"),
+            "nr_periods 1\nnr_throttled 0\nthrottled_time 0\n",
+        )
+        .unwrap();
         std::fs::write(acct.join("cpuacct.usage"), "many\n").unwrap();
         std::fs::write(dir.path().join("cpuacct/cpuacct.usage"), "0\n").unwrap();
         std::fs::write(dir.path().join("cpu/cpu.cfs_quota_us"), "-1\n").unwrap();

@@ -27,7 +27,9 @@ use std::time::Duration;
 
 use controller::{MinuteObservation, ScalerKind, Targets, Tower, TowerKind, TowerMemory};
 use record::latency::quantile_ms;
-use record::{throttle_ratio, Gap, Latencies, MinuteRow, RecordWriter, RunInfo, ServiceRow, Summary};
+use record::{
+    throttle_ratio, Gap, Latencies, MinuteRow, RecordWriter, RunInfo, ServiceRow, Summary,
+};
 use scenarios::Scenario;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -37,7 +39,7 @@ use traces::Load;
 use traces::Trace;
 
 use crate::loadgen::{LoadConfig, LoadGen, RequestKind, Stats};
-use crate::protocol::{encode, Call, Response, StatRow};
+use crate::protocol::{encode, Call, HelloReply, Response, StatsReply, StopReply};
 use crate::LiveError;
 
 /// How long a minute's processing waits for the minute's last rows, seconds.
@@ -473,19 +475,19 @@ impl Runner<'_> {
     }
 
     fn ingest(&mut self, agent: usize, v: &Value, elapsed: f64) -> Result<(), String> {
-        let now = v["now"]
-            .as_f64()
-            .ok_or("stats reply without `now` (an agent older than this coordinator?)")?;
-        let offset = *self.agents[agent].offset.get_or_insert(now - elapsed);
-        let containers = v["containers"]
-            .as_object()
-            .ok_or("stats reply without `containers`")?;
-        let fault = v["fault"].as_str().map(str::to_string);
+        let reply: StatsReply = serde_json::from_value(v.clone())
+            .map_err(|e| format!("bad stats reply (an agent of another version?): {e}"))?;
+        let offset = *self.agents[agent].offset.get_or_insert(reply.now - elapsed);
+        let StatsReply {
+            mut containers,
+            fault,
+            ..
+        } = reply;
         for i in 0..self.slots.len() {
             if self.slots[i].agent != agent || !self.slots[i].controlled() {
                 continue;
             }
-            let Some(c) = containers.get(&self.slots[i].container) else {
+            let Some(c) = containers.remove(&self.slots[i].container) else {
                 let why = fault
                     .clone()
                     .unwrap_or_else(|| "the agent no longer controls it".into());
@@ -497,8 +499,7 @@ impl Runner<'_> {
                 self.open_gap(i, &why);
                 continue;
             };
-            let rows: Vec<StatRow> = serde_json::from_value(c["rows"].clone())
-                .map_err(|e| format!("bad stats rows for {}: {e}", self.slots[i].container))?;
+            let rows = c.rows;
             for row in rows {
                 let end = row.t - offset;
                 let computed = (end - 1.0).round();
@@ -680,7 +681,10 @@ impl Runner<'_> {
             };
             match reply {
                 Ok(v) => {
-                    tracing::info!(node = %self.agents[a].node, restored = %v["restored"], "stopped")
+                    let restored = serde_json::from_value::<StopReply>(v)
+                        .map(|r| r.restored.join(", "))
+                        .unwrap_or_else(|e| format!("(unreadable reply: {e})"));
+                    tracing::info!(node = %self.agents[a].node, %restored, "stopped")
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -742,8 +746,9 @@ async fn discover(spec: &RunSpec) -> Result<(Vec<AgentState>, Vec<Slot>), LiveEr
             .call(&spec.token, &Call::Hello, spec.agent_timeout)
             .await
             .map_err(fail)?;
-        let containers: Vec<String> = serde_json::from_value(hello["containers"].clone())
-            .map_err(|e| fail(format!("bad hello reply: {e}")))?;
+        let containers = serde_json::from_value::<HelloReply>(hello)
+            .map_err(|e| fail(format!("bad hello reply: {e}")))?
+            .containers;
         let index = agents.len();
         for c in &containers {
             let service = c.split('@').next().unwrap_or(c);
@@ -962,7 +967,7 @@ fn dead_app(stats: &Mutex<Stats>, elapsed: f64, spec: &RunSpec) -> Option<String
 }
 
 /// The run's numbers, as design.md section 4 defines them, over the seconds it ran.
-fn summary(spec: &RunSpec, r: &Runner, s: &Stats) -> Summary {
+fn summary(spec: &RunSpec, r: &Runner<'_>, s: &Stats) -> Summary {
     let end = r.flushed;
     let ramp = spec.ramp_s.min(end);
     let settle = (spec.ramp_s + SETTLE_S).min(end);

@@ -12,8 +12,11 @@
 //! * [`server`]: the agent as a process: TCP server, control loop, Prometheus metrics, signals.
 //! * [`coordinator`]: `live run`: starts the scalers on every agent, replays the workload,
 //!   runs the Tower each minute and writes the same run record as the simulator.
-//! * [`loadgen`]: an open-loop HTTP load generator that replays a trace (Poisson arrivals,
-//!   request mix, bounded in-flight, latency from the scheduled send time).
+//! * [`loadgen`]: an HTTP load generator that replays a trace as open-loop Poisson arrivals or
+//!   closed-loop Locust-like users (request mix, bounded in-flight, latency from the scheduled
+//!   send time).
+//! * [`demo`]: `live demo`, a small real app built from a scenario: one HTTP server per
+//!   service, each in its own cgroup, burning the CPU the scenario's calls and collectors say.
 //! * [`os`]: the operating-system calls the std library lacks (CPU clocks, signals), each
 //!   wrapped once.
 //! * [`testing`]: real cgroups for tests and benchmarks, created under a fresh name and
@@ -29,6 +32,7 @@ pub mod demo;
 pub mod discovery;
 pub mod journal;
 pub mod loadgen;
+#[allow(unsafe_code)] // the one module that talks to libc directly
 pub mod os;
 pub mod protocol;
 pub mod server;

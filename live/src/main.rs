@@ -313,7 +313,8 @@ fn run(a: RunArgs) -> Result<()> {
     spec.dead_app_s = a.give_up_after;
     spec.services_csv = !a.no_services;
     spec.validate()?;
-    let writer = record::RecordWriter::create(&a.out, a.force, spec.services_csv).map_err(force_hint)?;
+    let writer =
+        record::RecordWriter::create(&a.out, a.force, spec.services_csv).map_err(force_hint)?;
 
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let bar = indicatif::ProgressBar::new(spec.rates().len() as u64);
@@ -616,7 +617,6 @@ fn tempfile_dir() -> Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
-
 
 /// Drives `rps` for `seconds` against an in-process trivial server and reports what got through.
 fn load_bench(rps: f64, seconds: usize) -> Result<()> {

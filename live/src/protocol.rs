@@ -10,11 +10,11 @@
 //!
 //! | method | params | result |
 //! |---|---|---|
-//! | `hello` | none | `{node, version, containers: [names the agent can control]}` |
-//! | `start` | `{scalers: {container: ScalerConfig}}` | `{controlling: [names]}`; containers not named are left alone |
-//! | `update_targets` | `{targets: {container: target}}` | `{updated: n}` |
-//! | `stats` | none | `{now, containers: {name: {limit, target, rows: [StatRow], dropped}}, fault}`: per-second rows since the last `stats`; `now` and each row's `t` are seconds on the agent's clock |
-//! | `stop` | none | `{restored: [names]}`: original limits are back |
+//! | `hello` | none | [`HelloReply`] `{node, version, containers, controlling, fault}`: what the agent can control, what it controls now, and why control last ended (if it did) |
+//! | `start` | `{scalers: {container: ScalerConfig}}` | [`StartReply`] `{controlling: [names]}`; containers not named are left alone |
+//! | `update_targets` | `{targets: {container: target}}` | [`UpdateReply`] `{updated: n}` |
+//! | `stats` | none | [`StatsReply`] `{now, containers: {name: {limit, target, rows: [StatRow], dropped}}, fault}`: per-second rows since the last `stats`; `now` and each row's `t` are seconds on the agent's clock; `target` is null for a fixed limit |
+//! | `stop` | none | [`StopReply`] `{restored: [names]}`: original limits are back |
 //!
 //! Errors come back as `{"v":1,"id":7,"ok":false,"error":{"code":"...","message":"..."}}` with
 //! codes `malformed`, `too_large`, `bad_version`, `bad_token`, `unknown_method`,
@@ -74,6 +74,62 @@ pub struct StatRow {
     pub nr_throttled: u64,
 }
 
+/// The reply to `hello`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HelloReply {
+    pub node: String,
+    pub version: u32,
+    /// Every container the agent can control.
+    pub containers: Vec<String>,
+    /// Those it controls now.
+    pub controlling: Vec<String>,
+    /// Why control last ended, if it ended on a fault.
+    #[serde(default)]
+    pub fault: Option<String>,
+}
+
+/// The reply to `start`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartReply {
+    pub controlling: Vec<String>,
+}
+
+/// The reply to `update_targets`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateReply {
+    pub updated: usize,
+}
+
+/// One container in a `stats` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    /// The limit now, cores; `None` for no limit.
+    pub limit: Option<f64>,
+    /// The scaler's target; `None` for a fixed limit.
+    pub target: Option<f64>,
+    /// The seconds completed since the last `stats`.
+    pub rows: Vec<StatRow>,
+    /// Rows dropped since the last `stats` because nobody asked for them in time.
+    pub dropped: u64,
+}
+
+/// The reply to `stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsReply {
+    /// The agent's clock, seconds since it started.
+    pub now: f64,
+    pub containers: BTreeMap<String, ContainerStats>,
+    /// Set when control ended on a fault (the containers are then absent).
+    #[serde(default)]
+    pub fault: Option<String>,
+}
+
+/// The reply to `stop`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StopReply {
+    pub restored: Vec<String>,
+}
+
 /// Error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -108,14 +164,21 @@ pub struct Response {
 }
 
 impl Response {
-    pub fn ok(id: u64, result: Value) -> Self {
+    /// A successful reply carrying one of the reply types above.
+    pub fn ok(id: u64, result: impl Serialize) -> Self {
         Response {
             v: VERSION,
             id,
             ok: true,
-            result: Some(result),
+            result: Some(serde_json::to_value(result).expect("reply types serialise")),
             error: None,
         }
+    }
+
+    /// The result as the reply type `T`, for the side that reads it.
+    pub fn result_as<T: for<'de> Deserialize<'de>>(&self) -> Result<T, String> {
+        let v = self.result.clone().ok_or("the reply has no result")?;
+        serde_json::from_value(v).map_err(|e| format!("unexpected reply: {e}"))
     }
 
     pub fn err(id: u64, code: Code, message: impl Into<String>) -> Self {

@@ -8,7 +8,7 @@ use controller::{CpuSample, ScalerConfig, ScalerKind};
 use live::agent::Agent;
 use live::cgroup::Root;
 use live::journal::Journal;
-use live::protocol::{self, Call, Code, Request};
+use live::protocol::{self, Call, Code, Request, StatsReply, StopReply};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -94,15 +94,13 @@ fn captain_scales_down_and_stop_restores() {
         f.dir.path().join("state/journal.json").exists(),
         "original recorded before the write"
     );
-    let stats = f.agent.handle(req(Call::Stats), 1.0);
-    let rows = &stats.result.as_ref().unwrap()["containers"]["web"]["rows"];
-    assert_eq!(rows.as_array().unwrap().len(), 1);
-    assert!(
-        (rows[0]["usage"].as_f64().unwrap() - 1.0).abs() < 0.05,
-        "{rows}"
-    );
-    let r = f.agent.handle(req(Call::Stop), 1.1);
-    assert_eq!(r.result.unwrap()["restored"][0], "web");
+    let stats: StatsReply = f.agent.handle(req(Call::Stats), 1.0).result_as().unwrap();
+    let web = &stats.containers["web"];
+    assert_eq!(web.rows.len(), 1);
+    assert!((web.rows[0].usage - 1.0).abs() < 0.05, "{web:?}");
+    assert_eq!(web.target, Some(0.1));
+    let stop: StopReply = f.agent.handle(req(Call::Stop), 1.1).result_as().unwrap();
+    assert_eq!(stop.restored, ["web"]);
     assert_eq!(cpu_max(&f, "web"), "max 100000\n");
     assert!(!f.dir.path().join("state/journal.json").exists());
 }

@@ -599,7 +599,8 @@ mod tests {
             .finish(&RunInfo::example())
             .unwrap();
         let e = RecordWriter::create(dir.path(), false, true).err().unwrap();
-        assert!(e.to_string().contains("pass --force"), "{e}");
+        assert!(matches!(e, RecordError::Exists(_)), "{e}");
+        assert!(e.to_string().contains("refusing to overwrite"), "{e}");
         assert!(RecordWriter::create(dir.path(), true, false).is_ok());
         assert!(
             !dir.path().join("services.csv").exists(),

@@ -437,17 +437,13 @@ fn runtimes_compile_with_the_runtimes_defaults() {
 
 #[test]
 fn digests_tell_models_apart_and_ignore_layout() {
-    let digests: Vec<String> = scenarios::BUILTIN
+    let digests: Vec<String> = BUILTIN
         .iter()
         .map(|n| Scenario::builtin(n).unwrap().digest())
         .collect();
     for (i, d) in digests.iter().enumerate() {
         assert_eq!(d.len(), 16, "{d}");
-        assert!(
-            !digests[..i].contains(d),
-            "{} shares a digest",
-            scenarios::BUILTIN[i]
-        );
+        assert!(!digests[..i].contains(d), "{} shares a digest", BUILTIN[i]);
     }
     let good = Scenario::parse("a.toml", GOOD).unwrap().digest();
     let spaced = GOOD.replace("slo_ms = 50", "# a comment\nslo_ms   =   50");

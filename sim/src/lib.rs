@@ -38,6 +38,9 @@
 
 pub mod cfs;
 pub mod engine;
+mod error;
 mod mintree;
 pub mod run;
 pub mod sweep;
+
+pub use error::{Result, SimError};

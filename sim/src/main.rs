@@ -538,8 +538,8 @@ impl ManyArgs {
     fn shard(&self, units: Vec<Unit>) -> Result<Vec<Unit>> {
         match &self.shard {
             Some(s) => {
-                let (k, n) = sweep::parse_shard(s)?;
-                sweep::shard(units, k, n)
+                let (k, n) = sweep::parse_shard(s).context("--shard")?;
+                Ok(sweep::shard(units, k, n)?)
             }
             None => Ok(units),
         }
@@ -810,7 +810,7 @@ fn cmd_merge(a: MergeArgs) -> Result<()> {
         .dirs
         .iter()
         .map(|d| sweep::read_results(&d.join("results.csv")))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<sim::Result<Vec<_>>>()?;
     let rows = sweep::merge(parts)?;
     finish_evaluation(&a.out, rows, a.plots)
 }

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
 pub use controller::TowerKind;
 use controller::{MinuteObservation, Scaler, ScalerKind, Targets, TowerMemory};
 use hdrhistogram::Histogram;
@@ -15,6 +14,7 @@ use traces::{Load, Trace};
 
 use crate::cfs::{Counters, PERIOD};
 use crate::engine::{boundary, Completion, Engine, EngineStats};
+use crate::{Result, SimError};
 
 const PERIODS_PER_SECOND: u64 = 10;
 const PERIODS_PER_MINUTE: u64 = 600;
@@ -79,28 +79,49 @@ impl RunConfig {
 
     /// Refuses what cannot run, before anything runs.
     pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(SimError::Config(m));
         controller::check_setup(self.scaler, self.targets, self.tower)?;
         if let Some(l) = self.initial_limit {
             if !positive(l) {
-                bail!("initial limit must be a positive number of cores, got {l}");
+                return bad(format!(
+                    "initial limit must be a positive number of cores, got {l}"
+                ));
             }
         }
         if let Some(ls) = &self.initial_limits {
             if ls.len() != self.scenario.services.len() {
-                bail!(
+                return bad(format!(
                     "{} initial limits given for {} services",
                     ls.len(),
                     self.scenario.services.len()
-                );
+                ));
             }
             if let Some(l) = ls.iter().find(|l| !positive(**l)) {
-                bail!("initial limit must be a positive number of cores, got {l}");
+                return bad(format!(
+                    "initial limit must be a positive number of cores, got {l}"
+                ));
             }
         }
         if !positive(self.multiplier()) {
-            bail!("multiplier must be positive, got {}", self.multiplier());
+            return bad(format!(
+                "multiplier must be positive, got {}",
+                self.multiplier()
+            ));
         }
         Ok(())
+    }
+
+    /// Each service's limit at the start, cores (scenario order).
+    pub fn initial_limits(&self) -> Vec<f64> {
+        match &self.initial_limits {
+            Some(ls) => ls.clone(),
+            None => self
+                .scenario
+                .services
+                .iter()
+                .map(|s| self.initial_limit.unwrap_or(s.initial_limit))
+                .collect(),
+        }
     }
 
     /// The run's static description (its summary is filled in at the end).
@@ -109,6 +130,7 @@ impl RunConfig {
             .with_workload(self.multiplier(), self.ramp_s)
             .with_load(self.load)
             .with_control(self.scaler, self.targets, self.tower)
+            .with_initial_limits(self.initial_limits())
     }
 }
 
@@ -130,7 +152,6 @@ fn positive(x: f64) -> bool {
     x > 0.0 && x.is_finite()
 }
 
-
 /// Runs one configuration, streaming the record to `writer` if given; `progress` is called
 /// every simulated second with (seconds done, seconds in total).
 pub fn run(
@@ -150,13 +171,9 @@ pub fn run(
     let cap = |i: usize, l: f64| l.min(node_cores[i]);
     let mut scalers: Vec<Box<dyn Scaler>> = Vec::with_capacity(scenario.services.len());
     let mut limits = Vec::with_capacity(scenario.services.len());
-    let mut initials = Vec::with_capacity(scenario.services.len());
+    let initials = cfg.initial_limits();
     for (i, s) in scenario.services.iter().enumerate() {
-        let initial = match &cfg.initial_limits {
-            Some(ls) => ls[i],
-            None => cfg.initial_limit.unwrap_or(s.initial_limit),
-        };
-        initials.push(initial);
+        let initial = initials[i];
         let scaler = cfg
             .scaler
             .config(cfg.targets.for_group(s.group), initial)
@@ -326,7 +343,7 @@ pub fn run(
 
     let (usage0, periods0, throttled0, arrivals0) = ramp_counters.unwrap_or((0.0, 0, 0, 0));
     let trace_s = (seconds as usize).saturating_sub(cfg.ramp_s).max(1) as f64;
-    let mut info = cfg.info().with_initial_limits(initials);
+    let mut info = cfg.info();
     info.summary = Summary::new(
         Latencies::judge(&overall, incomplete, scenario.slo_ms),
         if alloc_time > 0.0 {
@@ -360,7 +377,7 @@ pub fn run(
 }
 
 /// (usage, nr_periods, nr_throttled) summed over services, and arrivals so far.
-fn totals(engine: &Engine, n: usize) -> (f64, u64, u64, u64) {
+fn totals(engine: &Engine<'_>, n: usize) -> (f64, u64, u64, u64) {
     let mut usage = 0.0;
     let mut periods = 0;
     let mut throttled = 0;

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Context, Result};
 use controller::{ScalerKind, Targets, TowerMemory};
 use record::{Record, RecordWriter, RunInfo};
 use scenarios::Scenario;
@@ -19,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use traces::{Load, Trace};
 
 use crate::run::{run, RunConfig, TowerKind};
+use crate::{Result, SimError};
 
 /// The utilisation targets the baselines are tuned over (design.md section 4).
 pub const BASELINE_GRID: [f64; 9] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
@@ -195,7 +195,9 @@ pub fn grid(contender: Contender) -> Vec<Targets> {
 /// Keeps the K-th of N slices of `units` (K from 0), by position: deterministic and disjoint.
 pub fn shard(units: Vec<Unit>, k: usize, n: usize) -> Result<Vec<Unit>> {
     if n == 0 || k >= n {
-        bail!("--shard K/N needs 0 <= K < N, got {k}/{n}");
+        return Err(SimError::Config(format!(
+            "shard K/N needs 0 <= K < N, got {k}/{n}"
+        )));
     }
     Ok(units
         .into_iter()
@@ -205,21 +207,17 @@ pub fn shard(units: Vec<Unit>, k: usize, n: usize) -> Result<Vec<Unit>> {
         .collect())
 }
 
-/// Parses "K/N".
+/// Parses "K/N" (shard K of N, from 0).
 pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
-    let (k, n) = s
-        .split_once('/')
-        .with_context(|| format!("--shard takes K/N (e.g. 0/4), got '{s}'"))?;
-    let k: usize = k
-        .trim()
-        .parse()
-        .with_context(|| format!("--shard: bad K in '{s}'"))?;
-    let n: usize = n
-        .trim()
-        .parse()
-        .with_context(|| format!("--shard: bad N in '{s}'"))?;
+    let bad =
+        |what: &str| SimError::Config(format!("shard: {what} in '{s}' (expected K/N, e.g. 0/4)"));
+    let (k, n) = s.split_once('/').ok_or_else(|| bad("no '/'"))?;
+    let k: usize = k.trim().parse().map_err(|_| bad("bad K"))?;
+    let n: usize = n.trim().parse().map_err(|_| bad("bad N"))?;
     if n == 0 || k >= n {
-        bail!("--shard K/N needs 0 <= K < N, got {k}/{n}");
+        return Err(SimError::Config(format!(
+            "shard K/N needs 0 <= K < N, got {k}/{n}"
+        )));
     }
     Ok((k, n))
 }
@@ -231,15 +229,17 @@ pub fn execute(
     settings: &Settings,
     tick: &(dyn Fn(usize) + Sync),
 ) -> Result<Vec<ResultRow>> {
-    std::fs::create_dir_all(&settings.out)
-        .with_context(|| format!("{}: cannot create", settings.out.display()))?;
+    std::fs::create_dir_all(&settings.out).map_err(|source| SimError::Io {
+        path: settings.out.clone(),
+        source,
+    })?;
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<Vec<ResultRow>>>>> =
         Mutex::new((0..units.len()).map(|_| None).collect());
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(settings.jobs.max(1))
         .build()
-        .context("cannot start worker threads")?;
+        .map_err(|e| SimError::Threads(e.to_string()))?;
     pool.scope(|s| {
         for _ in 0..settings.jobs.max(1) {
             s.spawn(|_| loop {
@@ -264,8 +264,13 @@ pub fn execute(
     {
         match r {
             Some(Ok(mut r)) => rows.append(&mut r),
-            Some(Err(e)) => return Err(e.context(format!("unit {}", unit.label()))),
-            None => bail!("unit {} did not run (an earlier unit failed)", unit.label()),
+            Some(Err(e)) => {
+                return Err(SimError::Unit {
+                    unit: unit.label(),
+                    source: Box::new(e),
+                })
+            }
+            None => return Err(SimError::NotRun(unit.label())),
         }
     }
     Ok(rows)
@@ -289,7 +294,9 @@ fn run_unit(
                 Contender::K8sCpu => ScalerKind::K8sCpu,
                 Contender::K8sCpuFast => ScalerKind::K8sCpuFast,
                 Contender::Captain => ScalerKind::Captain,
-                Contender::Autothrottle => bail!("autothrottle is not a grid"),
+                Contender::Autothrottle => {
+                    return Err(SimError::Config("autothrottle is not a grid".into()))
+                }
             };
             for (i, t) in targets.iter().enumerate() {
                 let mut cfg = RunConfig::new(app.clone(), workload.trace.clone(), scaler, *t);
@@ -401,8 +408,10 @@ fn run_or_resume(
     if learning {
         record::write_json(&path.join("tower-in.json"), &cfg.memory)?;
     }
-    let out = run(cfg, Some(writer), &mut |_, _| {})
-        .with_context(|| format!("run {}", path.display()))?;
+    let out = run(cfg, Some(writer), &mut |_, _| {}).map_err(|e| SimError::Run {
+        run: path.clone(),
+        source: Box::new(e),
+    })?;
     Ok((out.info, out.memory))
 }
 
@@ -523,25 +532,29 @@ fn order(scaler: &str) -> usize {
 
 /// Writes rows as CSV.
 pub fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
-    let mut w = csv::Writer::from_path(path)
-        .with_context(|| format!("{}: cannot write", path.display()))?;
+    let csv_err = |source| SimError::Csv {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut w = csv::Writer::from_path(path).map_err(csv_err)?;
     for r in rows {
-        w.serialize(r)?;
+        w.serialize(r).map_err(csv_err)?;
     }
-    w.flush()?;
-    Ok(())
+    w.flush().map_err(|source| SimError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Reads `results.csv` rows, naming the file and line on error.
 pub fn read_results(path: &Path) -> Result<Vec<ResultRow>> {
-    let mut r =
-        csv::Reader::from_path(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    r.deserialize()
-        .enumerate()
-        .map(|(i, row)| {
-            row.with_context(|| format!("{}:{}: bad results row", path.display(), i + 2))
-        })
-        .collect()
+    let csv_err = |source| SimError::Csv {
+        path: path.to_path_buf(),
+        source,
+    };
+    // The csv crate's errors carry the line of a bad row.
+    let mut r = csv::Reader::from_path(path).map_err(csv_err)?;
+    r.deserialize().map(|row| row.map_err(csv_err)).collect()
 }
 
 /// Combines shard outputs: concatenates their results (in the unsharded order, given each
@@ -558,7 +571,7 @@ pub fn merge(parts: Vec<Vec<ResultRow>>) -> Result<Vec<ResultRow>> {
     });
     for w in rows.windows(2) {
         if w[0].run == w[1].run {
-            bail!("run {} appears in more than one shard", w[0].run);
+            return Err(SimError::DuplicateRun(w[0].run.clone()));
         }
     }
     Ok(rows)

@@ -53,7 +53,7 @@ fn replay_scaler_writes_a_limit_per_row() {
             "--target",
             "0.1",
             "--initial-limit",
-            "8",
+            "32",
         ],
         Some(&input),
     );
@@ -66,9 +66,10 @@ fn replay_scaler_writes_a_limit_per_row() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "t,limit");
     assert_eq!(lines.len(), 22);
-    assert_eq!(lines[1], "0,8");
-    // Two decisions at 1 core of steady usage: 8 -> 4 -> 2.
-    assert_eq!(lines[21].split(',').nth(1), Some("2"));
+    assert_eq!(lines[1], "0,32");
+    // Two decisions at 1 core of steady usage, each at most halving: 32 -> 16 -> 8.
+    assert_eq!(lines[11].split(',').nth(1), Some("16"));
+    assert_eq!(lines[21].split(',').nth(1), Some("8"));
 }
 
 #[test]

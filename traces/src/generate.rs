@@ -43,7 +43,8 @@ pub enum Generator {
 }
 
 /// The built-in one-hour traces: (name, generator, seed). Their statistics are modelled on the
-/// four traces of the original evaluation (see the crate README); the files in `data/` are these
+/// four traces of the original evaluation (their means are within 10% of the originals';
+/// `tests/shared.rs` checks that where `../shared` is present); the files in `data/` are these
 /// generators' output, kept in sync by a test.
 pub const BUILTIN: [&str; 4] = ["diurnal", "noisy", "bursty", "diurnal-2"];
 
