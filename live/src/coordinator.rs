@@ -28,14 +28,13 @@ use std::time::Duration;
 use controller::{MinuteObservation, ScalerKind, Targets, Tower, TowerKind, TowerMemory};
 use record::latency::quantile_ms;
 use record::{
-    throttle_ratio, Gap, Latencies, MinuteRow, RecordWriter, RunInfo, ServiceRow, Summary,
+    throttle_ratio, Gap, Latencies, MinuteRow, RecordWriter, RunInfo, RunPlan, ServiceRow, Summary,
 };
 use scenarios::Scenario;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use traces::Load;
 use traces::Trace;
 
 use crate::loadgen::{LoadConfig, LoadGen, RequestKind, Stats};
@@ -49,23 +48,11 @@ const SETTLE_S: usize = 30;
 /// Seconds between attempts to reach a lost agent again.
 const RETRY_S: f64 = 5.0;
 
-/// Everything a live run needs.
+/// Everything a live run needs: the run itself ([`RunPlan`], as the simulator runs it) and
+/// where the app and the agents are.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
-    pub scenario: Arc<Scenario>,
-    pub trace: Arc<Trace>,
-    /// The scenario's multiplier unless set.
-    pub multiplier: Option<f64>,
-    pub ramp_s: usize,
-    /// Open-loop Poisson arrivals or closed-loop users.
-    pub load: Load,
-    pub scaler: ScalerKind,
-    pub targets: Targets,
-    /// Starting limit of every container, cores (the scenario's by default).
-    pub initial_limit: Option<f64>,
-    pub tower: TowerKind,
-    pub memory: TowerMemory,
-    pub seed: u64,
+    pub plan: RunPlan,
     /// Where requests go: `http://host:port`.
     pub url: String,
     pub token: String,
@@ -78,13 +65,11 @@ pub struct RunSpec {
     pub max_in_flight: usize,
     /// Give up when the app has answered none of the requests of this many seconds.
     pub dead_app_s: usize,
-    /// Write services.csv.
-    pub services_csv: bool,
 }
 
 impl RunSpec {
-    /// A run with the paper's defaults (180 s ramp, Captains at 0.1, no Tower) and the
-    /// scenario's agent addresses.
+    /// A run with the paper's defaults (180 s ramp, Captains at 0.1, no Tower, services.csv
+    /// written) and the scenario's agent addresses.
     pub fn new(scenario: Arc<Scenario>, trace: Arc<Trace>, url: &str, token: &str) -> Self {
         let agents = scenario
             .file
@@ -92,18 +77,10 @@ impl RunSpec {
             .iter()
             .filter_map(|n| n.agent.clone().map(|a| (n.name.clone(), a)))
             .collect();
+        let mut plan = RunPlan::new(scenario, trace, ScalerKind::Captain, Targets::new(0.1, 0.1));
+        plan.services_csv = true;
         RunSpec {
-            scenario,
-            trace,
-            multiplier: None,
-            ramp_s: traces::RAMP_SECONDS,
-            load: Load::Poisson,
-            scaler: ScalerKind::Captain,
-            targets: Targets::new(0.1, 0.1),
-            initial_limit: None,
-            tower: TowerKind::None,
-            memory: TowerMemory::default(),
-            seed: 1,
+            plan,
             url: url.trim_end_matches('/').to_string(),
             token: token.to_string(),
             agents,
@@ -111,33 +88,24 @@ impl RunSpec {
             agent_timeout: Duration::from_secs(2),
             max_in_flight: 4096,
             dead_app_s: 30,
-            services_csv: true,
         }
-    }
-
-    pub fn multiplier(&self) -> f64 {
-        self.multiplier.unwrap_or(self.scenario.multiplier)
-    }
-
-    /// Requests per second, second by second: ramp, then the trace.
-    pub fn rates(&self) -> Vec<f64> {
-        self.trace.schedule(self.multiplier(), self.ramp_s)
     }
 
     /// The load generator's configuration (the scenario's request mix with its HTTP paths).
     pub fn load_config(&self) -> Result<LoadConfig, LiveError> {
+        let plan = &self.plan;
         let mut mix = Vec::new();
-        for r in &self.scenario.file.requests {
+        for r in &plan.scenario.file.requests {
             let http = r.http.as_ref().ok_or_else(|| {
                 LiveError::Config(format!(
                     "{}: requests.{}: no `http` method and path, so it cannot be sent to a live app",
-                    self.scenario.source, r.name
+                    plan.scenario.source, r.name
                 ))
             })?;
             let method = http.method.parse().map_err(|_| {
                 LiveError::Config(format!(
                     "{}: requests.{}.http.method: bad method {:?}",
-                    self.scenario.source, r.name, http.method
+                    plan.scenario.source, r.name, http.method
                 ))
             })?;
             mix.push(RequestKind {
@@ -153,52 +121,42 @@ impl RunSpec {
         }
         Ok(LoadConfig {
             base: self.url.clone(),
-            rates: self.rates(),
-            load: self.load,
+            rates: plan.rates(),
+            load: plan.load,
             mix,
-            seed: self.seed,
+            seed: plan.seed,
             timeout: self.request_timeout,
             max_in_flight: self.max_in_flight,
-            measure_from_s: self.ramp_s,
+            measure_from_s: plan.ramp_s,
         })
     }
 
     /// Refuses what cannot run, before anything is touched.
     pub fn validate(&self) -> Result<(), LiveError> {
-        controller::check_setup(self.scaler, self.targets, self.tower)?;
-        if let Some(l) = self.initial_limit {
-            if !(l > 0.0 && l.is_finite()) {
-                return Err(LiveError::Config(format!(
-                    "initial limit must be a positive number of cores, got {l}"
-                )));
-            }
-        }
-        let m = self.multiplier();
-        if !(m > 0.0 && m.is_finite()) {
-            return Err(LiveError::Config(format!(
-                "multiplier must be positive, got {m}"
-            )));
+        self.plan.validate()?;
+        if self.plan.initial_limits.is_some() {
+            return Err(LiveError::Config(
+                "per-service initial limits are a simulator setting; live runs take one for all"
+                    .into(),
+            ));
         }
         if self.agents.is_empty() {
             return Err(LiveError::Config(format!(
                 "no agent addresses: give the scenario's nodes `agent = \"host:port\"` in {} or pass --agent NODE=HOST:PORT",
-                self.scenario.source
+                self.plan.scenario.source
             )));
         }
-        if self.rates().is_empty() {
+        if self.plan.rates().is_empty() {
             return Err(LiveError::Config("the workload is empty".into()));
         }
         LoadGen::new(self.load_config()?)
-            .map_err(|e| LiveError::Config(format!("{}: {e}", self.scenario.source)))?;
+            .map_err(|e| LiveError::Config(format!("{}: {e}", self.plan.scenario.source)))?;
         Ok(())
     }
 
     /// The run's static description.
     pub fn info(&self) -> RunInfo {
-        RunInfo::new("live", &self.scenario, &self.trace.name, self.seed)
-            .with_workload(self.multiplier(), self.ramp_s)
-            .with_load(self.load)
-            .with_control(self.scaler, self.targets, self.tower)
+        self.plan.info("live")
     }
 }
 
@@ -336,11 +294,12 @@ struct Runner<'a> {
 
 impl Runner<'_> {
     fn scaler_config(&self, slot: &Slot, initial: Option<f64>) -> controller::ScalerConfig {
-        let s = &self.spec.scenario.services[slot.service];
+        let s = &self.spec.plan.scenario.services[slot.service];
         let initial = initial
-            .or(self.spec.initial_limit)
+            .or(self.spec.plan.initial_limit)
             .unwrap_or(s.initial_limit);
         self.spec
+            .plan
             .scaler
             .config(self.targets.for_group(s.group), initial)
     }
@@ -380,7 +339,7 @@ impl Runner<'_> {
             return;
         }
         let gap = Gap {
-            service: self.spec.scenario.services[s.service].name.clone(),
+            service: self.spec.plan.scenario.services[s.service].name.clone(),
             container: s.container.clone(),
             node: self.agents[s.agent].node.clone(),
             from_s: s.next_second,
@@ -532,14 +491,14 @@ impl Runner<'_> {
     /// Writes and accounts the seconds that ended at least `lag` seconds ago.
     fn flush(&mut self, elapsed: f64, lag: f64) -> Result<(), LiveError> {
         let upto = ((elapsed - lag).floor().max(0.0) as usize).min(self.total_s);
-        let n = self.spec.scenario.services.len();
+        let n = self.spec.plan.scenario.services.len();
         while self.flushed < upto {
             let t = self.flushed;
             let mut alloc = [0.0f64; 3];
             let (mut usage, mut periods, mut throttled) = (0.0, 0u64, 0u64);
             for svc in 0..n {
                 let agg = self.seconds[t][svc];
-                let group = self.spec.scenario.services[svc].group as usize;
+                let group = self.spec.plan.scenario.services[svc].group as usize;
                 if agg.containers > 0 {
                     alloc[0] += agg.mean_limit;
                     alloc[group] += agg.mean_limit;
@@ -549,7 +508,7 @@ impl Runner<'_> {
                     if self.writer.wants_services() {
                         self.writer.service(&ServiceRow::new(
                             t as u32 + 1,
-                            &self.spec.scenario.services[svc].name,
+                            &self.spec.plan.scenario.services[svc].name,
                             agg.limit,
                             agg.usage,
                             agg.periods,
@@ -660,7 +619,7 @@ impl Runner<'_> {
                 .iter()
                 .filter(|s| s.agent == a && s.controlled())
                 .map(|s| {
-                    let group = self.spec.scenario.services[s.service].group;
+                    let group = self.spec.plan.scenario.services[s.service].group;
                     (s.container.clone(), new.for_group(group))
                 })
                 .collect();
@@ -753,6 +712,7 @@ async fn discover(spec: &RunSpec) -> Result<(Vec<AgentState>, Vec<Slot>), LiveEr
         for c in &containers {
             let service = c.split('@').next().unwrap_or(c);
             if let Some(i) = spec
+                .plan
                 .scenario
                 .services
                 .iter()
@@ -778,6 +738,7 @@ async fn discover(spec: &RunSpec) -> Result<(Vec<AgentState>, Vec<Slot>), LiveEr
         });
     }
     let missing: Vec<&str> = spec
+        .plan
         .scenario
         .services
         .iter()
@@ -809,17 +770,17 @@ pub async fn run(
 ) -> Result<Outcome, LiveError> {
     spec.validate()?;
     let load = LoadGen::new(spec.load_config()?)?;
-    let mut tower = spec.tower.build(
-        spec.scenario.slo_ms,
-        spec.scenario.aggregate_rps,
-        spec.ramp_s,
-        spec.memory.clone(),
-        spec.seed,
+    let mut tower = spec.plan.tower.build(
+        spec.plan.scenario.slo_ms,
+        spec.plan.scenario.aggregate_rps,
+        spec.plan.ramp_s,
+        spec.plan.memory.clone(),
+        spec.plan.seed,
     )?;
     probe_app(&spec.url, spec.agent_timeout.max(Duration::from_secs(3))).await?;
     let (agents, slots) = discover(spec).await?;
-    let total_s = spec.rates().len();
-    let n = spec.scenario.services.len();
+    let total_s = spec.plan.rates().len();
+    let n = spec.plan.scenario.services.len();
     let mut r = Runner {
         spec,
         agents,
@@ -829,7 +790,7 @@ pub async fn run(
         flushed: 0,
         per_second: Vec::with_capacity(total_s),
         writer,
-        targets: spec.targets,
+        targets: spec.plan.targets,
         minute_targets: Vec::new(),
         minute: 0,
         total_s,
@@ -915,22 +876,16 @@ pub async fn run(
         r.minutes(&stats, &mut tower, f64::INFINITY).await?;
     }
 
-    let mut info = spec.info().with_initial_limits(
-        spec.scenario
-            .services
-            .iter()
-            .map(|s| spec.initial_limit.unwrap_or(s.initial_limit))
-            .collect(),
-    );
+    let mut info = spec.info();
     info.complete = stopped.is_none();
     info.summary = summary(spec, &r, &stats.lock().expect("stats lock"))
-        .with_mean_targets(&r.minute_targets, spec.ramp_s);
+        .with_mean_targets(&r.minute_targets, spec.plan.ramp_s);
     info.gaps = r.gaps.clone();
     if let Some(why) = &stopped {
         tracing::warn!("run ended early at {elapsed:.0} s: {why}");
     }
     let memory = tower.into_memory();
-    if spec.tower != TowerKind::None {
+    if spec.plan.tower != TowerKind::None {
         r.writer.tower(&memory)?;
     }
     let lateness_p99_ms = quantile_ms(&stats.lock().expect("stats lock").lateness, 0.99);
@@ -969,8 +924,8 @@ fn dead_app(stats: &Mutex<Stats>, elapsed: f64, spec: &RunSpec) -> Option<String
 /// The run's numbers, as design.md section 4 defines them, over the seconds it ran.
 fn summary(spec: &RunSpec, r: &Runner<'_>, s: &Stats) -> Summary {
     let end = r.flushed;
-    let ramp = spec.ramp_s.min(end);
-    let settle = (spec.ramp_s + SETTLE_S).min(end);
+    let ramp = spec.plan.ramp_s.min(end);
+    let settle = (spec.plan.ramp_s + SETTLE_S).min(end);
     let mean = |from: usize| {
         let span = &r.per_second[from..end];
         span.iter().map(|p| p.alloc[0]).sum::<f64>() / span.len().max(1) as f64
@@ -989,7 +944,7 @@ fn summary(spec: &RunSpec, r: &Runner<'_>, s: &Stats) -> Summary {
         .map(|x| x.sent - x.done())
         .sum();
     Summary::new(
-        Latencies::judge(&s.overall, incomplete, spec.scenario.slo_ms),
+        Latencies::judge(&s.overall, incomplete, spec.plan.scenario.slo_ms),
         allocation,
         after.iter().map(|p| p.usage).sum::<f64>() / trace_s,
         sent as f64 / trace_s,
@@ -1026,8 +981,8 @@ mod tests {
     #[test]
     fn bad_settings_are_refused_before_anything_runs() {
         let mut s = spec();
-        s.tower = TowerKind::Bandit { explore: 0.0 };
-        s.scaler = ScalerKind::K8sCpu;
+        s.plan.tower = TowerKind::Bandit { explore: 0.0 };
+        s.plan.scaler = ScalerKind::K8sCpu;
         assert!(s
             .validate()
             .unwrap_err()
@@ -1044,17 +999,17 @@ mod tests {
         s.url = "ftp://x".into();
         assert!(s.validate().is_err());
         let mut s = spec();
-        s.targets = Targets::new(1.5, 0.1);
+        s.plan.targets = Targets::new(1.5, 0.1);
         assert!(s.validate().unwrap_err().to_string().contains("group 1"));
         let mut s = spec();
-        s.initial_limit = Some(-1.0);
+        s.plan.initial_limit = Some(-1.0);
         assert!(s.validate().is_err());
     }
 
     #[test]
     fn a_run_gives_up_on_an_app_that_answers_nothing() {
         let mut s = spec();
-        s.ramp_s = 0;
+        s.plan.ramp_s = 0;
         s.dead_app_s = 10;
         s.request_timeout = Duration::from_secs(2);
         let stats = LoadGen::new(s.load_config().unwrap()).unwrap().stats();

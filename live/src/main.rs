@@ -296,28 +296,28 @@ fn run(a: RunArgs) -> Result<()> {
         }
         spec.agents.insert(node.to_string(), addr.to_string());
     }
-    spec.multiplier = a.multiplier;
-    spec.ramp_s = a.ramp;
-    spec.load = a
+    spec.plan.multiplier = a.multiplier;
+    spec.plan.ramp_s = a.ramp;
+    spec.plan.load = a
         .load
         .with_think(a.think_time)
         .map_err(|e| anyhow::anyhow!("--think-time: {e}"))?;
-    spec.scaler = a.scaler;
-    spec.targets = a.targets;
-    spec.initial_limit = a.initial_limit;
-    spec.tower = controller::TowerKind::parse(&a.tower, a.explore)?;
-    spec.memory = memory;
-    spec.seed = a.seed;
+    spec.plan.scaler = a.scaler;
+    spec.plan.targets = a.targets;
+    spec.plan.initial_limit = a.initial_limit;
+    spec.plan.tower = controller::TowerKind::parse(&a.tower, a.explore)?;
+    spec.plan.memory = memory;
+    spec.plan.seed = a.seed;
     spec.request_timeout = Duration::from_secs_f64(a.request_timeout);
     spec.max_in_flight = a.max_in_flight.max(1);
     spec.dead_app_s = a.give_up_after;
-    spec.services_csv = !a.no_services;
+    spec.plan.services_csv = !a.no_services;
     spec.validate()?;
-    let writer =
-        record::RecordWriter::create(&a.out, a.force, spec.services_csv).map_err(force_hint)?;
+    let writer = record::RecordWriter::create(&a.out, a.force, spec.plan.services_csv)
+        .map_err(force_hint)?;
 
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        let bar = indicatif::ProgressBar::new(spec.rates().len() as u64);
+        let bar = indicatif::ProgressBar::new(spec.plan.rates().len() as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
                 "live run [{elapsed_precise}] {wide_bar} {pos}/{len} s (eta {eta})",

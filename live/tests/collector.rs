@@ -13,7 +13,7 @@ use live::cgroup::Cgroup;
 use live::loadgen::{LoadConfig, LoadGen, RequestKind};
 use live::testing::http_get;
 use scenarios::Scenario;
-use sim::run::{run, RunConfig};
+use sim::run::{run, RunPlan};
 use traces::{Load, Trace};
 
 mod support;
@@ -61,7 +61,7 @@ cpu = {{ kind = "const", ms = 5 }}
 /// Throttle ratio of the simulated service under the fixed quota.
 fn simulated(text: &str) -> f64 {
     let scenario = Arc::new(Scenario::parse("gc-demo.toml", text).unwrap());
-    let mut cfg = RunConfig::new(
+    let mut cfg = RunPlan::new(
         scenario,
         Arc::new(Trace::constant(RPS, SECONDS)),
         ScalerKind::Const,

@@ -35,7 +35,9 @@ use thiserror::Error;
 use traces::Load;
 
 pub mod latency;
+mod plan;
 pub use latency::Latencies;
+pub use plan::RunPlan;
 
 /// Bumped when a field changes meaning; readers refuse newer formats.
 pub const FORMAT_VERSION: u32 = 1;
@@ -60,6 +62,11 @@ pub enum RecordError {
     Version { path: PathBuf, found: u32 },
     #[error("{0}: not a run record (no run.json); was the run interrupted?")]
     NotARecord(PathBuf),
+    /// A run description that cannot run.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Controller(#[from] controller::ControllerError),
 }
 
 /// What ran, and how it went.

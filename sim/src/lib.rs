@@ -18,11 +18,11 @@
 //! ```
 //! use std::sync::Arc;
 //! use controller::{ScalerKind, Targets};
-//! use sim::run::{run, RunConfig};
+//! use sim::run::{run, RunPlan};
 //!
 //! let scenario = Arc::new(scenarios::Scenario::builtin("demo").unwrap());
 //! let trace = Arc::new(traces::Trace::constant(200, 120));
-//! let mut cfg = RunConfig::new(scenario, trace, ScalerKind::Captain, Targets::new(0.1, 0.1));
+//! let mut cfg = RunPlan::new(scenario, trace, ScalerKind::Captain, Targets::new(0.1, 0.1));
 //! cfg.ramp_s = 0;
 //! let out = run(&cfg, None, &mut |_, _| {}).unwrap();
 //! // 200 trace RPS x the demo's 0.2 multiplier.

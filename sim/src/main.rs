@@ -11,7 +11,7 @@ use controller::{CpuSample, ScalerKind, Targets, TowerMemory};
 use indicatif::{ProgressBar, ProgressStyle};
 use record::RecordWriter;
 use scenarios::Scenario;
-use sim::run::{run, RunConfig, TowerKind};
+use sim::run::{run, RunPlan, TowerKind};
 use sim::sweep::{self, Contender, Settings, Unit, Workload};
 use traces::{Load, Trace};
 
@@ -172,7 +172,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         Some(p) if p.exists() => record::read_json::<TowerMemory>(p)?,
         _ => TowerMemory::default(),
     };
-    let cfg = RunConfig {
+    let cfg = RunPlan {
         multiplier: a.workload.multiplier,
         ramp_s: a.workload.ramp,
         load: a.workload.load_model()?,
@@ -181,7 +181,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         memory,
         seed: a.seed,
         services_csv: !a.no_services,
-        ..RunConfig::new(scenario, trace, a.scaler, a.targets)
+        ..RunPlan::new(scenario, trace, a.scaler, a.targets)
     };
     cfg.validate()?;
     let writer = RecordWriter::create(&a.out, a.force, cfg.services_csv).map_err(force_hint)?;
@@ -308,12 +308,12 @@ struct BenchArgs {
 
 fn cmd_bench(a: BenchArgs) -> Result<()> {
     let (scenario, trace) = a.workload.load()?;
-    let cfg = RunConfig {
+    let cfg = RunPlan {
         multiplier: a.workload.multiplier,
         ramp_s: a.workload.ramp,
         load: a.workload.load_model()?,
         seed: a.seed,
-        ..RunConfig::new(scenario, trace, ScalerKind::Captain, a.targets)
+        ..RunPlan::new(scenario, trace, ScalerKind::Captain, a.targets)
     };
     let start = Instant::now();
     let out = run(&cfg, None, &mut |_, _| {})?;

@@ -2,19 +2,16 @@
 //! a seed, sampled exactly as on a real node (scalers every 100 ms, the Tower every minute),
 //! summarised as design.md section 4 says and streamed to a run record.
 
-use std::sync::Arc;
-
 pub use controller::TowerKind;
-use controller::{MinuteObservation, Scaler, ScalerKind, Targets, TowerMemory};
+use controller::{MinuteObservation, Scaler, Targets, TowerMemory};
 use hdrhistogram::Histogram;
 use record::latency::{histogram, quantile_ms as ms};
+pub use record::RunPlan;
 use record::{throttle_ratio, Latencies, MinuteRow, RecordWriter, RunInfo, ServiceRow, Summary};
-use scenarios::Scenario;
-use traces::{Load, Trace};
 
 use crate::cfs::{Counters, PERIOD};
 use crate::engine::{boundary, Completion, Engine, EngineStats};
-use crate::{Result, SimError};
+use crate::Result;
 
 const PERIODS_PER_SECOND: u64 = 10;
 const PERIODS_PER_MINUTE: u64 = 600;
@@ -22,117 +19,6 @@ const PERIODS_PER_MINUTE: u64 = 600;
 const DRAIN_S: u64 = 60;
 /// Allocation is averaged from this long after the ramp (210 s with the standard 180 s ramp).
 const SETTLE_S: usize = 30;
-
-/// Everything one run needs.
-#[derive(Debug, Clone)]
-pub struct RunConfig {
-    pub scenario: Arc<Scenario>,
-    pub trace: Arc<Trace>,
-    /// Use the scenario's multiplier unless set.
-    pub multiplier: Option<f64>,
-    pub ramp_s: usize,
-    /// Open-loop Poisson arrivals or closed-loop users.
-    pub load: Load,
-    pub scaler: ScalerKind,
-    /// Initial targets per group (throttle ratio for the Captain, utilisation for K8s-CPU).
-    pub targets: Targets,
-    /// Overrides every service's initial limit (the scenario's by default).
-    pub initial_limit: Option<f64>,
-    /// Overrides the initial limit per service (in scenario order); wins over `initial_limit`.
-    pub initial_limits: Option<Vec<f64>>,
-    pub tower: TowerKind,
-    /// What the Tower knows at the start.
-    pub memory: TowerMemory,
-    pub seed: u64,
-    /// Also write services.csv (one row per second per service).
-    pub services_csv: bool,
-}
-
-impl RunConfig {
-    /// A run with the paper's defaults: 180 s ramp, no Tower, records without services.csv.
-    pub fn new(
-        scenario: Arc<Scenario>,
-        trace: Arc<Trace>,
-        scaler: ScalerKind,
-        targets: Targets,
-    ) -> Self {
-        RunConfig {
-            scenario,
-            trace,
-            multiplier: None,
-            ramp_s: traces::RAMP_SECONDS,
-            load: Load::Poisson,
-            scaler,
-            targets,
-            initial_limit: None,
-            initial_limits: None,
-            tower: TowerKind::None,
-            memory: TowerMemory::default(),
-            seed: 1,
-            services_csv: false,
-        }
-    }
-
-    fn multiplier(&self) -> f64 {
-        self.multiplier.unwrap_or(self.scenario.multiplier)
-    }
-
-    /// Refuses what cannot run, before anything runs.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(SimError::Config(m));
-        controller::check_setup(self.scaler, self.targets, self.tower)?;
-        if let Some(l) = self.initial_limit {
-            if !positive(l) {
-                return bad(format!(
-                    "initial limit must be a positive number of cores, got {l}"
-                ));
-            }
-        }
-        if let Some(ls) = &self.initial_limits {
-            if ls.len() != self.scenario.services.len() {
-                return bad(format!(
-                    "{} initial limits given for {} services",
-                    ls.len(),
-                    self.scenario.services.len()
-                ));
-            }
-            if let Some(l) = ls.iter().find(|l| !positive(**l)) {
-                return bad(format!(
-                    "initial limit must be a positive number of cores, got {l}"
-                ));
-            }
-        }
-        if !positive(self.multiplier()) {
-            return bad(format!(
-                "multiplier must be positive, got {}",
-                self.multiplier()
-            ));
-        }
-        Ok(())
-    }
-
-    /// Each service's limit at the start, cores (scenario order).
-    pub fn initial_limits(&self) -> Vec<f64> {
-        match &self.initial_limits {
-            Some(ls) => ls.clone(),
-            None => self
-                .scenario
-                .services
-                .iter()
-                .map(|s| self.initial_limit.unwrap_or(s.initial_limit))
-                .collect(),
-        }
-    }
-
-    /// The run's static description (its summary is filled in at the end).
-    pub fn info(&self) -> RunInfo {
-        RunInfo::new("sim", &self.scenario, &self.trace.name, self.seed)
-            .with_workload(self.multiplier(), self.ramp_s)
-            .with_load(self.load)
-            .with_control(self.scaler, self.targets, self.tower)
-            .with_initial_limits(self.initial_limits())
-    }
-}
 
 /// What a run produced.
 #[derive(Debug, Clone)]
@@ -147,21 +33,16 @@ pub struct RunOutput {
     pub service_usage: Vec<f64>,
 }
 
-/// A finite number above zero (NaN is not).
-fn positive(x: f64) -> bool {
-    x > 0.0 && x.is_finite()
-}
-
 /// Runs one configuration, streaming the record to `writer` if given; `progress` is called
 /// every simulated second with (seconds done, seconds in total).
 pub fn run(
-    cfg: &RunConfig,
+    cfg: &RunPlan,
     mut writer: Option<RecordWriter>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<RunOutput> {
     cfg.validate()?;
     let scenario = &*cfg.scenario;
-    let rates = cfg.trace.schedule(cfg.multiplier(), cfg.ramp_s);
+    let rates = cfg.rates();
     let seconds = rates.len() as u64;
     let node_cores: Vec<f64> = scenario
         .services
@@ -343,7 +224,7 @@ pub fn run(
 
     let (usage0, periods0, throttled0, arrivals0) = ramp_counters.unwrap_or((0.0, 0, 0, 0));
     let trace_s = (seconds as usize).saturating_sub(cfg.ramp_s).max(1) as f64;
-    let mut info = cfg.info();
+    let mut info = cfg.info("sim");
     info.summary = Summary::new(
         Latencies::judge(&overall, incomplete, scenario.slo_ms),
         if alloc_time > 0.0 {

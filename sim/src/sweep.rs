@@ -17,7 +17,7 @@ use scenarios::Scenario;
 use serde::{Deserialize, Serialize};
 use traces::{Load, Trace};
 
-use crate::run::{run, RunConfig, TowerKind};
+use crate::run::{run, RunPlan, TowerKind};
 use crate::{Result, SimError};
 
 /// The utilisation targets the baselines are tuned over (design.md section 4).
@@ -299,7 +299,7 @@ fn run_unit(
                 }
             };
             for (i, t) in targets.iter().enumerate() {
-                let mut cfg = RunConfig::new(app.clone(), workload.trace.clone(), scaler, *t);
+                let mut cfg = RunPlan::new(app.clone(), workload.trace.clone(), scaler, *t);
                 cfg.seed = settings.seed;
                 cfg.ramp_s = settings.ramp_s;
                 cfg.load = settings.load;
@@ -367,11 +367,11 @@ fn captain_config(
     settings: &Settings,
     tower: TowerKind,
     memory: TowerMemory,
-) -> RunConfig {
+) -> RunPlan {
     let initial = controller::BanditConfig::new(app.slo_ms, app.aggregate_rps)
         .initial
         .targets();
-    let mut cfg = RunConfig::new(app.clone(), trace.clone(), ScalerKind::Captain, initial);
+    let mut cfg = RunPlan::new(app.clone(), trace.clone(), ScalerKind::Captain, initial);
     cfg.seed = settings.seed;
     cfg.ramp_s = settings.ramp_s;
     cfg.load = settings.load;
@@ -392,11 +392,7 @@ fn target_label(t: Targets) -> String {
 /// Runs `cfg` into `out/dir`, or reuses the record there when it is a finished run of the same
 /// configuration (the Tower memory that was fed in is part of "the same": it is stored as
 /// `tower-in.json` beside the record and compared).
-fn run_or_resume(
-    cfg: &RunConfig,
-    settings: &Settings,
-    dir: &str,
-) -> Result<(RunInfo, TowerMemory)> {
+fn run_or_resume(cfg: &RunPlan, settings: &Settings, dir: &str) -> Result<(RunInfo, TowerMemory)> {
     let path = settings.out.join(dir);
     let learning = cfg.tower != TowerKind::None;
     if settings.resume {
@@ -415,15 +411,11 @@ fn run_or_resume(
     Ok((out.info, out.memory))
 }
 
-fn reusable(
-    cfg: &RunConfig,
-    path: &Path,
-    learning: bool,
-) -> Result<Option<(RunInfo, TowerMemory)>> {
+fn reusable(cfg: &RunPlan, path: &Path, learning: bool) -> Result<Option<(RunInfo, TowerMemory)>> {
     let Ok(found) = Record::read(path) else {
         return Ok(None);
     };
-    let mut want = cfg.info();
+    let mut want = cfg.info("sim");
     want.summary = found.info.summary.clone();
     if found.info != want {
         return Ok(None);

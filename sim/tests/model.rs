@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use controller::{ScalerKind, Targets};
 use scenarios::Scenario;
-use sim::run::{run, RunConfig, RunOutput};
+use sim::run::{run, RunOutput, RunPlan};
 use traces::Trace;
 
 fn one_service(threads: u32, cores: u32, mean_ms: f64) -> Arc<Scenario> {
@@ -34,8 +34,8 @@ cpu = {{ kind = "exp", mean_ms = {mean_ms} }}
 
 /// A run of a constant load (`value` requests per second, or users) with no ramp, every
 /// container held at its initial limit.
-fn constant(scenario: Arc<Scenario>, value: u32, seconds: usize) -> RunConfig {
-    let mut cfg = RunConfig::new(
+fn constant(scenario: Arc<Scenario>, value: u32, seconds: usize) -> RunPlan {
+    let mut cfg = RunPlan::new(
         scenario,
         Arc::new(Trace::constant(value, seconds)),
         ScalerKind::Const,
@@ -120,7 +120,7 @@ fn same_seed_same_records_byte_for_byte() {
     let trace = Arc::new(Trace::builtin("bursty").unwrap().truncated(240));
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     for (i, dir) in dirs.iter().enumerate() {
-        let mut cfg = RunConfig::new(
+        let mut cfg = RunPlan::new(
             scenario.clone(),
             trace.clone(),
             ScalerKind::Captain,
@@ -153,7 +153,7 @@ fn the_slo_trade_off_is_real() {
         let scenario = Arc::new(Scenario::builtin(name).unwrap());
         let rps = scenario.constant_rps.unwrap() as f64 / scenario.multiplier;
         let trace = Arc::new(Trace::constant(rps.round() as u32, 240));
-        let mut cfg = RunConfig::new(
+        let mut cfg = RunPlan::new(
             scenario.clone(),
             trace,
             ScalerKind::Const,

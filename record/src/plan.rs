@@ -1,0 +1,187 @@
+//! The description of a run, shared by the simulator and the live coordinator.
+
+use std::sync::Arc;
+
+use controller::{ScalerKind, Targets, TowerKind, TowerMemory};
+use scenarios::Scenario;
+use traces::{Load, Trace};
+
+use crate::{RecordError, RunInfo};
+
+/// Everything a run needs, in either world: what app, what load, which controllers. The
+/// simulator runs it as it is; the live coordinator adds where the app and the agents are.
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    pub scenario: Arc<Scenario>,
+    pub trace: Arc<Trace>,
+    /// Use the scenario's multiplier unless set.
+    pub multiplier: Option<f64>,
+    pub ramp_s: usize,
+    /// Open-loop Poisson arrivals or closed-loop users.
+    pub load: Load,
+    pub scaler: ScalerKind,
+    /// Initial targets per group (throttle ratio for the Captain, utilisation for K8s-CPU).
+    pub targets: Targets,
+    /// Overrides every service's initial limit (the scenario's by default).
+    pub initial_limit: Option<f64>,
+    /// Overrides the initial limit per service (in scenario order); wins over `initial_limit`.
+    pub initial_limits: Option<Vec<f64>>,
+    pub tower: TowerKind,
+    /// What the Tower knows at the start.
+    pub memory: TowerMemory,
+    pub seed: u64,
+    /// Also write services.csv (one row per second per service).
+    pub services_csv: bool,
+}
+
+impl RunPlan {
+    /// A run with the paper's defaults: 180 s ramp, no Tower, records without services.csv.
+    pub fn new(
+        scenario: Arc<Scenario>,
+        trace: Arc<Trace>,
+        scaler: ScalerKind,
+        targets: Targets,
+    ) -> Self {
+        RunPlan {
+            scenario,
+            trace,
+            multiplier: None,
+            ramp_s: traces::RAMP_SECONDS,
+            load: Load::Poisson,
+            scaler,
+            targets,
+            initial_limit: None,
+            initial_limits: None,
+            tower: TowerKind::None,
+            memory: TowerMemory::default(),
+            seed: 1,
+            services_csv: false,
+        }
+    }
+
+    /// The trace multiplier in force.
+    pub fn multiplier(&self) -> f64 {
+        self.multiplier.unwrap_or(self.scenario.multiplier)
+    }
+
+    /// Refuses what cannot run, before anything runs.
+    pub fn validate(&self) -> Result<(), RecordError> {
+        let bad = |m: String| Err(RecordError::Invalid(m));
+        controller::check_setup(self.scaler, self.targets, self.tower)?;
+        if let Some(l) = self.initial_limit {
+            if !positive(l) {
+                return bad(format!(
+                    "initial limit must be a positive number of cores, got {l}"
+                ));
+            }
+        }
+        if let Some(ls) = &self.initial_limits {
+            if ls.len() != self.scenario.services.len() {
+                return bad(format!(
+                    "{} initial limits given for {} services",
+                    ls.len(),
+                    self.scenario.services.len()
+                ));
+            }
+            if let Some(l) = ls.iter().find(|l| !positive(**l)) {
+                return bad(format!(
+                    "initial limit must be a positive number of cores, got {l}"
+                ));
+            }
+        }
+        if !positive(self.multiplier()) {
+            return bad(format!(
+                "multiplier must be positive, got {}",
+                self.multiplier()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Each service's limit at the start, cores (scenario order).
+    pub fn initial_limits(&self) -> Vec<f64> {
+        match &self.initial_limits {
+            Some(ls) => ls.clone(),
+            None => self
+                .scenario
+                .services
+                .iter()
+                .map(|s| self.initial_limit.unwrap_or(s.initial_limit))
+                .collect(),
+        }
+    }
+
+    /// Requests (or users) per second, second by second: the ramp, then the trace.
+    pub fn rates(&self) -> Vec<f64> {
+        self.trace.schedule(self.multiplier(), self.ramp_s)
+    }
+
+    /// The run's static description for a run record from `source` (`sim` or `live`); its
+    /// summary is filled in at the end.
+    pub fn info(&self, source: &str) -> RunInfo {
+        RunInfo::new(source, &self.scenario, &self.trace.name, self.seed)
+            .with_workload(self.multiplier(), self.ramp_s)
+            .with_load(self.load)
+            .with_control(self.scaler, self.targets, self.tower)
+            .with_initial_limits(self.initial_limits())
+    }
+}
+
+/// A finite number above zero (NaN is not).
+fn positive(x: f64) -> bool {
+    x > 0.0 && x.is_finite()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> RunPlan {
+        RunPlan::new(
+            Arc::new(Scenario::builtin("demo").unwrap()),
+            Arc::new(Trace::constant(100, 60)),
+            ScalerKind::Captain,
+            Targets::new(0.1, 0.1),
+        )
+    }
+
+    #[test]
+    fn refuses_what_cannot_run() {
+        assert!(plan().validate().is_ok());
+        let mut p = plan();
+        p.initial_limit = Some(f64::NAN);
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("initial limit"));
+        let mut p = plan();
+        p.initial_limits = Some(vec![1.0]);
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("1 initial limits given for 3 services"));
+        let mut p = plan();
+        p.multiplier = Some(0.0);
+        assert!(p.validate().unwrap_err().to_string().contains("multiplier"));
+        let mut p = plan();
+        p.tower = TowerKind::Bandit { explore: 0.1 };
+        p.scaler = ScalerKind::K8sCpu;
+        assert!(
+            p.validate().is_err(),
+            "a Tower sets throttle-ratio targets: Captains only"
+        );
+    }
+
+    #[test]
+    fn initial_limits_per_service_win_over_one_for_all() {
+        let mut p = plan();
+        assert_eq!(p.initial_limits(), vec![2.0; 3]);
+        p.initial_limit = Some(4.0);
+        assert_eq!(p.initial_limits(), vec![4.0; 3]);
+        p.initial_limits = Some(vec![1.0, 2.0, 3.0]);
+        assert_eq!(p.initial_limits(), vec![1.0, 2.0, 3.0]);
+        assert_eq!(p.info("sim").initial_limits, vec![1.0, 2.0, 3.0]);
+    }
+}
