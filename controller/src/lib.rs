@@ -47,8 +47,8 @@ mod error;
 mod k8s;
 mod sample;
 mod scaler;
+mod setup;
 mod tower;
-mod towers;
 
 pub use bandit::{BanditConfig, BanditTower};
 pub use captain::Captain;
@@ -56,8 +56,8 @@ pub use error::ControllerError;
 pub use k8s::K8sCpu;
 pub use sample::{CpuSample, MIN_LIMIT};
 pub use scaler::{Const, Scaler, ScalerConfig, ScalerKind};
+pub use setup::{check_setup, TowerKind};
 pub use tower::{
     Action, ExploreTower, MinuteObservation, NoTower, Targets, Tower, TowerMemory, TowerSample,
     TARGET_GRID,
 };
-pub use towers::{check_setup, TowerKind};

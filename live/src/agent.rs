@@ -452,7 +452,7 @@ pub fn load_token(
         (None, Some(v)) => v.trim().to_string(),
         (None, None) => {
             return Err(LiveError::Config(
-                "no token: pass --token-file FILE or set AUTOTHROTTLE_TOKEN".into(),
+                "no token: no token file given and AUTOTHROTTLE_TOKEN is not set".into(),
             ))
         }
     };

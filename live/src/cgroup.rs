@@ -479,7 +479,7 @@ impl QosClass {
 }
 
 /// The kubelet's cgroup driver, which decides how the path is spelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Driver {
     Systemd,

@@ -19,8 +19,8 @@
 //!   service, each in its own cgroup, burning the CPU the scenario's calls and collectors say.
 //! * [`os`]: the operating-system calls the std library lacks (CPU clocks, signals), each
 //!   wrapped once.
-//! * [`testing`]: real cgroups for tests and benchmarks, created under a fresh name and
-//!   removed on drop.
+//! * [`groups`]: real cgroups this program creates for itself (the demo app, the benchmark,
+//!   the kernel tests), under a fresh name, removed on drop.
 //!
 //! The controller code is the simulator's: `controller::Captain` and friends are fed the same
 //! `CpuSample`s, read here from `cpu.stat` instead of the model.
@@ -30,13 +30,13 @@ pub mod cgroup;
 pub mod coordinator;
 pub mod demo;
 pub mod discovery;
+pub mod groups;
 pub mod journal;
 pub mod loadgen;
 #[allow(unsafe_code)] // the one module that talks to libc directly
 pub mod os;
 pub mod protocol;
 pub mod server;
-pub mod testing;
 
 use std::path::PathBuf;
 

@@ -11,13 +11,12 @@ use std::time::{Duration, Instant};
 use controller::{ScalerKind, Targets};
 use live::cgroup::Cgroup;
 use live::loadgen::{LoadConfig, LoadGen, RequestKind};
-use live::testing::http_get;
 use scenarios::Scenario;
 use sim::run::{run, RunPlan};
 use traces::{Load, Trace};
 
 mod support;
-use support::{cgroup_root, fresh_name, Proc};
+use support::{cgroup_root, fresh_name, http_get, Proc};
 
 const RPS: u32 = 40;
 const SECONDS: usize = 30;

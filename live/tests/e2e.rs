@@ -10,11 +10,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use live::cgroup::{Cgroup, Quota, Root};
-use live::testing::http_get;
 use record::Record;
 
 mod support;
-use support::{cgroup_root, free_port, fresh_name, groups, serial, wait_for, Proc};
+use support::{cgroup_root, free_port, fresh_name, groups, http_get, serial, wait_for, Proc};
 
 const SERVICES: [&str; 3] = ["gateway", "auth", "store"];
 const TOKEN: &str = "e2e-token";

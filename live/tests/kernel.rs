@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use controller::ScalerKind;
 use live::agent::Agent;
 use live::cgroup::{Cgroup, Root};
+use live::groups::Groups;
 use live::journal::Journal;
 use live::protocol::{self, Call, Request};
-use live::testing::{http_get, Groups};
 
 mod support;
-use support::{fresh_name, groups, serial, wait_for};
+use support::{fresh_name, groups, http_get, serial, wait_for};
 
 fn quota(root: &Root, g: &Groups, name: &str) -> live::cgroup::Quota {
     Cgroup::open(name, root, &g.rel(name)).unwrap().original()

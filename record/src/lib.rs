@@ -34,6 +34,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use traces::Load;
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod latency;
 mod plan;
 pub use latency::Latencies;

@@ -167,12 +167,12 @@ fn run_refuses_bad_input() {
             "run", "--scaler", "k8s-cpu", "--tower", "bandit", "--out", o,
         ],
         None,
-        "needs --scaler captain",
+        "needs the captain scaler",
     );
     fails_with(
         &["run", "--tower", "smart", "--out", o],
         None,
-        "unknown tower 'smart'",
+        "invalid value 'smart' for '--tower <TOWER>'",
     );
     assert!(!out.join("run.json").exists(), "nothing ran");
 }

@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use live::cgroup::Root;
-use live::testing::Groups;
+use live::groups::Groups;
 
 /// Tests that burn real CPU or time the kernel run one at a time within a binary.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -84,4 +84,21 @@ pub fn free_port() -> u16 {
             return p;
         }
     }
+}
+
+/// One plain HTTP/1.1 GET (connection closed after it); the status code, or `None` when
+/// nothing answered within 5 s. For waiting on test servers without an HTTP client.
+pub fn http_get(addr: &str, path: &str) -> Option<u16> {
+    use std::io::{BufRead, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

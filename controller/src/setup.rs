@@ -24,7 +24,7 @@ pub fn check_setup(
     tower.validate()?;
     if tower != TowerKind::None && scaler != ScalerKind::Captain {
         return Err(ControllerError::Setup(format!(
-            "a Tower sets throttle targets, so it needs --scaler captain (got {scaler})"
+            "a Tower sets throttle targets, so it needs the captain scaler (got {scaler})"
         )));
     }
     Ok(())
@@ -43,22 +43,7 @@ pub enum TowerKind {
 }
 
 impl TowerKind {
-    /// From a command-line name (`none`, `explore`, `bandit`) and the bandit's exploration rate.
-    pub fn parse(name: &str, explore: f64) -> Result<TowerKind, ControllerError> {
-        let kind = match name {
-            "none" => TowerKind::None,
-            "explore" => TowerKind::Explore,
-            "bandit" => TowerKind::Bandit { explore },
-            other => {
-                return Err(ControllerError::BadTower(format!(
-                    "unknown tower '{other}' (expected none, explore or bandit)"
-                )))
-            }
-        };
-        kind.validate()?;
-        Ok(kind)
-    }
-
+    /// Refuses an exploration rate outside 0..1.
     pub fn validate(&self) -> Result<(), ControllerError> {
         if let TowerKind::Bandit { explore } = *self {
             if !(0.0..=1.0).contains(&explore) {
@@ -123,16 +108,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_parse_and_bad_ones_are_refused() {
-        assert_eq!(TowerKind::parse("none", 0.3).unwrap(), TowerKind::None);
-        assert_eq!(
-            TowerKind::parse("bandit", 0.5).unwrap(),
-            TowerKind::Bandit { explore: 0.5 }
-        );
-        let e = TowerKind::parse("oracle", 0.0).unwrap_err().to_string();
-        assert!(e.contains("unknown tower 'oracle'"), "{e}");
-        assert!(TowerKind::parse("bandit", 1.5).is_err());
-        assert!(TowerKind::parse("bandit", f64::NAN).is_err());
+    fn exploration_rates_outside_zero_to_one_are_refused() {
+        assert!(TowerKind::Bandit { explore: 0.5 }.validate().is_ok());
+        assert!(TowerKind::Bandit { explore: 1.5 }.validate().is_err());
+        assert!(TowerKind::Bandit { explore: f64::NAN }.validate().is_err());
     }
 
     #[test]
@@ -141,7 +120,7 @@ mod tests {
         check_setup(ScalerKind::Captain, t, TowerKind::Bandit { explore: 0.2 }).unwrap();
         check_setup(ScalerKind::K8sCpu, Targets::new(0.5, 0.5), TowerKind::None).unwrap();
         let e = check_setup(ScalerKind::K8sCpu, t, TowerKind::Explore).unwrap_err();
-        assert!(e.to_string().contains("needs --scaler captain"), "{e}");
+        assert!(e.to_string().contains("needs the captain scaler"), "{e}");
         let e =
             check_setup(ScalerKind::Captain, Targets::new(0.1, 1.5), TowerKind::None).unwrap_err();
         assert!(e.to_string().contains("target for group 2"), "{e}");

@@ -1,4 +1,5 @@
-//! Real cgroups for tests and benchmarks: created under a fresh name, removed on drop.
+//! Real cgroups this program creates for itself (`live demo`, `live bench`, the kernel tests):
+//! created under a fresh name, removed on drop.
 //!
 //! Only groups this module created are ever touched; on drop every process in them is moved
 //! back to the hierarchy's root (and killed if it is one of ours), then the groups are removed,
@@ -170,21 +171,4 @@ impl Drop for Groups {
             let _ = std::fs::remove_dir(dir.join(&self.base));
         }
     }
-}
-
-/// One plain HTTP/1.1 GET (connection closed after it); the status code, or `None` when
-/// nothing answered within 5 s. For waiting on test servers without an HTTP client.
-pub fn http_get(addr: &str, path: &str) -> Option<u16> {
-    use std::io::{BufRead, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut line = String::new();
-    std::io::BufReader::new(s).read_line(&mut line).ok()?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -1,0 +1,170 @@
+//! `live run`: Autothrottle (or a baseline) on a live app.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use live::coordinator::{self, RunSpec};
+use record::cli::ControlArgs;
+use record::RunPlan;
+
+use super::force_hint;
+
+#[derive(Args, Clone)]
+#[command(after_help = "Example, on one machine:\n  \
+    live demo                                   # the demo app, prints the agent command\n  \
+    AUTOTHROTTLE_TOKEN=t live agent --no-supervisor --listen 127.0.0.1:7070 --cgroup ...\n  \
+    AUTOTHROTTLE_TOKEN=t live run --trace constant --duration 300 --tower bandit\n\n\
+    The record (run.json, minutes.csv, services.csv, tower.json) reads like a simulated one: \
+    `sim plot runs/live` draws it. Ctrl-C stops the run: the agents put the original limits \
+    back and the partial record is kept, marked incomplete (exit code 130).")]
+pub struct RunArgs {
+    /// Application: a built-in scenario name or a .toml file (nodes need agent addresses,
+    /// request types need http paths).
+    #[arg(long, default_value = "demo")]
+    pub scenario: String,
+    /// Workload: a built-in trace, constant-N, `constant` (the scenario's constant
+    /// workload) or a trace file (one RPS integer per line).
+    #[arg(long, default_value = "diurnal")]
+    pub trace: String,
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// Base URL of the app's entry service.
+    #[arg(long, default_value = "http://127.0.0.1:18080")]
+    pub url: String,
+    /// An agent address for a node: NODE=HOST:PORT (overrides the scenario's).
+    #[arg(long = "agent", value_name = "NODE=HOST:PORT")]
+    pub agents: Vec<String>,
+    /// File holding the agents' shared token (else the AUTOTHROTTLE_TOKEN environment variable).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// A request not answered within this many seconds counts as a miss.
+    #[arg(long, default_value_t = 10.0)]
+    pub request_timeout: f64,
+    /// Requests in flight at most (the schedule falls behind beyond it, and says so).
+    #[arg(long, default_value_t = 4096)]
+    pub max_in_flight: usize,
+    /// Give up when the app has answered nothing for this many seconds (0: never).
+    #[arg(long, default_value_t = 30)]
+    pub give_up_after: usize,
+    /// Run record directory.
+    #[arg(long, default_value = "runs/live")]
+    pub out: PathBuf,
+    /// Overwrite a run record already in --out.
+    #[arg(long)]
+    pub force: bool,
+    /// Do not write services.csv.
+    #[arg(long)]
+    pub no_services: bool,
+    /// Print run.json on stdout at the end.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn cmd(a: RunArgs) -> Result<()> {
+    // Everything read and checked before any agent is contacted.
+    let plan = a.control.plan(&a.scenario, &a.trace)?;
+    let scenario = plan.scenario.clone();
+    let token = live::agent::load_token(
+        a.token_file.as_deref(),
+        std::env::var("AUTOTHROTTLE_TOKEN").ok(),
+    )
+    .context("the agents' token (--token-file FILE or AUTOTHROTTLE_TOKEN)")?;
+    if !(a.request_timeout > 0.0 && a.request_timeout <= 3600.0) {
+        bail!("--request-timeout must be within (0, 3600] seconds");
+    }
+    let mut spec = RunSpec::new(scenario.clone(), plan.trace.clone(), &a.url, &token);
+    spec.plan = RunPlan {
+        services_csv: !a.no_services,
+        ..plan
+    };
+    for s in &a.agents {
+        let (node, addr) = s
+            .split_once('=')
+            .with_context(|| format!("--agent takes NODE=HOST:PORT, got '{s}'"))?;
+        if !scenario.nodes.iter().any(|(n, _)| n == node) {
+            bail!(
+                "--agent {s}: {} has no node '{node}' (nodes: {})",
+                scenario.source,
+                scenario
+                    .nodes
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        spec.agents.insert(node.to_string(), addr.to_string());
+    }
+    spec.request_timeout = Duration::from_secs_f64(a.request_timeout);
+    spec.max_in_flight = a.max_in_flight.max(1);
+    spec.dead_app_s = a.give_up_after;
+    if spec.agents.is_empty() {
+        bail!(
+            "no agent addresses: give the nodes of {} `agent = \"host:port\"` or pass --agent NODE=HOST:PORT",
+            scenario.source
+        );
+    }
+    spec.validate()?;
+    let writer = record::RecordWriter::create(&a.out, a.force, spec.plan.services_csv)
+        .map_err(force_hint)?;
+
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let bar = indicatif::ProgressBar::new(spec.plan.rates().len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "live run [{elapsed_precise}] {wide_bar} {pos}/{len} s (eta {eta})",
+            )
+            .expect("static template"),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let out = rt.block_on(async {
+        let shutdown = async {
+            live::os::stop_requested().await.expect("SIGTERM handler");
+        };
+        let bar = bar.clone();
+        coordinator::run(&spec, writer, shutdown, &mut move |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+        .await
+    });
+    bar.finish_and_clear();
+    let out = out?;
+    a.control.save_memory(&out.memory)?;
+    let s = &out.info.summary;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out.info)?);
+    } else {
+        println!("{}", out.info.report());
+        println!(
+            "{} requests ({} unanswered), send lateness p99 {:.1} ms; record in {}",
+            s.requests,
+            s.incomplete,
+            out.lateness_p99_ms,
+            a.out.display()
+        );
+    }
+    for g in &out.info.gaps {
+        let until = g.to_s.map_or("the end".to_string(), |t| format!("{t} s"));
+        eprintln!(
+            "gap: {} on node {} from {} s to {until}: {}",
+            g.container, g.node, g.from_s, g.reason
+        );
+    }
+    if let Some(why) = &out.stopped {
+        eprintln!(
+            "run stopped early ({why}); limits restored; partial record in {} (complete: false)",
+            a.out.display()
+        );
+        std::process::exit(if why == "interrupted" { 130 } else { 1 });
+    }
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! `sim scenario`: check a scenario and show where its CPU goes.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+use anyhow::Result;
+use scenarios::Scenario;
+
+pub fn cmd(name: &str) -> Result<()> {
+    let s = Scenario::load(name)?;
+    // Written at once, so that a reader that stops early (`| head`) ends the command quietly.
+    let mut out = String::new();
+    let per = s.mean_cpu_per_request();
+    let total: f64 = per.iter().sum();
+    writeln!(
+        out,
+        "{} ({}): {} services on {} nodes, SLO {} ms, multiplier {}",
+        s.name,
+        s.source,
+        s.services.len(),
+        s.nodes.len(),
+        s.slo_ms,
+        s.multiplier
+    )?;
+    writeln!(
+        out,
+        "CPU per request on the mix: {:.2} ms of request CPU (collectors not included)",
+        total * 1000.0
+    )?;
+    writeln!(
+        out,
+        "{:<32} {:>5} {:>7} {:>10} {:>6}  collector",
+        "service", "group", "threads", "ms/request", "share"
+    )?;
+    for (svc, c) in s.services.iter().zip(&per) {
+        // What the collector adds: its share of the container's CPU, and one collection's
+        // work and width (the burst that can spend a period's quota at once).
+        let gc = svc.runtime.map_or(String::new(), |r| {
+            format!(
+                "{} every {:.2} core-s of requests: {:.0} core-ms on {} threads, {:.0}% of CPU",
+                if r.stop_the_world {
+                    "pause"
+                } else {
+                    "concurrent mark"
+                },
+                r.trigger_cpu,
+                r.work * 1000.0,
+                r.threads,
+                100.0 * r.cpu_share()
+            )
+        });
+        let line = format!(
+            "{:<32} {:>5} {:>7} {:>10.3} {:>5.1}%  {gc}",
+            svc.name,
+            svc.group,
+            svc.threads,
+            c * 1000.0,
+            100.0 * c / total.max(1e-12)
+        );
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    std::io::stdout().write_all(out.as_bytes())?;
+    Ok(())
+}
