@@ -256,215 +256,22 @@ impl Scenario {
                 message: inner.message().trim().to_string(),
             }
         })?;
-        Scenario::from_file(file, parsed)
+        Scenario::compile(file, parsed)
     }
 
-    /// Validates an already-parsed file.
-    pub fn from_file(file: &str, f: ScenarioFile) -> Result<Scenario, ScenarioError> {
-        let invalid = |path: String, reason: String| ScenarioError::Invalid {
-            file: file.to_string(),
-            path,
-            reason,
-        };
-        let positive = |path: &str, v: f64| {
-            if v.is_finite() && v > 0.0 {
-                Ok(())
-            } else {
-                Err(invalid(
-                    path.into(),
-                    format!("must be a positive number, got {v}"),
-                ))
-            }
-        };
-        positive("slo_ms", f.slo_ms)?;
-        positive("multiplier", f.multiplier)?;
-        positive("aggregate_rps", f.aggregate_rps)?;
-        if let Some(l) = f.initial_limit {
-            positive("initial_limit", l)?;
-        }
-        f.network_delay
-            .check(true)
-            .map_err(|r| invalid("network_delay".into(), r))?;
-
-        if f.nodes.is_empty() {
-            return Err(invalid("nodes".into(), "no nodes".into()));
-        }
-        let mut node_index = HashMap::new();
-        for (i, n) in f.nodes.iter().enumerate() {
-            if node_index.insert(n.name.as_str(), i).is_some() {
-                return Err(invalid(
-                    format!("nodes[{i}].name"),
-                    format!("duplicate node '{}'", n.name),
-                ));
-            }
-            positive(&format!("nodes[{i}].cores"), n.cores)?;
-            if let Some(a) = &n.agent {
-                let ok = a
-                    .rsplit_once(':')
-                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-                if !ok {
-                    return Err(invalid(
-                        format!("nodes[{i}].agent"),
-                        format!("'{a}' is not host:port"),
-                    ));
-                }
-            }
-        }
-
-        if f.services.is_empty() {
-            return Err(invalid("services".into(), "no services".into()));
-        }
-        let mut service_index = HashMap::new();
-        let mut services = Vec::new();
-        for (i, s) in f.services.iter().enumerate() {
-            if service_index.insert(s.name.as_str(), i).is_some() {
-                return Err(invalid(
-                    format!("services[{i}].name"),
-                    format!("duplicate service '{}'", s.name),
-                ));
-            }
-            let node = *node_index.get(s.node.as_str()).ok_or_else(|| {
-                invalid(
-                    format!("services[{i}].node"),
-                    format!("unknown node '{}'", s.node),
-                )
-            })?;
-            let cores = f.nodes[node].cores;
-            let threads = s.threads.unwrap_or(cores.ceil() as u32);
-            if threads == 0 {
-                return Err(invalid(
-                    format!("services[{i}].threads"),
-                    "must be at least 1".into(),
-                ));
-            }
-            if s.group != 1 && s.group != 2 {
-                return Err(invalid(
-                    format!("services[{i}].group"),
-                    format!("must be 1 (CPU-heavy) or 2, got {}", s.group),
-                ));
-            }
-            let runtime = s
-                .runtime
-                .as_ref()
-                .map(|r| Runtime::compile(r, cores))
-                .transpose()
-                .map_err(|(field, reason)| {
-                    invalid(format!("services[{i}].runtime.{field}"), reason)
-                })?;
-            services.push(Service {
-                name: s.name.clone(),
-                node,
-                threads,
-                group: s.group,
-                initial_limit: f.initial_limit.unwrap_or(cores),
-                runtime,
-            });
-        }
-
-        for (name, c) in &f.calls {
-            let at = format!("calls.\"{name}\"");
-            if !service_index.contains_key(c.service.as_str()) {
-                return Err(invalid(
-                    format!("{at}.service"),
-                    format!("unknown service '{}'", c.service),
-                ));
-            }
-            c.cpu
-                .check(false)
-                .map_err(|r| invalid(format!("{at}.cpu"), r))?;
-            if let Some(after) = &c.cpu_after {
-                after
-                    .check(false)
-                    .map_err(|r| invalid(format!("{at}.cpu_after"), r))?;
-            }
-            if !(c.probability > 0.0 && c.probability <= 1.0) {
-                return Err(invalid(
-                    format!("{at}.probability"),
-                    format!("must be within (0, 1], got {}", c.probability),
-                ));
-            }
-            if c.parallelism == 0 || c.parallelism > MAX_PARALLELISM {
-                return Err(invalid(
-                    format!("{at}.parallelism"),
-                    format!(
-                        "must be within 1..={MAX_PARALLELISM}, got {}",
-                        c.parallelism
-                    ),
-                ));
-            }
-            for (si, stage) in c.calls.iter().enumerate() {
-                if stage.is_empty() {
-                    return Err(invalid(format!("{at}.calls[{si}]"), "empty stage".into()));
-                }
-                for (ci, child) in stage.iter().enumerate() {
-                    if !f.calls.contains_key(child) {
-                        return Err(invalid(
-                            format!("{at}.calls[{si}][{ci}]"),
-                            format!("unknown call '{child}'"),
-                        ));
-                    }
-                }
-            }
-        }
-        find_cycle(&f).map_err(|(path, reason)| invalid(path, reason))?;
-
-        if f.requests.is_empty() {
-            return Err(invalid(
-                "requests".into(),
-                "the request mix is empty".into(),
-            ));
-        }
-        let mut names = HashSet::new();
-        let mut requests = Vec::new();
-        for (i, r) in f.requests.iter().enumerate() {
-            if !names.insert(r.name.as_str()) {
-                return Err(invalid(
-                    format!("requests[{i}].name"),
-                    format!("duplicate request '{}'", r.name),
-                ));
-            }
-            positive(&format!("requests[{i}].weight"), r.weight)?;
-            if let Some(h) = &r.http {
-                const METHODS: [&str; 5] = ["GET", "POST", "PUT", "DELETE", "PATCH"];
-                if !METHODS.contains(&h.method.as_str()) {
-                    return Err(invalid(
-                        format!("requests[{i}].http.method"),
-                        format!("'{}' is not one of {}", h.method, METHODS.join(", ")),
-                    ));
-                }
-                if !h.path.starts_with('/') {
-                    return Err(invalid(
-                        format!("requests[{i}].http.path"),
-                        format!("'{}' must start with '/'", h.path),
-                    ));
-                }
-                if h.content_type.is_some() && h.body.is_none() {
-                    return Err(invalid(
-                        format!("requests[{i}].http.content_type"),
-                        "a content type without a body".to_string(),
-                    ));
-                }
-            }
-            if !f.calls.contains_key(&r.call) {
-                return Err(invalid(
-                    format!("requests[{i}].call"),
-                    format!("unknown call '{}'", r.call),
-                ));
-            }
-            let mut nodes = Vec::new();
-            expand(&f, &service_index, &r.call, &mut nodes)
-                .map_err(|reason| invalid(format!("requests[{i}].call"), reason))?;
-            requests.push(RequestType {
-                name: r.name.clone(),
-                weight: r.weight,
-                nodes,
-            });
-        }
-
+    /// Validates an already-parsed file (`source` names it in errors) and compiles it into
+    /// the model the simulator runs.
+    pub fn compile(source: &str, f: ScenarioFile) -> Result<Scenario, ScenarioError> {
+        let check = Check { source };
+        check.globals(&f)?;
+        let node_index = check.nodes(&f)?;
+        let (service_index, services) = check.services(&f, &node_index)?;
+        check.calls(&f, &service_index)?;
+        let requests = check.requests(&f, &service_index)?;
         Ok(Scenario {
             name: f.name.clone(),
             description: f.description.clone(),
-            source: file.to_string(),
+            source: source.to_string(),
             slo_ms: f.slo_ms,
             multiplier: f.multiplier,
             constant_rps: f.constant_rps,
@@ -513,6 +320,243 @@ impl Scenario {
             }
         }
         per_service
+    }
+}
+
+/// The checks of [`Scenario::compile`], one method per part of the file; every error names the
+/// file and the field.
+struct Check<'a> {
+    source: &'a str,
+}
+
+impl Check<'_> {
+    fn invalid(&self, path: String, reason: String) -> ScenarioError {
+        ScenarioError::Invalid {
+            file: self.source.to_string(),
+            path,
+            reason,
+        }
+    }
+
+    fn positive(&self, path: &str, v: f64) -> Result<(), ScenarioError> {
+        if v.is_finite() && v > 0.0 {
+            Ok(())
+        } else {
+            Err(self.invalid(path.into(), format!("must be a positive number, got {v}")))
+        }
+    }
+
+    fn globals(&self, f: &ScenarioFile) -> Result<(), ScenarioError> {
+        self.positive("slo_ms", f.slo_ms)?;
+        self.positive("multiplier", f.multiplier)?;
+        self.positive("aggregate_rps", f.aggregate_rps)?;
+        if let Some(l) = f.initial_limit {
+            self.positive("initial_limit", l)?;
+        }
+        f.network_delay
+            .check(true)
+            .map_err(|r| self.invalid("network_delay".into(), r))
+    }
+
+    /// Node name -> index.
+    fn nodes<'f>(&self, f: &'f ScenarioFile) -> Result<HashMap<&'f str, usize>, ScenarioError> {
+        if f.nodes.is_empty() {
+            return Err(self.invalid("nodes".into(), "no nodes".into()));
+        }
+        let mut node_index = HashMap::new();
+        for (i, n) in f.nodes.iter().enumerate() {
+            if node_index.insert(n.name.as_str(), i).is_some() {
+                return Err(self.invalid(
+                    format!("nodes[{i}].name"),
+                    format!("duplicate node '{}'", n.name),
+                ));
+            }
+            self.positive(&format!("nodes[{i}].cores"), n.cores)?;
+            if let Some(a) = &n.agent {
+                let ok = a
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if !ok {
+                    return Err(self.invalid(
+                        format!("nodes[{i}].agent"),
+                        format!("'{a}' is not host:port"),
+                    ));
+                }
+            }
+        }
+        Ok(node_index)
+    }
+
+    /// Service name -> index, and the compiled services.
+    #[allow(clippy::type_complexity)]
+    fn services<'f>(
+        &self,
+        f: &'f ScenarioFile,
+        node_index: &HashMap<&str, usize>,
+    ) -> Result<(HashMap<&'f str, usize>, Vec<Service>), ScenarioError> {
+        if f.services.is_empty() {
+            return Err(self.invalid("services".into(), "no services".into()));
+        }
+        let mut service_index = HashMap::new();
+        let mut services = Vec::new();
+        for (i, s) in f.services.iter().enumerate() {
+            if service_index.insert(s.name.as_str(), i).is_some() {
+                return Err(self.invalid(
+                    format!("services[{i}].name"),
+                    format!("duplicate service '{}'", s.name),
+                ));
+            }
+            let node = *node_index.get(s.node.as_str()).ok_or_else(|| {
+                self.invalid(
+                    format!("services[{i}].node"),
+                    format!("unknown node '{}'", s.node),
+                )
+            })?;
+            let cores = f.nodes[node].cores;
+            let threads = s.threads.unwrap_or(cores.ceil() as u32);
+            if threads == 0 {
+                return Err(self.invalid(
+                    format!("services[{i}].threads"),
+                    "must be at least 1".into(),
+                ));
+            }
+            if s.group != 1 && s.group != 2 {
+                return Err(self.invalid(
+                    format!("services[{i}].group"),
+                    format!("must be 1 (CPU-heavy) or 2, got {}", s.group),
+                ));
+            }
+            let runtime = s
+                .runtime
+                .as_ref()
+                .map(|r| Runtime::compile(r, cores))
+                .transpose()
+                .map_err(|(field, reason)| {
+                    self.invalid(format!("services[{i}].runtime.{field}"), reason)
+                })?;
+            services.push(Service {
+                name: s.name.clone(),
+                node,
+                threads,
+                group: s.group,
+                initial_limit: f.initial_limit.unwrap_or(cores),
+                runtime,
+            });
+        }
+        Ok((service_index, services))
+    }
+
+    fn calls(
+        &self,
+        f: &ScenarioFile,
+        service_index: &HashMap<&str, usize>,
+    ) -> Result<(), ScenarioError> {
+        for (name, c) in &f.calls {
+            let at = format!("calls.\"{name}\"");
+            if !service_index.contains_key(c.service.as_str()) {
+                return Err(self.invalid(
+                    format!("{at}.service"),
+                    format!("unknown service '{}'", c.service),
+                ));
+            }
+            c.cpu
+                .check(false)
+                .map_err(|r| self.invalid(format!("{at}.cpu"), r))?;
+            if let Some(after) = &c.cpu_after {
+                after
+                    .check(false)
+                    .map_err(|r| self.invalid(format!("{at}.cpu_after"), r))?;
+            }
+            if !(c.probability > 0.0 && c.probability <= 1.0) {
+                return Err(self.invalid(
+                    format!("{at}.probability"),
+                    format!("must be within (0, 1], got {}", c.probability),
+                ));
+            }
+            if c.parallelism == 0 || c.parallelism > MAX_PARALLELISM {
+                return Err(self.invalid(
+                    format!("{at}.parallelism"),
+                    format!(
+                        "must be within 1..={MAX_PARALLELISM}, got {}",
+                        c.parallelism
+                    ),
+                ));
+            }
+            for (si, stage) in c.calls.iter().enumerate() {
+                if stage.is_empty() {
+                    return Err(self.invalid(format!("{at}.calls[{si}]"), "empty stage".into()));
+                }
+                for (ci, child) in stage.iter().enumerate() {
+                    if !f.calls.contains_key(child) {
+                        return Err(self.invalid(
+                            format!("{at}.calls[{si}][{ci}]"),
+                            format!("unknown call '{child}'"),
+                        ));
+                    }
+                }
+            }
+        }
+        find_cycle(f).map_err(|(path, reason)| self.invalid(path, reason))
+    }
+
+    fn requests(
+        &self,
+        f: &ScenarioFile,
+        service_index: &HashMap<&str, usize>,
+    ) -> Result<Vec<RequestType>, ScenarioError> {
+        if f.requests.is_empty() {
+            return Err(self.invalid(
+                "requests".into(),
+                "the request mix is empty".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut requests = Vec::new();
+        for (i, r) in f.requests.iter().enumerate() {
+            if !names.insert(r.name.as_str()) {
+                return Err(self.invalid(
+                    format!("requests[{i}].name"),
+                    format!("duplicate request '{}'", r.name),
+                ));
+            }
+            self.positive(&format!("requests[{i}].weight"), r.weight)?;
+            if let Some(h) = &r.http {
+                const METHODS: [&str; 5] = ["GET", "POST", "PUT", "DELETE", "PATCH"];
+                if !METHODS.contains(&h.method.as_str()) {
+                    return Err(self.invalid(
+                        format!("requests[{i}].http.method"),
+                        format!("'{}' is not one of {}", h.method, METHODS.join(", ")),
+                    ));
+                }
+                if !h.path.starts_with('/') {
+                    return Err(self.invalid(
+                        format!("requests[{i}].http.path"),
+                        format!("'{}' must start with '/'", h.path),
+                    ));
+                }
+                if h.content_type.is_some() && h.body.is_none() {
+                    return Err(self.invalid(
+                        format!("requests[{i}].http.content_type"),
+                        "a content type without a body".to_string(),
+                    ));
+                }
+            }
+            if !f.calls.contains_key(&r.call) {
+                return Err(self.invalid(
+                    format!("requests[{i}].call"),
+                    format!("unknown call '{}'", r.call),
+                ));
+            }
+            let mut nodes = Vec::new();
+            expand(f, service_index, &r.call, &mut nodes)
+                .map_err(|reason| self.invalid(format!("requests[{i}].call"), reason))?;
+            requests.push(RequestType {
+                name: r.name.clone(),
+                weight: r.weight,
+                nodes,
+            });
+        }
+        Ok(requests)
     }
 }
 

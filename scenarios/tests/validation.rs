@@ -373,26 +373,6 @@ fn exponential_fan_out_is_refused() {
 }
 
 #[test]
-#[ignore = "prints the calibration table: cargo test -p scenarios -- --ignored --nocapture"]
-fn print_calibration() {
-    for name in BUILTIN {
-        let s = Scenario::builtin(name).unwrap();
-        let per = s.mean_cpu_per_request();
-        let total: f64 = per.iter().sum();
-        println!("{name}: {:.2} ms CPU per request", total * 1000.0);
-        for (svc, c) in s.services.iter().zip(&per) {
-            println!(
-                "  {:<32} group {} {:>7.3} ms ({:>4.1}%)",
-                svc.name,
-                svc.group,
-                c * 1000.0,
-                100.0 * c / total
-            );
-        }
-    }
-}
-
-#[test]
 fn runtimes_compile_with_the_runtimes_defaults() {
     let go = GOOD.replacen(
         "node = \"n1\"",

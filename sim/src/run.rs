@@ -3,7 +3,7 @@
 //! summarised as design.md section 4 says and streamed to a run record.
 
 pub use controller::TowerKind;
-use controller::{MinuteObservation, Scaler, Targets, TowerMemory};
+use controller::{MinuteObservation, Scaler, Targets, Tower, TowerMemory};
 use hdrhistogram::Histogram;
 use record::latency::{histogram, quantile_ms as ms};
 pub use record::RunPlan;
@@ -44,93 +44,25 @@ pub fn run(
     let scenario = &*cfg.scenario;
     let rates = cfg.rates();
     let seconds = rates.len() as u64;
-    let node_cores: Vec<f64> = scenario
-        .services
-        .iter()
-        .map(|s| scenario.nodes[s.node].1)
-        .collect();
-    let cap = |i: usize, l: f64| l.min(node_cores[i]);
-    let mut scalers: Vec<Box<dyn Scaler>> = Vec::with_capacity(scenario.services.len());
-    let mut limits = Vec::with_capacity(scenario.services.len());
-    let initials = cfg.initial_limits();
-    for (i, s) in scenario.services.iter().enumerate() {
-        let initial = initials[i];
-        let scaler = cfg
-            .scaler
-            .config(cfg.targets.for_group(s.group), initial)
-            .build()?;
-        limits.push(cap(i, scaler.limit()));
-        scalers.push(scaler);
-    }
-    let mut tower = cfg.tower.build(
-        scenario.slo_ms,
-        scenario.aggregate_rps,
-        cfg.ramp_s,
-        cfg.memory.clone(),
-        cfg.seed,
-    )?;
-    let mut targets = cfg.targets;
-
-    let mut engine = Engine::new(scenario, rates, cfg.load, &limits, cfg.seed);
     let n = scenario.services.len();
-    let settle = (cfg.ramp_s + SETTLE_S) as f64;
-
-    let mut overall = histogram();
-    let mut minute_hist = histogram();
-    let ramp_end = cfg.ramp_s as f64;
-    let record_completion =
-        |c: Completion, overall: &mut Histogram<u64>, minute: &mut Histogram<u64>| {
-            let us = ((c.done - c.arrival) * 1e6).round().max(1.0) as u64;
-            minute.saturating_record(us);
-            if c.arrival >= ramp_end {
-                overall.saturating_record(us);
-            }
-        };
-
-    // Accumulators.
-    // Core-seconds of limits and seconds: after settling, and over the whole run (the fallback
-    // for runs too short to settle).
-    let mut alloc_sum = 0.0;
-    let mut alloc_time = 0.0;
-    let mut alloc_all = 0.0;
-    let mut time_all = 0.0;
-    let mut minute_alloc = [0.0f64; 3]; // total, group 1, group 2 (core-seconds)
-    let mut minute_start_arrivals = 0u64;
-    let mut minute_start_usage = 0.0f64;
+    let mut control = Control::new(cfg)?;
+    let mut engine = Engine::new(scenario, rates, cfg.load, &control.limits, cfg.seed);
+    let mut latency = Latency::new(cfg.ramp_s as f64);
+    let mut alloc = Allocation::new((cfg.ramp_s + SETTLE_S) as f64);
+    let mut minutes = Minutes::default();
     let mut second_prev: Vec<Counters> = vec![Counters::default(); n];
-    let mut minute_targets: Vec<(u32, Targets)> = Vec::new();
-    let mut ramp_counters: Option<(f64, u64, u64, u64)> = None; // usage, periods, throttled, arrivals at ramp end
-    let mut peak_in_flight = 0u64;
+    // usage, periods, throttled, arrivals at the end of the ramp; each service's usage then.
+    let mut ramp_counters: Option<(f64, u64, u64, u64)> = None;
     let mut service_ramp = vec![0.0; n];
-    let mut minute: u32 = 0;
-    let groups: Vec<u8> = scenario.services.iter().map(|s| s.group).collect();
+    let mut peak_in_flight = 0u64;
 
     let total_periods = seconds * PERIODS_PER_SECOND;
     for k in 1..=total_periods {
         let t = boundary(k);
-        engine.run_until(t, &mut |c| {
-            record_completion(c, &mut overall, &mut minute_hist)
-        });
+        engine.run_until(t, &mut |c| latency.record(c));
         peak_in_flight = peak_in_flight.max(engine.in_flight());
-        // The limits in force during the period that just ended.
-        for (i, &l) in limits.iter().enumerate() {
-            let a = l * PERIOD;
-            minute_alloc[0] += a;
-            minute_alloc[groups[i] as usize] += a;
-            alloc_all += a;
-            if t - PERIOD >= settle - 1e-9 {
-                alloc_sum += a;
-            }
-        }
-        time_all += PERIOD;
-        if t - PERIOD >= settle - 1e-9 {
-            alloc_time += PERIOD;
-        }
-        engine.end_period(|i, counters| {
-            let l = cap(i, scalers[i].sample(&counters.sample(t)));
-            limits[i] = l;
-            l
-        });
+        alloc.period(t, &control.limits, &control.groups);
+        engine.end_period(|i, counters| control.sample(i, &counters.sample(t)));
 
         if k % PERIODS_PER_SECOND == 0 {
             let second = k / PERIODS_PER_SECOND;
@@ -139,66 +71,23 @@ pub fn run(
                 service_ramp = (0..n).map(|i| engine.counters(i).usage).collect();
             }
             if let Some(w) = writer.as_mut().filter(|w| w.wants_services()) {
-                for i in 0..n {
+                for (i, prev) in second_prev.iter_mut().enumerate() {
                     let now = engine.counters(i);
-                    let prev = second_prev[i];
                     w.service(&ServiceRow::new(
                         second as u32,
                         &scenario.services[i].name,
-                        limits[i],
+                        control.limits[i],
                         now.usage - prev.usage,
                         now.nr_periods - prev.nr_periods,
                         now.nr_throttled - prev.nr_throttled,
                     ))?;
-                    second_prev[i] = now;
+                    *prev = now;
                 }
             }
             progress(second, seconds);
         }
-
         if k % PERIODS_PER_MINUTE == 0 {
-            let (usage, _, _, arrivals) = totals(&engine, n);
-            let arrived = arrivals - minute_start_arrivals;
-            let rps = arrived as f64 / 60.0;
-            let completed = minute_hist.len();
-            let p99 = if completed == 0 && arrived > 0 {
-                60_000.0
-            } else {
-                ms(&minute_hist, 0.99)
-            };
-            let row = MinuteRow {
-                minute,
-                rps,
-                completed,
-                p50_ms: ms(&minute_hist, 0.50),
-                p90_ms: ms(&minute_hist, 0.90),
-                p99_ms: p99,
-                allocation: minute_alloc[0] / 60.0,
-                allocation_group1: minute_alloc[1] / 60.0,
-                allocation_group2: minute_alloc[2] / 60.0,
-                usage: (usage - minute_start_usage) / 60.0,
-                target1: targets.group1,
-                target2: targets.group2,
-            };
-            minute_targets.push((minute, targets));
-            if let Some(w) = writer.as_mut() {
-                w.minute(&row)?;
-            }
-            if let Some(new) = tower.observe(&MinuteObservation {
-                rps,
-                p99_ms: p99,
-                allocation: row.allocation,
-            }) {
-                targets = new;
-                for (i, s) in scalers.iter_mut().enumerate() {
-                    s.set_target(targets.for_group(groups[i]))?;
-                }
-            }
-            minute += 1;
-            minute_hist.reset();
-            minute_alloc = [0.0; 3];
-            minute_start_arrivals = arrivals;
-            minute_start_usage = usage;
+            minutes.end(&engine, &mut latency, &mut alloc, &mut control, writer.as_mut())?;
         }
     }
 
@@ -210,34 +99,27 @@ pub fn run(
     while engine.in_flight() > 0 && k < total_periods + DRAIN_S * PERIODS_PER_SECOND {
         k += 1;
         let t = boundary(k);
-        engine.run_until(t, &mut |c| {
-            record_completion(c, &mut overall, &mut minute_hist)
-        });
-        engine.end_period(|i, counters| {
-            let l = cap(i, scalers[i].sample(&counters.sample(t)));
-            limits[i] = l;
-            l
-        });
+        engine.run_until(t, &mut |c| latency.record(c));
+        engine.end_period(|i, counters| control.sample(i, &counters.sample(t)));
     }
-    let stuck = engine.in_flight_arrivals();
-    let incomplete = stuck.iter().filter(|&&a| a >= ramp_end).count() as u64;
+    let incomplete = engine
+        .in_flight_arrivals()
+        .iter()
+        .filter(|&&a| a >= latency.ramp_end)
+        .count() as u64;
 
     let (usage0, periods0, throttled0, arrivals0) = ramp_counters.unwrap_or((0.0, 0, 0, 0));
     let trace_s = (seconds as usize).saturating_sub(cfg.ramp_s).max(1) as f64;
     let mut info = cfg.info("sim");
     info.summary = Summary::new(
-        Latencies::judge(&overall, incomplete, scenario.slo_ms),
-        if alloc_time > 0.0 {
-            alloc_sum / alloc_time
-        } else {
-            alloc_all / time_all.max(PERIOD)
-        },
+        Latencies::judge(&latency.overall, incomplete, scenario.slo_ms),
+        alloc.mean(),
         (usage_end - usage0) / trace_s,
         (arrivals_end - arrivals0) as f64 / trace_s,
         throttle_ratio(throttled_end - throttled0, periods_end - periods0),
     )
-    .with_mean_targets(&minute_targets, cfg.ramp_s);
-    let memory = tower.into_memory();
+    .with_mean_targets(&minutes.targets, cfg.ramp_s);
+    let memory = control.tower.into_memory();
     if let Some(w) = writer {
         if cfg.tower != TowerKind::None {
             w.tower(&memory)?;
@@ -255,6 +137,216 @@ pub fn run(
             .map(|(e, r)| (e - r) / trace_s)
             .collect(),
     })
+}
+
+/// The controllers of a run: a scaler per container (its limit capped at the node's cores) and
+/// the Tower above them.
+struct Control {
+    scalers: Vec<Box<dyn Scaler>>,
+    /// The limit in force per container, cores.
+    limits: Vec<f64>,
+    node_cores: Vec<f64>,
+    groups: Vec<u8>,
+    tower: Box<dyn Tower>,
+    targets: Targets,
+}
+
+impl Control {
+    fn new(cfg: &RunPlan) -> Result<Control> {
+        let scenario = &*cfg.scenario;
+        let node_cores: Vec<f64> = scenario
+            .services
+            .iter()
+            .map(|s| scenario.nodes[s.node].1)
+            .collect();
+        let mut scalers: Vec<Box<dyn Scaler>> = Vec::with_capacity(scenario.services.len());
+        let mut limits = Vec::with_capacity(scenario.services.len());
+        for ((s, initial), cores) in scenario
+            .services
+            .iter()
+            .zip(cfg.initial_limits())
+            .zip(&node_cores)
+        {
+            let scaler = cfg
+                .scaler
+                .config(cfg.targets.for_group(s.group), initial)
+                .build()?;
+            limits.push(scaler.limit().min(*cores));
+            scalers.push(scaler);
+        }
+        let tower = cfg.tower.build(
+            scenario.slo_ms,
+            scenario.aggregate_rps,
+            cfg.ramp_s,
+            cfg.memory.clone(),
+            cfg.seed,
+        )?;
+        Ok(Control {
+            scalers,
+            limits,
+            node_cores,
+            groups: scenario.services.iter().map(|s| s.group).collect(),
+            tower,
+            targets: cfg.targets,
+        })
+    }
+
+    /// Feeds container `i`'s counters to its scaler; the new limit, capped at the node.
+    fn sample(&mut self, i: usize, sample: &controller::CpuSample) -> f64 {
+        let l = self.scalers[i].sample(sample).min(self.node_cores[i]);
+        self.limits[i] = l;
+        l
+    }
+
+    /// The Tower's minute: new targets to every scaler, if it chose any.
+    fn observe(&mut self, minute: &MinuteObservation) -> Result<()> {
+        if let Some(new) = self.tower.observe(minute) {
+            self.targets = new;
+            for (s, group) in self.scalers.iter_mut().zip(&self.groups) {
+                s.set_target(new.for_group(*group))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Latency histograms: the run's (requests that arrived after the ramp) and the minute's.
+struct Latency {
+    ramp_end: f64,
+    overall: Histogram<u64>,
+    minute: Histogram<u64>,
+}
+
+impl Latency {
+    fn new(ramp_end: f64) -> Latency {
+        Latency {
+            ramp_end,
+            overall: histogram(),
+            minute: histogram(),
+        }
+    }
+
+    fn record(&mut self, c: Completion) {
+        let us = ((c.done - c.arrival) * 1e6).round().max(1.0) as u64;
+        self.minute.saturating_record(us);
+        if c.arrival >= self.ramp_end {
+            self.overall.saturating_record(us);
+        }
+    }
+}
+
+/// Core-seconds of limits: after settling, over the whole run (the fallback for runs too short
+/// to settle), and in the current minute (total, group 1, group 2).
+struct Allocation {
+    settle: f64,
+    sum: f64,
+    time: f64,
+    all: f64,
+    time_all: f64,
+    minute: [f64; 3],
+}
+
+impl Allocation {
+    fn new(settle: f64) -> Allocation {
+        Allocation {
+            settle,
+            sum: 0.0,
+            time: 0.0,
+            all: 0.0,
+            time_all: 0.0,
+            minute: [0.0; 3],
+        }
+    }
+
+    /// The limits in force during the period that ends at `t`.
+    fn period(&mut self, t: f64, limits: &[f64], groups: &[u8]) {
+        let settled = t - PERIOD >= self.settle - 1e-9;
+        for (&l, &g) in limits.iter().zip(groups) {
+            let a = l * PERIOD;
+            self.minute[0] += a;
+            self.minute[g as usize] += a;
+            self.all += a;
+            if settled {
+                self.sum += a;
+            }
+        }
+        self.time_all += PERIOD;
+        if settled {
+            self.time += PERIOD;
+        }
+    }
+
+    /// Time-weighted mean of the summed limits (design.md section 4), cores.
+    fn mean(&self) -> f64 {
+        if self.time > 0.0 {
+            self.sum / self.time
+        } else {
+            self.all / self.time_all.max(PERIOD)
+        }
+    }
+}
+
+/// The minute rows: where the last minute started, and the targets each minute had.
+#[derive(Default)]
+struct Minutes {
+    minute: u32,
+    start_arrivals: u64,
+    start_usage: f64,
+    targets: Vec<(u32, Targets)>,
+}
+
+impl Minutes {
+    /// Closes a minute: its row, then the Tower's decision for the next.
+    fn end(
+        &mut self,
+        engine: &Engine<'_>,
+        latency: &mut Latency,
+        alloc: &mut Allocation,
+        control: &mut Control,
+        writer: Option<&mut RecordWriter>,
+    ) -> Result<()> {
+        let (usage, _, _, arrivals) = totals(engine, control.limits.len());
+        let arrived = arrivals - self.start_arrivals;
+        let rps = arrived as f64 / 60.0;
+        let h = &latency.minute;
+        let completed = h.len();
+        // A minute in which nothing completed is as bad as a minute can be.
+        let p99 = if completed == 0 && arrived > 0 {
+            60_000.0
+        } else {
+            ms(h, 0.99)
+        };
+        let targets = control.targets;
+        let row = MinuteRow {
+            minute: self.minute,
+            rps,
+            completed,
+            p50_ms: ms(h, 0.50),
+            p90_ms: ms(h, 0.90),
+            p99_ms: p99,
+            allocation: alloc.minute[0] / 60.0,
+            allocation_group1: alloc.minute[1] / 60.0,
+            allocation_group2: alloc.minute[2] / 60.0,
+            usage: (usage - self.start_usage) / 60.0,
+            target1: targets.group1,
+            target2: targets.group2,
+        };
+        self.targets.push((self.minute, targets));
+        if let Some(w) = writer {
+            w.minute(&row)?;
+        }
+        control.observe(&MinuteObservation {
+            rps,
+            p99_ms: p99,
+            allocation: row.allocation,
+        })?;
+        self.minute += 1;
+        latency.minute.reset();
+        alloc.minute = [0.0; 3];
+        self.start_arrivals = arrivals;
+        self.start_usage = usage;
+        Ok(())
+    }
 }
 
 /// (usage, nr_periods, nr_throttled) summed over services, and arrivals so far.

@@ -262,7 +262,7 @@ fn collectors_make_the_k8s_baseline_need_a_lower_target() {
     for s in &mut file.services {
         s.runtime = None;
     }
-    let smooth = Arc::new(Scenario::from_file("smooth.toml", file).unwrap());
+    let smooth = Arc::new(Scenario::compile("smooth.toml", file).unwrap());
     eprintln!("with collectors:");
     let with = best_fast_target(bursty);
     eprintln!("without:");
