@@ -92,122 +92,24 @@ pub async fn run(
 
     let metrics = Metrics::default();
     let mut tasks = tokio::task::JoinSet::new();
-    {
-        let agent = agent.clone();
-        let metrics = metrics.clone();
-        tasks.spawn(async move {
-            let mut interval = tokio::time::interval(TICK);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                interval.tick().await;
-                let now = start.elapsed().as_secs_f64();
-                let mut a = agent.lock().expect("agent lock");
-                a.tick(now);
-                for g in a.gauges() {
-                    let l = vec![("container".to_string(), g.name.clone())];
-                    metrics.limit.get_or_create(&l).set(if g.limit.is_finite() {
-                        g.limit
-                    } else {
-                        -1.0
-                    });
-                    metrics.usage.get_or_create(&l).set(g.usage);
-                    metrics.throttle.get_or_create(&l).set(g.throttle_ratio);
-                    // A fixed limit has no target: no series rather than a made-up value.
-                    match g.target {
-                        Some(t) => {
-                            metrics.target.get_or_create(&l).set(t);
-                        }
-                        None => {
-                            metrics.target.remove(&l);
-                        }
-                    }
-                }
-            }
-        });
-    }
-    {
-        let agent = agent.clone();
-        tasks.spawn(async move {
-            loop {
-                let Ok((stream, peer)) = listener.accept().await else {
-                    continue;
-                };
-                let agent = agent.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = serve(stream, agent, start).await {
-                        tracing::debug!(%peer, error = %e, "connection ended");
-                    }
-                });
-            }
-        });
-    }
+    tasks.spawn(control_loop(agent.clone(), metrics.clone(), start));
+    tasks.spawn(accept_loop(listener, agent.clone(), start));
     if let Some(addr) = config.metrics {
-        let mut registry = Registry::default();
-        registry.register(
-            "autothrottle_limit_cores",
-            "CPU limit in cores (-1: none)",
-            metrics.limit.clone(),
-        );
-        registry.register(
-            "autothrottle_usage_cores",
-            "CPU used over the last 100 ms, cores",
-            metrics.usage.clone(),
-        );
-        registry.register(
-            "autothrottle_throttle_ratio",
-            "Throttled CFS periods / periods over the last 100 ms",
-            metrics.throttle.clone(),
-        );
-        registry.register(
-            "autothrottle_target",
-            "The scaler's target",
-            metrics.target.clone(),
-        );
-        let registry = Arc::new(registry);
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| LiveError::Config(format!("cannot listen on {addr} for metrics: {e}")))?;
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let registry = registry.clone();
-                async move {
-                    let mut body = String::new();
-                    let _ = encode(&mut body, &registry);
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4",
-                        )],
-                        body,
-                    )
-                }
-            }),
-        );
-        tasks.spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        tasks.spawn(serve_metrics(
+            TcpListener::bind(addr).await.map_err(|e| {
+                LiveError::Config(format!("cannot listen on {addr} for metrics: {e}"))
+            })?,
+            &metrics,
+        ));
     }
     if let Some((client, scope)) = config.kube.clone() {
-        let agent = agent.clone();
-        let statics = config.statics.clone();
-        let relist = config.relist;
-        tasks.spawn(async move {
-            let mut backoff = Backoff::new(Duration::from_secs(60));
-            loop {
-                match discovery::refresh(&client, &scope, &statics, &agent).await {
-                    Ok(_) => {
-                        backoff.reset();
-                        tokio::time::sleep(relist).await;
-                    }
-                    Err(e) => {
-                        let wait = backoff.fail();
-                        tracing::warn!(error = %e, retry_in = ?wait, "pod listing failed; keeping the containers known so far");
-                        tokio::time::sleep(wait).await;
-                    }
-                }
-            }
-        });
+        tasks.spawn(discovery_loop(
+            client,
+            scope,
+            config.statics.clone(),
+            config.relist,
+            agent.clone(),
+        ));
     }
 
     shutdown.await;
@@ -215,6 +117,142 @@ pub async fn run(
     let restored = agent.lock().expect("agent lock").restore_all();
     tracing::info!(?restored, "stopped; original limits restored");
     Ok(())
+}
+
+/// Every 100 ms: the scalers' samples and decisions, then the metrics.
+async fn control_loop(agent: Arc<Mutex<Agent>>, metrics: Metrics, start: Instant) {
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let now = start.elapsed().as_secs_f64();
+        let mut a = agent.lock().expect("agent lock");
+        a.tick(now);
+        for g in a.gauges() {
+            let l = vec![("container".to_string(), g.name.clone())];
+            metrics
+                .limit
+                .get_or_create(&l)
+                .set(if g.limit.is_finite() { g.limit } else { -1.0 });
+            metrics.usage.get_or_create(&l).set(g.usage);
+            metrics.throttle.get_or_create(&l).set(g.throttle_ratio);
+            // A fixed limit has no target: no series rather than a made-up value.
+            match g.target {
+                Some(t) => {
+                    metrics.target.get_or_create(&l).set(t);
+                }
+                None => {
+                    metrics.target.remove(&l);
+                }
+            }
+        }
+    }
+}
+
+/// Coordinator connections, each served on its own task. When accepting fails (out of file
+/// descriptors), it waits a little instead of spinning, and says so once per episode, so the
+/// connections it already has keep being served.
+async fn accept_loop(listener: TcpListener, agent: Arc<Mutex<Agent>>, start: Instant) {
+    let mut failing = false;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                if failing {
+                    tracing::info!("accepting connections again");
+                    failing = false;
+                }
+                accepted
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot accept connections; retrying every 100 ms");
+                    failing = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve(stream, agent, start).await {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
+}
+
+/// `GET /metrics` in the Prometheus text format.
+fn serve_metrics(
+    listener: TcpListener,
+    metrics: &Metrics,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut registry = Registry::default();
+    registry.register(
+        "autothrottle_limit_cores",
+        "CPU limit in cores (-1: none)",
+        metrics.limit.clone(),
+    );
+    registry.register(
+        "autothrottle_usage_cores",
+        "CPU used over the last 100 ms, cores",
+        metrics.usage.clone(),
+    );
+    registry.register(
+        "autothrottle_throttle_ratio",
+        "Throttled CFS periods / periods over the last 100 ms",
+        metrics.throttle.clone(),
+    );
+    registry.register(
+        "autothrottle_target",
+        "The scaler's target (absent for a fixed limit)",
+        metrics.target.clone(),
+    );
+    let registry = Arc::new(registry);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut body = String::new();
+                let _ = encode(&mut body, &registry);
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    body,
+                )
+            }
+        }),
+    );
+    async move {
+        let _ = axum::serve(listener, app).await;
+    }
+}
+
+/// Every `relist`: the app's pods on this node, mapped to their cgroups; on an API error the
+/// containers known so far stay, and the next try backs off.
+async fn discovery_loop(
+    client: kube::Client,
+    scope: discovery::Scope,
+    statics: BTreeMap<String, PathBuf>,
+    relist: Duration,
+    agent: Arc<Mutex<Agent>>,
+) {
+    let mut backoff = Backoff::new(Duration::from_secs(60));
+    loop {
+        match discovery::refresh(&client, &scope, &statics, &agent).await {
+            Ok(_) => {
+                backoff.reset();
+                tokio::time::sleep(relist).await;
+            }
+            Err(e) => {
+                let wait = backoff.fail();
+                tracing::warn!(error = %e, retry_in = ?wait, "pod listing failed; keeping the containers known so far");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
 }
 
 /// One coordinator connection: a JSON request per line, a JSON reply per line.

@@ -505,10 +505,7 @@ impl Check<'_> {
         service_index: &HashMap<&str, usize>,
     ) -> Result<Vec<RequestType>, ScenarioError> {
         if f.requests.is_empty() {
-            return Err(self.invalid(
-                "requests".into(),
-                "the request mix is empty".into(),
-            ));
+            return Err(self.invalid("requests".into(), "the request mix is empty".into()));
         }
         let mut names = HashSet::new();
         let mut requests = Vec::new();

@@ -87,7 +87,13 @@ pub fn run(
             progress(second, seconds);
         }
         if k % PERIODS_PER_MINUTE == 0 {
-            minutes.end(&engine, &mut latency, &mut alloc, &mut control, writer.as_mut())?;
+            minutes.end(
+                &engine,
+                &mut latency,
+                &mut alloc,
+                &mut control,
+                writer.as_mut(),
+            )?;
         }
     }
 
