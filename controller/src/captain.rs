@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use crate::sample::{CpuSample, Delta, MIN_LIMIT};
+use crate::sample::{clamp_limit, CpuSample, Delta, MIN_LIMIT};
 use crate::scaler::{check_target, Scaler};
 use crate::ControllerError;
 
@@ -48,6 +48,9 @@ pub struct Captain {
     last_was_scale_down: bool,
     last_decision_t: f64,
     prev: Option<CpuSample>,
+    /// No limit above this (a node has only so many cores; without it constant throttling
+    /// grows the limit without bound).
+    ceiling: f64,
 }
 
 impl Captain {
@@ -64,7 +67,16 @@ impl Captain {
             last_was_scale_down: false,
             last_decision_t: f64::NAN,
             prev: None,
+            ceiling: f64::INFINITY,
         }
+    }
+
+    /// The same Captain with its limit never above `ceiling` cores.
+    pub fn with_ceiling(mut self, ceiling: f64) -> Self {
+        self.ceiling = ceiling;
+        self.limit = clamp_limit(self.limit, ceiling);
+        self.last_limit = clamp_limit(self.last_limit, ceiling);
+        self
     }
 
     /// The current safety margin, in standard deviations of usage.
@@ -97,7 +109,7 @@ impl Captain {
             }
         }
         self.throttled = zeros(SAMPLES_PER_PERIOD);
-        self.limit = self.limit.max(MIN_LIMIT);
+        self.limit = clamp_limit(self.limit, self.ceiling);
     }
 }
 
@@ -131,7 +143,7 @@ impl Scaler for Captain {
             self.last_decision_t = now.t;
             self.decide();
         }
-        self.limit = self.limit.max(MIN_LIMIT);
+        self.limit = clamp_limit(self.limit, self.ceiling);
         self.limit
     }
 
@@ -362,6 +374,25 @@ mod tests {
             c.sample(&feed.next(1.0, false));
         }
         assert_eq!(c.margin(), 0.0);
+    }
+
+    #[test]
+    fn constant_throttling_stops_at_the_ceiling() {
+        // Throttled in every period at any size: without a ceiling the limit grows without
+        // bound (beyond 1e100 cores within 1,300 s); with one it stays at the node's cores.
+        let mut free = Captain::new(0.1, 4.0);
+        let mut capped = Captain::new(0.1, 4.0).with_ceiling(32.0);
+        let mut feed = Feed::default();
+        let s = feed.start();
+        free.sample(&s);
+        capped.sample(&s);
+        for _ in 0..13_000 {
+            let s = feed.next(1.0, true);
+            free.sample(&s);
+            assert!(capped.sample(&s) <= 32.0);
+        }
+        assert!(free.limit() > 1e100, "{}", free.limit());
+        assert_eq!(capped.limit(), 32.0);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use crate::sample::{CpuSample, MIN_LIMIT};
+use crate::sample::{clamp_limit, CpuSample, MIN_LIMIT};
 use crate::scaler::{check_k8s_target, Scaler};
 use crate::ControllerError;
 
@@ -23,6 +23,8 @@ pub struct K8sCpu {
     limit: f64,
     recommendations: VecDeque<f64>,
     period_start: Option<CpuSample>,
+    /// No limit above this (usage / a small target can ask for more cores than the node has).
+    ceiling: f64,
 }
 
 impl K8sCpu {
@@ -47,7 +49,15 @@ impl K8sCpu {
             limit: initial_limit.max(MIN_LIMIT),
             recommendations: VecDeque::new(),
             period_start: None,
+            ceiling: f64::INFINITY,
         })
+    }
+
+    /// The same scaler with its limit never above `ceiling` cores.
+    pub fn with_ceiling(mut self, ceiling: f64) -> Self {
+        self.ceiling = ceiling;
+        self.limit = clamp_limit(self.limit, ceiling);
+        self
     }
 }
 
@@ -66,11 +76,13 @@ impl Scaler for K8sCpu {
             self.recommendations.pop_front();
         }
         self.recommendations.push_back(usage / self.target);
-        self.limit = self
-            .recommendations
-            .iter()
-            .copied()
-            .fold(MIN_LIMIT, f64::max);
+        self.limit = clamp_limit(
+            self.recommendations
+                .iter()
+                .copied()
+                .fold(MIN_LIMIT, f64::max),
+            self.ceiling,
+        );
         self.period_start = Some(*now);
         self.limit
     }

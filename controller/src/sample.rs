@@ -20,6 +20,11 @@ pub struct CpuSample {
     pub throttled_time: f64,
 }
 
+/// A limit held between the kernel's minimum and a ceiling (the node's cores, say).
+pub(crate) fn clamp_limit(limit: f64, ceiling: f64) -> f64 {
+    limit.max(MIN_LIMIT).min(ceiling)
+}
+
 /// The delta between two samples, clamped so that a counter reset (container restart) reads as
 /// "nothing happened" instead of a negative usage.
 #[derive(Debug, Clone, Copy, PartialEq)]

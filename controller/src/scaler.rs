@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::sample::{CpuSample, MIN_LIMIT};
+use crate::sample::{clamp_limit, CpuSample, MIN_LIMIT};
 use crate::{Captain, ControllerError, K8sCpu};
 
 /// A per-container CPU limit controller.
@@ -180,21 +180,33 @@ impl ScalerConfig {
         }
     }
 
-    /// Builds the scaler (after [`validate`](Self::validate)).
+    /// Builds the scaler (after [`validate`](Self::validate)), with no ceiling.
     pub fn build(&self) -> Result<Box<dyn Scaler>, ControllerError> {
+        self.build_with_ceiling(f64::INFINITY)
+    }
+
+    /// Builds the scaler with its limit never above `ceiling` cores (the node's cores: a
+    /// quota above them buys nothing, and a Captain throttled at every size would otherwise
+    /// grow its limit without bound).
+    pub fn build_with_ceiling(&self, ceiling: f64) -> Result<Box<dyn Scaler>, ControllerError> {
         self.validate()?;
+        if ceiling.is_nan() || ceiling < MIN_LIMIT {
+            return Err(ControllerError::BadLimit(ceiling));
+        }
         Ok(match *self {
             ScalerConfig::Captain {
                 target,
                 initial_limit,
-            } => Box::new(Captain::new(target, initial_limit)),
+            } => Box::new(Captain::new(target, initial_limit).with_ceiling(ceiling)),
             ScalerConfig::K8sCpu {
                 target,
                 period_s,
                 window_s,
                 initial_limit,
-            } => Box::new(K8sCpu::new(target, period_s, window_s, initial_limit)?),
-            ScalerConfig::Const { limit } => Box::new(Const::new(limit)),
+            } => Box::new(
+                K8sCpu::new(target, period_s, window_s, initial_limit)?.with_ceiling(ceiling),
+            ),
+            ScalerConfig::Const { limit } => Box::new(Const::new(clamp_limit(limit, ceiling))),
         })
     }
 
@@ -373,6 +385,29 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn limits_stay_under_the_ceiling(
+            steps in steps(),
+            kind in prop::sample::select(vec![ScalerKind::Captain, ScalerKind::K8sCpu, ScalerKind::K8sCpuFast, ScalerKind::Const]),
+            target in 0.01f64..1.0,
+            initial in 0.01f64..64.0,
+            ceiling in 0.01f64..64.0,
+        ) {
+            let mut scaler = kind.config(target, initial).build_with_ceiling(ceiling).unwrap();
+            prop_assert!(scaler.limit() <= ceiling);
+            let mut s = CpuSample { t: 0.0, usage: 0.0, nr_periods: 0, nr_throttled: 0, throttled_time: 0.0 };
+            for (dt, cores, throttled, counted) in steps {
+                s.t += dt;
+                s.usage += cores * dt;
+                s.nr_periods += u64::from(counted);
+                s.nr_throttled += throttled;
+                s.throttled_time += dt * throttled as f64 / 10.0;
+                let limit = scaler.sample(&s);
+                prop_assert!(limit <= ceiling && limit >= MIN_LIMIT.min(ceiling), "{} gave {} over {}", kind, limit, ceiling);
+                prop_assert!(scaler.limit() <= ceiling);
+            }
+        }
+
         #[test]
         fn limits_stay_finite_and_floored(
             steps in steps(),

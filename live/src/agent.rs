@@ -83,6 +83,8 @@ pub struct Agent {
     /// Why control last ended abnormally (reported to the next request).
     fault: Option<String>,
     gauges: Vec<Gauge>,
+    /// No limit above this many cores (the node's CPUs; unbounded in tests).
+    ceiling: f64,
 }
 
 impl Agent {
@@ -98,7 +100,13 @@ impl Agent {
             timeout: timeout_s,
             fault: None,
             gauges: Vec::new(),
+            ceiling: f64::INFINITY,
         }
+    }
+
+    /// No scaler of this agent sets a limit above `cores` (the node's CPUs).
+    pub fn set_ceiling(&mut self, cores: f64) {
+        self.ceiling = cores;
     }
 
     /// Replaces the set of containers this agent may control (from discovery or flags).
@@ -389,7 +397,9 @@ impl Agent {
             }
         }
         for (name, cgroup) in opened {
-            let scaler = scalers[&name].build().expect("validated");
+            let scaler = scalers[&name]
+                .build_with_ceiling(self.ceiling)
+                .expect("validated");
             self.controlled
                 .insert(name, Controlled::new(cgroup, scaler));
         }
@@ -400,7 +410,7 @@ impl Agent {
                 .get_mut(name)
                 .expect("opened above or before");
             if c.ticks > 0 {
-                c.scaler = config.build().expect("validated");
+                c.scaler = config.build_with_ceiling(self.ceiling).expect("validated");
             }
         }
         self.fault = None;

@@ -27,6 +27,14 @@ pub fn thread_cpu_seconds() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
+/// The CPUs online on this machine (not this process's cgroup quota, which is what
+/// `std::thread::available_parallelism` reports inside a limited container).
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf reads a system setting and has no memory effects.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(1)
+}
+
 /// Sends `sig` to process `pid`; false when there is no such process (or no permission).
 /// The caller must know that `pid` is still the process it means (e.g. an unreaped child).
 pub fn signal(pid: u32, sig: i32) -> bool {
@@ -72,6 +80,17 @@ mod tests {
         std::hint::black_box(x);
         assert!(thread_cpu_seconds() - t0 > 0.01);
         assert!(process_cpu_seconds() - p0 > 0.01);
+    }
+
+    #[test]
+    fn online_cpus_are_counted() {
+        let n = online_cpus();
+        let listed = std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count();
+        assert_eq!(n, listed);
     }
 
     #[test]

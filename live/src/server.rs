@@ -40,6 +40,8 @@ pub struct Config {
     /// Kubernetes discovery, if any.
     pub kube: Option<(kube::Client, Scope)>,
     pub relist: Duration,
+    /// No scaler sets a limit above this many cores.
+    pub ceiling: f64,
 }
 
 type Labels = Vec<(String, String)>;
@@ -74,6 +76,10 @@ pub async fn run(
         Journal::new(&config.journal),
         config.timeout_s,
     )));
+    agent
+        .lock()
+        .expect("agent lock")
+        .set_ceiling(config.ceiling);
     if !config.statics.is_empty() {
         agent
             .lock()

@@ -42,6 +42,8 @@ async fn serves_the_protocol_and_metrics_and_restores_on_shutdown() {
         statics: BTreeMap::from([("web".to_string(), PathBuf::from("web"))]),
         kube: None,
         relist: Duration::from_secs(10),
+        // Below the limit asked for: the agent holds the container at the ceiling.
+        ceiling: 0.2,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -65,7 +67,8 @@ async fn serves_the_protocol_and_metrics_and_restores_on_shutdown() {
     tokio::time::sleep(Duration::from_millis(350)).await;
     assert_eq!(
         std::fs::read_to_string(g.join("cpu.max")).unwrap(),
-        "25000 100000\n"
+        "20000 100000\n",
+        "0.25 cores asked, 0.2 the ceiling"
     );
 
     let mut http = TcpStream::connect(("127.0.0.1", metrics_port))
@@ -78,8 +81,12 @@ async fn serves_the_protocol_and_metrics_and_restores_on_shutdown() {
     http.read_to_string(&mut body).await.unwrap();
     assert!(body.contains("200 OK"), "{body}");
     assert!(
-        body.contains("autothrottle_limit_cores{container=\"web\"} 0.25"),
+        body.contains("autothrottle_limit_cores{container=\"web\"} 0.2"),
         "{body}"
+    );
+    assert!(
+        !body.contains("autothrottle_target{"),
+        "a fixed limit has no target: {body}"
     );
     assert!(
         body.contains("autothrottle_throttle_ratio{container=\"web\"}"),

@@ -68,6 +68,21 @@ pub struct ControlArgs {
     pub seed: u64,
 }
 
+/// What to do with the run record besides writing it to `--out` (whose default each binary
+/// sets).
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// Overwrite a run record already in --out.
+    #[arg(long)]
+    pub force: bool,
+    /// Do not write services.csv (one row per second per service).
+    #[arg(long)]
+    pub no_services: bool,
+    /// Print the run's description and summary (run.json) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
 impl ControlArgs {
     /// The Tower the flags describe.
     pub fn tower(&self) -> Result<TowerKind, RecordError> {

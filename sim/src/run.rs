@@ -145,13 +145,12 @@ pub fn run(
     })
 }
 
-/// The controllers of a run: a scaler per container (its limit capped at the node's cores) and
-/// the Tower above them.
+/// The controllers of a run: a scaler per container (its limit never above the node's cores)
+/// and the Tower above them.
 struct Control {
     scalers: Vec<Box<dyn Scaler>>,
     /// The limit in force per container, cores.
     limits: Vec<f64>,
-    node_cores: Vec<f64>,
     groups: Vec<u8>,
     tower: Box<dyn Tower>,
     targets: Targets,
@@ -176,8 +175,8 @@ impl Control {
             let scaler = cfg
                 .scaler
                 .config(cfg.targets.for_group(s.group), initial)
-                .build()?;
-            limits.push(scaler.limit().min(*cores));
+                .build_with_ceiling(*cores)?;
+            limits.push(scaler.limit());
             scalers.push(scaler);
         }
         let tower = cfg.tower.build(
@@ -190,16 +189,15 @@ impl Control {
         Ok(Control {
             scalers,
             limits,
-            node_cores,
             groups: scenario.services.iter().map(|s| s.group).collect(),
             tower,
             targets: cfg.targets,
         })
     }
 
-    /// Feeds container `i`'s counters to its scaler; the new limit, capped at the node.
+    /// Feeds container `i`'s counters to its scaler; the new limit.
     fn sample(&mut self, i: usize, sample: &controller::CpuSample) -> f64 {
-        let l = self.scalers[i].sample(sample).min(self.node_cores[i]);
+        let l = self.scalers[i].sample(sample);
         self.limits[i] = l;
         l
     }

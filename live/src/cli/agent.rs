@@ -31,6 +31,9 @@ pub struct AgentArgs {
     /// End control and restore limits when the coordinator is silent this long, seconds.
     #[arg(long, default_value_t = 30.0)]
     pub coordinator_timeout: f64,
+    /// No scaler sets a limit above this many cores (default: the node's online CPUs).
+    #[arg(long)]
+    pub max_limit: Option<f64>,
     /// A container to control without Kubernetes: NAME=GROUP (GROUP relative to the root).
     #[arg(long = "cgroup", value_name = "NAME=GROUP")]
     pub cgroups: Vec<String>,
@@ -123,6 +126,24 @@ pub fn agent(a: AgentArgs) -> Result<()> {
         std::env::var("AUTOTHROTTLE_TOKEN").ok(),
     )
     .context("the agents' token (--token-file FILE or AUTOTHROTTLE_TOKEN)")?;
+    // A silent coordinator must always end control: a timeout that never fires (NaN, inf) or
+    // fires at once (<= 0) is refused.
+    if !(a.coordinator_timeout.is_finite()
+        && a.coordinator_timeout >= 1.0
+        && a.coordinator_timeout <= 86_400.0)
+    {
+        bail!(
+            "--coordinator-timeout must be within 1..86400 seconds, got {}",
+            a.coordinator_timeout
+        );
+    }
+    let ceiling = a.max_limit.unwrap_or(live::os::online_cpus() as f64);
+    if !(ceiling.is_finite() && ceiling >= controller::MIN_LIMIT) {
+        bail!(
+            "--max-limit must be a number of cores of at least {}, got {ceiling}",
+            controller::MIN_LIMIT
+        );
+    }
     let root = Root::detect(&a.cgroup_root)?;
     let mut statics = BTreeMap::new();
     for spec in &a.cgroups {
@@ -179,6 +200,7 @@ pub fn agent(a: AgentArgs) -> Result<()> {
             statics,
             kube,
             relist: Duration::from_secs(a.relist.max(1)),
+            ceiling,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<SocketAddr>();
         if let Some(file) = a.address_file.clone() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use live::coordinator::{self, RunSpec};
-use record::cli::ControlArgs;
+use record::cli::{ControlArgs, OutputArgs};
 use record::RunPlan;
 
 use super::force_hint;
@@ -51,15 +51,8 @@ pub struct RunArgs {
     /// Run record directory.
     #[arg(long, default_value = "runs/live")]
     pub out: PathBuf,
-    /// Overwrite a run record already in --out.
-    #[arg(long)]
-    pub force: bool,
-    /// Do not write services.csv.
-    #[arg(long)]
-    pub no_services: bool,
-    /// Print run.json on stdout at the end.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 pub fn cmd(a: RunArgs) -> Result<()> {
@@ -76,7 +69,7 @@ pub fn cmd(a: RunArgs) -> Result<()> {
     }
     let mut spec = RunSpec::new(scenario.clone(), plan.trace.clone(), &a.url, &token);
     spec.plan = RunPlan {
-        services_csv: !a.no_services,
+        services_csv: !a.output.no_services,
         ..plan
     };
     for s in &a.agents {
@@ -107,7 +100,7 @@ pub fn cmd(a: RunArgs) -> Result<()> {
         );
     }
     spec.validate()?;
-    let writer = record::RecordWriter::create(&a.out, a.force, spec.plan.services_csv)
+    let writer = record::RecordWriter::create(&a.out, a.output.force, spec.plan.services_csv)
         .map_err(force_hint)?;
 
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -140,7 +133,7 @@ pub fn cmd(a: RunArgs) -> Result<()> {
     let out = out?;
     a.control.save_memory(&out.memory)?;
     let s = &out.info.summary;
-    if a.json {
+    if a.output.json {
         println!("{}", serde_json::to_string_pretty(&out.info)?);
     } else {
         println!("{}", out.info.report());

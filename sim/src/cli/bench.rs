@@ -7,20 +7,18 @@ use clap::Args;
 use record::cli::ControlArgs;
 use sim::run::run;
 
+use super::AppArgs;
+
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Application model: a built-in name or a scenario .toml file.
-    #[arg(long, default_value = "hotel-reservation")]
-    pub scenario: String,
-    /// Workload: a built-in trace name, constant-N, `constant` or a trace file.
-    #[arg(long, default_value = "diurnal")]
-    pub trace: String,
+    #[command(flatten)]
+    pub app: AppArgs,
     #[command(flatten)]
     pub control: ControlArgs,
 }
 
 pub fn cmd(a: BenchArgs) -> Result<()> {
-    let cfg = a.control.plan(&a.scenario, &a.trace)?;
+    let cfg = a.control.plan(&a.app.scenario, &a.app.trace)?;
     let start = Instant::now();
     let out = run(&cfg, None, &mut |_, _| {})?;
     let wall = start.elapsed().as_secs_f64();

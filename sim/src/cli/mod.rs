@@ -11,7 +11,20 @@ pub mod trace;
 
 use std::io::IsTerminal;
 
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+
+/// The application and the workload of one run.
+#[derive(Args, Debug, Clone)]
+pub struct AppArgs {
+    /// Application model: a built-in name or a scenario .toml file.
+    #[arg(long, default_value = "hotel-reservation")]
+    pub scenario: String,
+    /// Workload: a built-in trace name, constant-N, `constant` (the scenario's constant
+    /// workload) or a trace file.
+    #[arg(long, default_value = "diurnal")]
+    pub trace: String,
+}
 
 /// A progress bar on a terminal, nothing otherwise (logs stay clean).
 pub fn progress_bar(len: u64, what: &str) -> ProgressBar {

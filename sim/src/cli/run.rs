@@ -5,41 +5,30 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
-use record::cli::ControlArgs;
+use record::cli::{ControlArgs, OutputArgs};
 use record::RecordWriter;
 use sim::run::run;
 
-use super::{force_hint, progress_bar};
+use super::{force_hint, progress_bar, AppArgs};
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// Application model: a built-in name or a scenario .toml file.
-    #[arg(long, default_value = "hotel-reservation")]
-    pub scenario: String,
-    /// Workload: a built-in trace name, constant-N, `constant` (the scenario's constant
-    /// workload) or a trace file.
-    #[arg(long, default_value = "diurnal")]
-    pub trace: String,
+    #[command(flatten)]
+    pub app: AppArgs,
     #[command(flatten)]
     pub control: ControlArgs,
     /// Run record directory.
     #[arg(long, default_value = "runs/latest")]
     pub out: PathBuf,
-    /// Overwrite a run record already in --out.
-    #[arg(long)]
-    pub force: bool,
-    /// Do not write services.csv (per second per service).
-    #[arg(long)]
-    pub no_services: bool,
-    /// Print the summary as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 pub fn cmd(a: RunArgs) -> Result<()> {
-    let mut cfg = a.control.plan(&a.scenario, &a.trace)?;
-    cfg.services_csv = !a.no_services;
-    let writer = RecordWriter::create(&a.out, a.force, cfg.services_csv).map_err(force_hint)?;
+    let mut cfg = a.control.plan(&a.app.scenario, &a.app.trace)?;
+    cfg.services_csv = !a.output.no_services;
+    let writer =
+        RecordWriter::create(&a.out, a.output.force, cfg.services_csv).map_err(force_hint)?;
     let bar = progress_bar(0, "simulating");
     let start = Instant::now();
     let out = run(&cfg, Some(writer), &mut |done, total| {
@@ -49,7 +38,7 @@ pub fn cmd(a: RunArgs) -> Result<()> {
     bar.finish_and_clear();
     a.control.save_memory(&out.memory)?;
     let s = &out.info.summary;
-    if a.json {
+    if a.output.json {
         println!("{}", serde_json::to_string_pretty(&out.info)?);
     } else {
         println!("{}", out.info.report());
