@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use controller::{CpuSample, Scaler, ScalerConfig};
 
-use crate::cgroup::{Cgroup, Root};
+use crate::cgroup::{Cgroup, Quota, Root};
 use crate::journal::{Entry, Journal};
 use crate::protocol::{
     token_matches, Call, Code, ContainerStats, HelloReply, Request, Response, StartReply, StatRow,
@@ -38,6 +38,8 @@ struct Controlled {
     /// Core-ticks of the limits in force since `second_start`, and how many ticks.
     limit_sum: f64,
     limit_ticks: u32,
+    /// Times the quota was found changed by someone else (and set back).
+    drifts: u64,
 }
 
 impl Controlled {
@@ -52,6 +54,7 @@ impl Controlled {
             last: None,
             limit_sum: 0.0,
             limit_ticks: 0,
+            drifts: 0,
         }
     }
 }
@@ -65,6 +68,8 @@ pub struct Gauge {
     pub throttle_ratio: f64,
     /// `None` for a fixed limit.
     pub target: Option<f64>,
+    /// Times the quota was found changed from outside (and set back).
+    pub drifts: u64,
 }
 
 /// The agent.
@@ -85,6 +90,10 @@ pub struct Agent {
     gauges: Vec<Gauge>,
     /// No limit above this many cores (the node's CPUs; unbounded in tests).
     ceiling: f64,
+    /// Containers whose control ended on a fault since the last `start`, and why.
+    lost: BTreeMap<String, String>,
+    /// Times the journal could not be written.
+    journal_faults: u64,
 }
 
 impl Agent {
@@ -101,6 +110,8 @@ impl Agent {
             fault: None,
             gauges: Vec::new(),
             ceiling: f64::INFINITY,
+            lost: BTreeMap::new(),
+            journal_faults: 0,
         }
     }
 
@@ -151,8 +162,10 @@ impl Agent {
     }
 
     /// One control step at `now` (seconds since start): sample every controlled container,
-    /// run its scaler, write the limit if it changed. Ends control if the coordinator has been
-    /// silent too long or a scaler panicked.
+    /// run its scaler, and write the limits that changed, after the journal says so. Ends
+    /// control if the coordinator has been silent too long or a scaler panicked; a container
+    /// whose group cannot be read or written, or whose new limit the journal cannot record,
+    /// is restored and reported as lost (with why) to the next `stats` and `hello`.
     pub fn tick(&mut self, now: f64) {
         if !self.controlled.is_empty() && now - self.last_message > self.timeout {
             let silent = now - self.last_message;
@@ -163,7 +176,8 @@ impl Agent {
         }
         let mut failed: Vec<(String, String)> = Vec::new();
         let mut panicked: Option<String> = None;
-        self.gauges.clear();
+        // Phase 1: samples, decisions, drift, and the journal's notes of what will be written.
+        let mut planned: Vec<(String, CpuSample, Option<Quota>)> = Vec::new();
         for (name, c) in self.controlled.iter_mut() {
             let sample = match c.cgroup.sample(now) {
                 Ok(s) => s,
@@ -179,11 +193,23 @@ impl Agent {
                     break;
                 }
             };
+            match c.cgroup.check_drift() {
+                Ok(false) => {}
+                Ok(true) => {
+                    c.drifts += 1;
+                    tracing::warn!(container = %name, quota = ?c.cgroup.current(), "the quota was changed from outside; setting it back");
+                }
+                Err(e) => {
+                    failed.push((name.clone(), e.to_string()));
+                    continue;
+                }
+            }
             if !self.journal.contains(name) {
                 let entry = Entry {
                     version: c.cgroup.version,
                     dir: c.cgroup.dir.clone(),
                     original: c.cgroup.original(),
+                    recent: Vec::new(),
                 };
                 if let Err(e) = self.journal.add(name, entry) {
                     // Without a journal entry a crash could strand this quota: do not write it.
@@ -196,9 +222,51 @@ impl Agent {
                 c.limit_sum += c.cgroup.current().cores();
                 c.limit_ticks += 1;
             }
-            if let Err(e) = c.cgroup.set_limit(limit) {
-                failed.push((name.clone(), e.to_string()));
+            let want = match c.cgroup.quota_for(limit) {
+                Ok(q) => q,
+                Err(e) => {
+                    failed.push((name.clone(), e.to_string()));
+                    continue;
+                }
+            };
+            let write = (want != c.cgroup.current()).then_some(want);
+            if let Some(q) = write {
+                self.journal.note_write(name, c.cgroup.current(), q);
+            }
+            planned.push((name.clone(), sample, write));
+        }
+        if let Some(name) = panicked {
+            self.end_control(&format!("the scaler of {name} panicked"));
+            return;
+        }
+        // Phase 2: the journal on disk first; only then the quotas.
+        if planned.iter().any(|(_, _, w)| w.is_some()) {
+            if let Err(e) = self.journal.save() {
+                self.journal_fault(&e.to_string());
+                for (name, _, w) in &planned {
+                    if w.is_some() {
+                        failed.push((
+                            name.clone(),
+                            format!("the journal cannot record its new limit: {e}"),
+                        ));
+                    }
+                }
+            }
+        }
+        self.gauges.clear();
+        for (name, sample, write) in planned {
+            if failed.iter().any(|(n, _)| *n == name) {
                 continue;
+            }
+            let c = self
+                .controlled
+                .get_mut(&name)
+                .expect("planned from controlled");
+            if let Some(q) = write {
+                if let Err(e) = c.cgroup.write_quota(q) {
+                    failed.push((name, e.to_string()));
+                    continue;
+                }
             }
             record_second(c, &sample);
             let (usage, ratio) = match c.last {
@@ -223,19 +291,35 @@ impl Agent {
                 usage,
                 throttle_ratio: ratio,
                 target: c.scaler.target(),
+                drifts: c.drifts,
             });
-        }
-        if let Some(name) = panicked {
-            self.end_control(&format!("the scaler of {name} panicked"));
-            return;
         }
         for (name, reason) in failed {
             tracing::warn!(container = %name, %reason, "control of this container ended");
             if let Some(mut c) = self.controlled.remove(&name) {
                 let _ = c.cgroup.restore();
             }
-            let _ = self.journal.remove(&name);
+            if let Err(e) = self.journal.remove(&name) {
+                self.journal_fault(&e.to_string());
+            }
+            self.lost.insert(name, reason);
         }
+    }
+
+    /// A journal that cannot be written is a fault: a crash now could strand a quota, or
+    /// leave an entry that no longer matches the group.
+    fn journal_fault(&mut self, why: &str) {
+        tracing::error!(
+            reason = why,
+            "the journal of original limits cannot be written"
+        );
+        self.journal_faults += 1;
+        self.fault = Some(format!("journal: {why}"));
+    }
+
+    /// Times the journal could not be written since the agent started.
+    pub fn journal_faults(&self) -> u64 {
+        self.journal_faults
     }
 
     /// Restores every controlled container and stops controlling; `why` is kept as the fault
@@ -254,7 +338,9 @@ impl Agent {
         for (name, mut c) in std::mem::take(&mut self.controlled) {
             match c.cgroup.restore() {
                 Ok(()) => {
-                    let _ = self.journal.remove(&name);
+                    if let Err(e) = self.journal.remove(&name) {
+                        self.journal_fault(&e.to_string());
+                    }
                     restored.push(name);
                 }
                 Err(e) => {
@@ -281,6 +367,7 @@ impl Agent {
                     containers: self.known(),
                     controlling: self.controlling(),
                     fault: self.fault.clone(),
+                    lost: self.lost.clone(),
                 },
             ),
             Call::Start { scalers } => self.start(req.id, scalers),
@@ -346,6 +433,7 @@ impl Agent {
                         now,
                         containers,
                         fault: self.fault.clone(),
+                        lost: self.lost.clone(),
                     },
                 )
             }
@@ -414,6 +502,9 @@ impl Agent {
             }
         }
         self.fault = None;
+        for name in scalers.keys() {
+            self.lost.remove(name);
+        }
         Response::ok(
             id,
             StartReply {

@@ -336,13 +336,7 @@ impl Cgroup {
     /// Applies `cores` (at the original period); writes only if the quota changes. Returns
     /// whether it wrote.
     pub fn set_limit(&mut self, cores: f64) -> Result<bool, LiveError> {
-        if cores.is_nan() || cores <= 0.0 {
-            return Err(LiveError::Cgroup {
-                path: self.dir.clone(),
-                reason: format!("refusing to set a limit of {cores} cores"),
-            });
-        }
-        let want = Quota::for_cores(cores, self.original.period_us);
+        let want = self.quota_for(cores)?;
         if want == self.current {
             return Ok(false);
         }
@@ -350,7 +344,30 @@ impl Cgroup {
         Ok(true)
     }
 
-    fn write_quota(&mut self, q: Quota) -> Result<(), LiveError> {
+    /// The quota a limit of `cores` is, at this group's period.
+    pub fn quota_for(&self, cores: f64) -> Result<Quota, LiveError> {
+        if cores.is_nan() || cores <= 0.0 {
+            return Err(LiveError::Cgroup {
+                path: self.dir.clone(),
+                reason: format!("refusing to set a limit of {cores} cores"),
+            });
+        }
+        Ok(Quota::for_cores(cores, self.original.period_us))
+    }
+
+    /// Reads the kernel's quota; when it is not the one last written here (someone else
+    /// changed it), takes it as current and returns true, so the next write corrects it.
+    pub fn check_drift(&mut self) -> Result<bool, LiveError> {
+        let actual = self.read_quota()?;
+        if actual == self.current {
+            return Ok(false);
+        }
+        self.current = actual;
+        Ok(true)
+    }
+
+    /// Writes `q` (a value from [`quota_for`](Self::quota_for)).
+    pub fn write_quota(&mut self, q: Quota) -> Result<(), LiveError> {
         let (file, text) = match self.version {
             Version::V1 => {
                 if q.period_us != self.current.period_us {

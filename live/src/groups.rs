@@ -18,6 +18,9 @@ pub struct Groups {
     base: String,
     names: Vec<String>,
     children: Vec<Child>,
+    /// Every directory this value created (hierarchy root, directory), in creation order: the
+    /// only ones it ever removes, so that a name already in use is left alone.
+    created: Vec<(PathBuf, PathBuf)>,
 }
 
 fn err(path: &Path, e: impl ToString) -> LiveError {
@@ -42,10 +45,12 @@ impl Groups {
             base: base.to_string(),
             names: Vec::new(),
             children: Vec::new(),
+            created: Vec::new(),
         };
         for dir in g.hierarchy_dirs() {
             let b = dir.join(base);
             std::fs::create_dir(&b).map_err(|e| err(&b, e))?;
+            g.created.push((dir.clone(), b.clone()));
             if root.version == Version::V2 {
                 // Let the children have a cpu controller.
                 let _ = std::fs::write(dir.join("cgroup.subtree_control"), "+cpu");
@@ -59,6 +64,7 @@ impl Groups {
             for dir in g.hierarchy_dirs() {
                 let d = dir.join(base).join(name);
                 std::fs::create_dir(&d).map_err(|e| err(&d, e))?;
+                g.created.push((dir.clone(), d));
             }
             g.names.push(name.clone());
         }
@@ -154,21 +160,42 @@ impl Drop for Groups {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for dir in self.hierarchy_dirs() {
-            for name in &self.names {
-                let d = dir.join(&self.base).join(name);
-                for pid in Groups::tasks(&d) {
-                    let _ = std::fs::write(dir.join("cgroup.procs"), &pid);
-                }
-                // A killed process can take a moment to leave its group.
-                for _ in 0..50 {
-                    if std::fs::remove_dir(&d).is_ok() || !d.exists() {
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
+        // Deepest first: children before their base.
+        for (hierarchy, d) in self.created.iter().rev() {
+            for pid in Groups::tasks(d) {
+                let _ = std::fs::write(hierarchy.join("cgroup.procs"), &pid);
             }
-            let _ = std::fs::remove_dir(dir.join(&self.base));
+            // A killed process can take a moment to leave its group.
+            for _ in 0..50 {
+                if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_in_use_is_refused_and_left_alone() {
+        // A v1-like tree (one cpu,cpuacct hierarchy) with an empty group someone else made
+        // (as removable as a real cgroup directory).
+        let dir = tempfile::tempdir().unwrap();
+        let cpu = dir.path().join("cpu");
+        std::fs::create_dir_all(cpu.join("theirs")).unwrap();
+        std::fs::write(cpu.join("cpu.cfs_quota_us"), "-1\n").unwrap();
+        let root = Root::detect(dir.path()).unwrap();
+        assert!(Groups::create(&root, "theirs", 1).is_err());
+        assert!(cpu.join("theirs").is_dir(), "not ours: not removed");
+        // A fresh name is created and removed, deepest first.
+        let g = Groups::create(&root, "ours", 2).unwrap();
+        assert!(g.dir("g1").is_dir());
+        drop(g);
+        assert!(!cpu.join("ours").exists());
+        assert!(cpu.join("theirs").is_dir());
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cgroup::{Quota, Version};
+use crate::cgroup::{Quota, Root, Version};
 use crate::LiveError;
 
 /// One group's original setting.
@@ -21,6 +21,11 @@ pub struct Entry {
     /// The group's directory (the `cpu` controller's on v1), absolute.
     pub dir: PathBuf,
     pub original: Quota,
+    /// The quotas the agent wrote last (the one before and the one it was about to write):
+    /// a group whose quota is neither was changed by someone else since, and a stale entry
+    /// must not undo that. Empty in older journals (restored unconditionally).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<Quota>,
 }
 
 /// The journal file and what it holds.
@@ -56,6 +61,14 @@ impl Journal {
         self.save()
     }
 
+    /// Notes that the agent is about to write `q` to `name`'s group, after `before`; saved
+    /// with the next [`save`](Self::save), which must succeed before the write.
+    pub fn note_write(&mut self, name: &str, before: Quota, q: Quota) {
+        if let Some(e) = self.entries.get_mut(name) {
+            e.recent = vec![before, q];
+        }
+    }
+
     /// Forgets a group (after it was restored, or it disappeared).
     pub fn remove(&mut self, name: &str) -> Result<(), LiveError> {
         if self.entries.remove(name).is_some() {
@@ -71,7 +84,8 @@ impl Journal {
         }
     }
 
-    fn save(&self) -> Result<(), LiveError> {
+    /// Writes the journal to disk (or removes it when it holds nothing).
+    pub fn save(&self) -> Result<(), LiveError> {
         if self.entries.is_empty() {
             return match std::fs::remove_file(&self.path) {
                 Ok(()) => Ok(()),
@@ -90,8 +104,10 @@ impl Journal {
 
     /// Restores every group a journal at `path` lists (if there is one) and removes it.
     /// Groups that no longer exist are skipped (their container is gone; nothing is throttled).
-    /// Returns the names restored.
-    pub fn restore_file(path: &Path) -> Result<Vec<String>, LiveError> {
+    /// Only groups under `root` are written, and only files that exist: a journal is a file
+    /// on disk, and a crafted one must not make the agent write anywhere else. Returns the
+    /// names restored.
+    pub fn restore_file(path: &Path, root: &Root) -> Result<Vec<String>, LiveError> {
         let err = |reason: String| LiveError::Journal {
             path: path.to_path_buf(),
             reason,
@@ -105,8 +121,31 @@ impl Journal {
             serde_json::from_str(&text).map_err(|e| err(format!("not a journal: {e}")))?;
         let mut restored = Vec::new();
         let mut failed = Vec::new();
+        let roots: Vec<&PathBuf> = std::iter::once(&root.cpu).chain(&root.cpuacct).collect();
         for (name, e) in &entries {
             if !e.dir.exists() {
+                continue;
+            }
+            let inside = e
+                .dir
+                .canonicalize()
+                .is_ok_and(|d| roots.iter().any(|r| d.starts_with(r) && d != **r));
+            if !inside {
+                failed.push(format!(
+                    "{name}: {} is not a group under the cgroup root {}",
+                    e.dir.display(),
+                    root.cpu.display()
+                ));
+                continue;
+            }
+            if let Some(now) =
+                current_quota(e).filter(|q| !e.recent.is_empty() && !e.recent.contains(q))
+            {
+                tracing::warn!(
+                    container = %name,
+                    quota = ?now,
+                    "not restoring: the quota was changed by someone else after the agent last wrote it"
+                );
                 continue;
             }
             match write_original(e) {
@@ -122,13 +161,35 @@ impl Journal {
     }
 }
 
+/// The group's quota as the kernel has it now, if it can be read.
+fn current_quota(e: &Entry) -> Option<Quota> {
+    let read = |f: &str| std::fs::read_to_string(e.dir.join(f)).ok();
+    match e.version {
+        Version::V1 => {
+            let quota: i64 = read("cpu.cfs_quota_us")?.trim().parse().ok()?;
+            let period_us: u64 = read("cpu.cfs_period_us")?.trim().parse().ok()?;
+            Some(Quota {
+                quota_us: u64::try_from(quota).ok(),
+                period_us,
+            })
+        }
+        Version::V2 => crate::cgroup::parse_cpu_max(read("cpu.max")?.trim()),
+    }
+}
+
 fn write_original(e: &Entry) -> Result<(), LiveError> {
+    // Never creates a file: a group's control files exist, anything else is not a group.
     let write = |file: &str, text: String| {
         let p = e.dir.join(file);
-        std::fs::write(&p, format!("{text}\n")).map_err(|x| LiveError::Cgroup {
-            path: p,
-            reason: x.to_string(),
-        })
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&p)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{text}\n").as_bytes()))
+            .map_err(|x| LiveError::Cgroup {
+                path: p,
+                reason: x.to_string(),
+            })
     };
     match e.version {
         Version::V1 => {
@@ -152,9 +213,17 @@ fn write_original(e: &Entry) -> Result<(), LiveError> {
 mod tests {
     use super::*;
 
+    /// A v2-like hierarchy in a temporary directory.
+    fn fake_root() -> (tempfile::TempDir, Root) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cgroup.controllers"), "cpu\n").unwrap();
+        let root = Root::detect(dir.path()).unwrap();
+        (dir, root)
+    }
+
     #[test]
     fn journal_round_trip_and_restore() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, root) = fake_root();
         let g = dir.path().join("g");
         std::fs::create_dir(&g).unwrap();
         std::fs::write(g.join("cpu.max"), "5000 100000\n").unwrap();
@@ -170,6 +239,7 @@ mod tests {
                 version: Version::V2,
                 dir: g.clone(),
                 original,
+                recent: Vec::new(),
             },
         )
         .unwrap();
@@ -183,6 +253,7 @@ mod tests {
                     quota_us: Some(1),
                     period_us: 1,
                 },
+                recent: Vec::new(),
             },
         )
         .unwrap();
@@ -192,11 +263,12 @@ mod tests {
                 version: Version::V2,
                 dir: dir.path().join("nope"),
                 original,
+                recent: Vec::new(),
             },
         )
         .unwrap();
         assert!(path.exists());
-        let restored = Journal::restore_file(&path).unwrap();
+        let restored = Journal::restore_file(&path, &root).unwrap();
         assert_eq!(restored, vec!["web".to_string()]);
         assert_eq!(
             std::fs::read_to_string(g.join("cpu.max")).unwrap(),
@@ -204,7 +276,7 @@ mod tests {
         );
         assert!(!path.exists(), "removed after restoring");
         assert!(
-            Journal::restore_file(&path).unwrap().is_empty(),
+            Journal::restore_file(&path, &root).unwrap().is_empty(),
             "no journal: nothing to do"
         );
     }
@@ -221,6 +293,7 @@ mod tests {
                 quota_us: None,
                 period_us: 100_000,
             },
+            recent: Vec::new(),
         };
         j.add("a", e).unwrap();
         assert!(path.exists());
@@ -233,7 +306,74 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.json");
         std::fs::write(&path, "{not json").unwrap();
-        let e = Journal::restore_file(&path).unwrap_err();
+        let (_d, root) = fake_root();
+        let e = Journal::restore_file(&path, &root).unwrap_err();
         assert!(e.to_string().contains("not a journal"), "{e}");
+    }
+
+    #[test]
+    fn a_stale_entry_does_not_undo_a_later_change() {
+        let (dir, root) = fake_root();
+        let g = dir.path().join("g");
+        std::fs::create_dir(&g).unwrap();
+        let path = dir.path().join("j.json");
+        let q = |us: u64| Quota {
+            quota_us: Some(us),
+            period_us: 100_000,
+        };
+        let entry = |recent: Vec<Quota>| Entry {
+            version: Version::V2,
+            dir: g.clone(),
+            original: q(20_000),
+            recent,
+        };
+        // The agent last wrote 30000 (after 40000); someone has set 70000 since.
+        std::fs::write(g.join("cpu.max"), "70000 100000\n").unwrap();
+        let mut j = Journal::new(&path);
+        j.add("web", entry(vec![q(40_000), q(30_000)])).unwrap();
+        assert!(Journal::restore_file(&path, &root).unwrap().is_empty());
+        assert_eq!(
+            std::fs::read_to_string(g.join("cpu.max")).unwrap(),
+            "70000 100000\n"
+        );
+        // A crash between the note and the write, or after it: the original comes back.
+        for now in ["40000 100000\n", "30000 100000\n"] {
+            std::fs::write(g.join("cpu.max"), now).unwrap();
+            let mut j = Journal::new(&path);
+            j.add("web", entry(vec![q(40_000), q(30_000)])).unwrap();
+            assert_eq!(Journal::restore_file(&path, &root).unwrap(), vec!["web"]);
+            assert_eq!(
+                std::fs::read_to_string(g.join("cpu.max")).unwrap(),
+                "20000 100000\n"
+            );
+        }
+    }
+
+    #[test]
+    fn a_crafted_journal_writes_nothing_outside_the_root() {
+        let (_d, root) = fake_root();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let path = elsewhere.path().join("j.json");
+        let mut j = Journal::new(&path);
+        j.add(
+            "evil",
+            Entry {
+                version: Version::V1,
+                dir: elsewhere.path().to_path_buf(),
+                original: Quota {
+                    quota_us: None,
+                    period_us: 100_000,
+                },
+                recent: Vec::new(),
+            },
+        )
+        .unwrap();
+        let e = Journal::restore_file(&path, &root).unwrap_err();
+        assert!(
+            e.to_string().contains("not a group under the cgroup root"),
+            "{e}"
+        );
+        assert!(!elsewhere.path().join("cpu.cfs_quota_us").exists());
+        assert!(path.exists(), "kept for a person to look at");
     }
 }

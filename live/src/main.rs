@@ -35,6 +35,9 @@ enum Command {
     Restore {
         #[arg(long, default_value = "/var/lib/autothrottle/journal.json")]
         journal: PathBuf,
+        /// Only groups under this hierarchy are restored.
+        #[arg(long, default_value = "/sys/fs/cgroup")]
+        cgroup_root: PathBuf,
     },
     /// Measure the agent's own overhead: N containers controlled at 100 ms.
     Bench(cli::bench::BenchArgs),
@@ -93,7 +96,10 @@ fn main() {
             }
         }
         Command::Run(a) => cli::run::cmd(*a),
-        Command::Restore { journal } => cli::agent::restore(&journal),
+        Command::Restore {
+            journal,
+            cgroup_root,
+        } => cli::agent::restore(&journal, &cgroup_root),
         Command::Bench(b) => cli::bench::bench(b),
         Command::LoadBench { rps, seconds } => cli::bench::load_bench(rps, seconds),
         Command::Demo {

@@ -10,10 +10,10 @@
 //!
 //! | method | params | result |
 //! |---|---|---|
-//! | `hello` | none | [`HelloReply`] `{node, version, containers, controlling, fault}`: what the agent can control, what it controls now, and why control last ended (if it did) |
+//! | `hello` | none | [`HelloReply`] `{node, version, containers, controlling, fault, lost}`: what the agent can control, what it controls now, and why control last ended (if it did) |
 //! | `start` | `{scalers: {container: ScalerConfig}}` | [`StartReply`] `{controlling: [names]}`; containers not named are left alone |
 //! | `update_targets` | `{targets: {container: target}}` | [`UpdateReply`] `{updated: n}` |
-//! | `stats` | none | [`StatsReply`] `{now, containers: {name: {limit, target, rows: [StatRow], dropped}}, fault}`: per-second rows since the last `stats`; `now` and each row's `t` are seconds on the agent's clock; `target` is null for a fixed limit |
+//! | `stats` | none | [`StatsReply`] `{now, containers: {name: {limit, target, rows: [StatRow], dropped}}, fault, lost: {name: why}}`: per-second rows since the last `stats`; `now` and each row's `t` are seconds on the agent's clock; `target` is null for a fixed limit |
 //! | `stop` | none | [`StopReply`] `{restored: [names]}`: original limits are back |
 //!
 //! Errors come back as `{"v":1,"id":7,"ok":false,"error":{"code":"...","message":"..."}}` with
@@ -86,6 +86,10 @@ pub struct HelloReply {
     /// Why control last ended, if it ended on a fault.
     #[serde(default)]
     pub fault: Option<String>,
+    /// Containers whose control ended on their own fault (an unreadable or unwritable group,
+    /// a limit the journal could not record), and why.
+    #[serde(default)]
+    pub lost: BTreeMap<String, String>,
 }
 
 /// The reply to `start`.
@@ -122,6 +126,9 @@ pub struct StatsReply {
     /// Set when control ended on a fault (the containers are then absent).
     #[serde(default)]
     pub fault: Option<String>,
+    /// Containers no longer controlled because of their own fault, and why.
+    #[serde(default)]
+    pub lost: BTreeMap<String, String>,
 }
 
 /// The reply to `stop`.
@@ -199,9 +206,11 @@ impl Response {
     }
 }
 
-/// Parses one line into a request, or the error reply it deserves (with the id when one
-/// could be read).
-pub fn parse(line: &[u8]) -> Result<Request, Response> {
+/// Parses one line from a peer that should hold `token`, or the error reply it deserves. The
+/// token is checked before anything else, so an unauthenticated peer learns nothing about the
+/// protocol (every one of its lines gets `bad_token`, without an id). Ids are non-negative
+/// integers, echoed in errors once the token has been checked.
+pub fn parse(line: &[u8], token: &str) -> Result<Request, Response> {
     if line.len() > MAX_MESSAGE {
         return Err(Response::err(
             0,
@@ -214,7 +223,20 @@ pub fn parse(line: &[u8]) -> Result<Request, Response> {
     let obj = value
         .as_object()
         .ok_or_else(|| Response::err(0, Code::Malformed, "a request is a JSON object"))?;
-    let id = obj.get("id").and_then(Value::as_u64).unwrap_or(0);
+    let given = obj.get("token").and_then(Value::as_str).unwrap_or("");
+    if !token_matches(given, token) {
+        return Err(Response::err(0, Code::BadToken, "bad or missing token"));
+    }
+    let id = match obj.get("id") {
+        None => return Err(Response::err(0, Code::Malformed, "missing \"id\"")),
+        Some(v) => v.as_u64().ok_or_else(|| {
+            Response::err(
+                0,
+                Code::Malformed,
+                format!("\"id\" must be a non-negative integer, got {v}"),
+            )
+        })?,
+    };
     let v = obj
         .get("v")
         .and_then(Value::as_u64)
@@ -226,14 +248,6 @@ pub fn parse(line: &[u8]) -> Result<Request, Response> {
             format!("protocol version {v}; this agent speaks {VERSION}"),
         ));
     }
-    if !obj.contains_key("id") {
-        return Err(Response::err(0, Code::Malformed, "missing \"id\""));
-    }
-    let token = obj
-        .get("token")
-        .and_then(Value::as_str)
-        .ok_or_else(|| Response::err(id, Code::BadToken, "missing \"token\""))?
-        .to_string();
     let method = obj
         .get("method")
         .and_then(Value::as_str)
@@ -252,7 +266,20 @@ pub fn parse(line: &[u8]) -> Result<Request, Response> {
     }
     let call: Call = serde_json::from_value(Value::Object(call_value))
         .map_err(|e| Response::err(id, Code::Malformed, format!("bad params for {method}: {e}")))?;
-    Ok(Request { id, token, call })
+    Ok(Request {
+        id,
+        token: given.to_string(),
+        call,
+    })
+}
+
+/// Whether a line is a JSON object carrying `token` (whatever else is wrong with it).
+pub fn carries_token(line: &[u8], token: &str) -> bool {
+    serde_json::from_slice::<Value>(line).is_ok_and(|v| {
+        v.get("token")
+            .and_then(Value::as_str)
+            .is_some_and(|t| token_matches(t, token))
+    })
 }
 
 /// A request line, as the coordinator sends it.
@@ -287,7 +314,7 @@ mod tests {
             targets: [("web".to_string(), 0.1)].into(),
         };
         let line = encode(3, "tok", &call);
-        let r = parse(line.trim_end().as_bytes()).unwrap();
+        let r = parse(line.trim_end().as_bytes(), "tok").unwrap();
         assert_eq!(
             r,
             Request {
@@ -296,13 +323,13 @@ mod tests {
                 call
             }
         );
-        let hello = parse(br#"{"v":1,"id":1,"token":"t","method":"hello"}"#).unwrap();
+        let hello = parse(br#"{"v":1,"id":1,"token":"t","method":"hello"}"#, "t").unwrap();
         assert_eq!(hello.call, Call::Hello);
     }
 
     #[test]
     fn errors_have_codes() {
-        let code = |s: &[u8]| parse(s).unwrap_err().code().unwrap();
+        let code = |s: &[u8]| parse(s, "t").unwrap_err().code().unwrap();
         assert_eq!(code(b"{nope"), Code::Malformed);
         assert_eq!(code(b"[1,2]"), Code::Malformed);
         assert_eq!(
@@ -321,13 +348,40 @@ mod tests {
         );
         let big = vec![b' '; MAX_MESSAGE + 1];
         assert_eq!(code(&big), Code::TooLarge);
-        // The id is echoed when it could be read.
+        // The id is echoed when it could be read, once the token is right.
         assert_eq!(
-            parse(br#"{"v":1,"id":9,"token":"t","method":"x"}"#)
+            parse(br#"{"v":1,"id":9,"token":"t","method":"x"}"#, "t")
                 .unwrap_err()
                 .id,
             9
         );
+    }
+
+    #[test]
+    fn the_token_comes_first() {
+        // Without the token nothing else is looked at: no version, method or id is revealed.
+        for line in [
+            &br#"{"v":1,"id":1,"method":"hello"}"#[..],
+            br#"{"v":2,"id":4,"token":"x","method":"hello"}"#,
+            br#"{"v":1,"id":5,"token":"x","method":"reboot"}"#,
+            br#"{"token":"x"}"#,
+        ] {
+            let e = parse(line, "t").unwrap_err();
+            assert_eq!((e.code(), e.id), (Some(Code::BadToken), 0), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn ids_are_non_negative_integers() {
+        for id in ["\"7\"", "-3", "1.5", "null"] {
+            let line = format!(r#"{{"v":1,"id":{id},"token":"t","method":"hello"}}"#);
+            let e = parse(line.as_bytes(), "t").unwrap_err();
+            assert_eq!(e.code(), Some(Code::Malformed), "{id}");
+            assert!(
+                e.error.unwrap().message.contains("non-negative integer"),
+                "{id}"
+            );
+        }
     }
 
     #[test]

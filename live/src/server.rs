@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -42,12 +43,51 @@ pub struct Config {
     pub relist: Duration,
     /// No scaler sets a limit above this many cores.
     pub ceiling: f64,
+    /// What a connection may cost before it has shown the token.
+    pub connections: ConnectionLimits,
+    /// The bearer token scrapers of the metrics must show, if any.
+    pub metrics_token: Option<String>,
+}
+
+/// Bounds on coordinator connections, so that peers without the token cannot use up the
+/// agent's memory or file descriptors.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Connections open at once; more are closed at once (and counted).
+    pub max: usize,
+    /// Bytes a connection may send before its first authenticated request (a `start` for
+    /// hundreds of containers comes after `hello`, so the first line is small).
+    pub before_auth: usize,
+    /// A connection that has not sent a complete first line by then is closed.
+    pub first_line: Duration,
+    /// An authenticated connection silent this long is closed (the coordinator asks every
+    /// second; a lost one is restored by the coordinator timeout anyway).
+    pub idle: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max: 64,
+            before_auth: 4096,
+            first_line: Duration::from_secs(5),
+            idle: Duration::from_secs(300),
+        }
+    }
 }
 
 type Labels = Vec<(String, String)>;
 
 #[derive(Clone, Default)]
 struct Metrics {
+    /// Connections closed at once: over the connection cap.
+    rejected: Counter,
+    /// Times the journal could not be written.
+    journal_faults: Gauge<f64, AtomicU64>,
+    /// Per container: times its quota was found changed from outside and set back.
+    drifts: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// P99 of how late the last minute's control ticks started, seconds.
+    tick_lateness: Gauge<f64, AtomicU64>,
     limit: Family<Labels, Gauge<f64, AtomicU64>>,
     usage: Family<Labels, Gauge<f64, AtomicU64>>,
     throttle: Family<Labels, Gauge<f64, AtomicU64>>,
@@ -62,7 +102,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), LiveError> {
     // A journal left behind means an agent died holding quotas: put them back first.
-    let restored = Journal::restore_file(&config.journal)?;
+    let restored = Journal::restore_file(&config.journal, &config.root)?;
     if !restored.is_empty() {
         tracing::warn!(
             ?restored,
@@ -98,14 +138,33 @@ pub async fn run(
 
     let metrics = Metrics::default();
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(control_loop(agent.clone(), metrics.clone(), start));
-    tasks.spawn(accept_loop(listener, agent.clone(), start));
+    // The control loop has a thread of its own: however busy the connections keep the
+    // runtime, the 100-ms ticks start on time.
+    let stop_control = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let control = {
+        let (agent, metrics, stop) = (agent.clone(), metrics.clone(), stop_control.clone());
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || control_loop(&agent, &metrics, start, &stop))
+            .map_err(|e| LiveError::Internal(format!("cannot start the control thread: {e}")))?
+    };
+    tasks.spawn(accept_loop(
+        listener,
+        Connection {
+            agent: agent.clone(),
+            start,
+            token: config.token.clone().into(),
+            limits: config.connections,
+        },
+        metrics.clone(),
+    ));
     if let Some(addr) = config.metrics {
         tasks.spawn(serve_metrics(
             TcpListener::bind(addr).await.map_err(|e| {
                 LiveError::Config(format!("cannot listen on {addr} for metrics: {e}"))
             })?,
             &metrics,
+            config.metrics_token.clone().map(Arc::from),
         ));
     }
     if let Some((client, scope)) = config.kube.clone() {
@@ -120,20 +179,49 @@ pub async fn run(
 
     shutdown.await;
     tasks.abort_all();
+    stop_control.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = control.join();
     let restored = agent.lock().expect("agent lock").restore_all();
     tracing::info!(?restored, "stopped; original limits restored");
     Ok(())
 }
 
 /// Every 100 ms: the scalers' samples and decisions, then the metrics.
-async fn control_loop(agent: Arc<Mutex<Agent>>, metrics: Metrics, start: Instant) {
-    let mut interval = tokio::time::interval(TICK);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        interval.tick().await;
+fn control_loop(
+    agent: &Mutex<Agent>,
+    metrics: &Metrics,
+    start: Instant,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    if !crate::os::prefer_this_thread() {
+        tracing::debug!("cannot raise the control thread's priority (not root?)");
+    }
+    let mut lateness = Lateness::default();
+    let mut due = Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let started = Instant::now();
+        lateness.add((started - due).as_secs_f64());
+        // A tick more than a period late does not make the next ones bunch up.
+        due = if due + TICK < started {
+            started + TICK
+        } else {
+            due + TICK
+        };
+        metrics.tick_lateness.set(lateness.p99());
         let now = start.elapsed().as_secs_f64();
         let mut a = agent.lock().expect("agent lock");
         a.tick(now);
+        metrics.journal_faults.set(a.journal_faults() as f64);
+        // Only what is controlled now has series: nothing stale after control ends.
+        metrics.limit.clear();
+        metrics.usage.clear();
+        metrics.throttle.clear();
+        metrics.target.clear();
+        metrics.drifts.clear();
         for g in a.gauges() {
             let l = vec![("container".to_string(), g.name.clone())];
             metrics
@@ -142,23 +230,55 @@ async fn control_loop(agent: Arc<Mutex<Agent>>, metrics: Metrics, start: Instant
                 .set(if g.limit.is_finite() { g.limit } else { -1.0 });
             metrics.usage.get_or_create(&l).set(g.usage);
             metrics.throttle.get_or_create(&l).set(g.throttle_ratio);
+            metrics.drifts.get_or_create(&l).set(g.drifts as f64);
             // A fixed limit has no target: no series rather than a made-up value.
-            match g.target {
-                Some(t) => {
-                    metrics.target.get_or_create(&l).set(t);
-                }
-                None => {
-                    metrics.target.remove(&l);
-                }
+            if let Some(t) = g.target {
+                metrics.target.get_or_create(&l).set(t);
             }
         }
     }
 }
 
-/// Coordinator connections, each served on its own task. When accepting fails (out of file
-/// descriptors), it waits a little instead of spinning, and says so once per episode, so the
-/// connections it already has keep being served.
-async fn accept_loop(listener: TcpListener, agent: Arc<Mutex<Agent>>, start: Instant) {
+/// What every connection's task shares.
+#[derive(Clone)]
+struct Connection {
+    agent: Arc<Mutex<Agent>>,
+    start: Instant,
+    token: Arc<str>,
+    limits: ConnectionLimits,
+}
+
+/// How late the last 600 ticks (a minute) started.
+#[derive(Default)]
+struct Lateness {
+    recent: std::collections::VecDeque<f64>,
+}
+
+impl Lateness {
+    const KEEP: usize = 600;
+
+    fn add(&mut self, late_s: f64) {
+        if self.recent.len() == Self::KEEP {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(late_s);
+    }
+
+    fn p99(&self) -> f64 {
+        let mut v: Vec<f64> = self.recent.iter().copied().collect();
+        if v.is_empty() {
+            return 0.0;
+        }
+        v.sort_by(f64::total_cmp);
+        v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1]
+    }
+}
+
+/// Coordinator connections, each served on its own task, at most `limits.max` at once. When
+/// accepting fails (out of file descriptors), it waits a little instead of spinning, and says
+/// so once per episode, so the connections it already has keep being served.
+async fn accept_loop(listener: TcpListener, conn: Connection, metrics: Metrics) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(conn.limits.max));
     let mut failing = false;
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -178,21 +298,58 @@ async fn accept_loop(listener: TcpListener, agent: Arc<Mutex<Agent>>, start: Ins
                 continue;
             }
         };
-        let agent = agent.clone();
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.rejected.inc();
+            tracing::debug!(%peer, "connection refused: {} open already", conn.limits.max);
+            drop(stream);
+            continue;
+        };
+        let conn = conn.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve(stream, agent, start).await {
+            if let Err(e) = serve(stream, &conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended");
             }
+            drop(slot);
         });
     }
 }
 
-/// `GET /metrics` in the Prometheus text format.
+/// Bounds of the metrics endpoint: it answers scrapers, never holds on to a slow client.
+const METRICS_CONNECTIONS: usize = 16;
+/// A scraper that has not sent its request headers by then is cut off.
+const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// No connection is kept longer than this, whatever it sends.
+const METRICS_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `GET /metrics` in the Prometheus text format, with a bearer token when `token` is set
+/// (Prometheus' `authorization` / `bearer_token_file`), at most [`METRICS_CONNECTIONS`] at
+/// once, each cut off after [`METRICS_HEADER_TIMEOUT`] without headers.
 fn serve_metrics(
     listener: TcpListener,
     metrics: &Metrics,
+    token: Option<Arc<str>>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let mut registry = Registry::default();
+    registry.register(
+        "autothrottle_rejected_connections",
+        "Coordinator connections closed at once because too many were open",
+        metrics.rejected.clone(),
+    );
+    registry.register(
+        "autothrottle_tick_lateness_p99_seconds",
+        "P99 of how late the last minute's 100-ms control ticks started",
+        metrics.tick_lateness.clone(),
+    );
+    registry.register(
+        "autothrottle_journal_faults",
+        "Times the journal of original limits could not be written",
+        metrics.journal_faults.clone(),
+    );
+    registry.register(
+        "autothrottle_quota_drifts",
+        "Times a container's quota was found changed from outside (and set back)",
+        metrics.drifts.clone(),
+    );
     registry.register(
         "autothrottle_limit_cores",
         "CPU limit in cores (-1: none)",
@@ -214,26 +371,66 @@ fn serve_metrics(
         metrics.target.clone(),
     );
     let registry = Arc::new(registry);
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let registry = registry.clone();
-            async move {
-                let mut body = String::new();
-                let _ = encode(&mut body, &registry);
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4",
-                    )],
-                    body,
-                )
-            }
-        }),
-    );
+    let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
     async move {
-        let _ = axum::serve(listener, app).await;
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                continue;
+            };
+            let (registry, token) = (registry.clone(), token.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let reply = metrics_reply(&req, &registry, token.as_deref());
+                    async move { Ok::<_, std::convert::Infallible>(reply) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(METRICS_HEADER_TIMEOUT)
+                    .keep_alive(false)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                let _ = tokio::time::timeout(METRICS_CONNECTION_TIMEOUT, conn).await;
+                drop(slot);
+            });
+        }
     }
+}
+
+/// The answer to one metrics request.
+fn metrics_reply(
+    req: &hyper::Request<hyper::body::Incoming>,
+    registry: &Registry,
+    token: Option<&str>,
+) -> hyper::Response<String> {
+    let status = |code: u16, body: &str| {
+        hyper::Response::builder()
+            .status(code)
+            .body(body.to_string())
+            .expect("static response")
+    };
+    if req.uri().path() != "/metrics" {
+        return status(404, "not found: the metrics are at /metrics\n");
+    }
+    if let Some(token) = token {
+        let given = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !protocol::token_matches(given, token) {
+            return status(401, "a bearer token is required\n");
+        }
+    }
+    let mut body = String::new();
+    let _ = encode(&mut body, registry);
+    hyper::Response::builder()
+        .header(hyper::header::CONTENT_TYPE, "text/plain; version=0.0.4")
+        .body(body)
+        .expect("static response")
 }
 
 /// Every `relist`: the app's pods on this node, mapped to their cgroups; on an API error the
@@ -261,27 +458,38 @@ async fn discovery_loop(
     }
 }
 
-/// One coordinator connection: a JSON request per line, a JSON reply per line.
-async fn serve(stream: TcpStream, agent: Arc<Mutex<Agent>>, start: Instant) -> std::io::Result<()> {
+/// One coordinator connection: a JSON request per line, a JSON reply per line. Until a
+/// request carries the token the connection may send only a small first line, within a few
+/// seconds, and anything it sends gets one `bad_token` and the connection closes.
+async fn serve(stream: TcpStream, conn: &Connection) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut reader = BufReader::new(r);
     let mut buf = Vec::with_capacity(4096);
+    let mut authenticated = false;
     loop {
         buf.clear();
-        let n = (&mut reader)
-            .take(MAX_MESSAGE as u64 + 1)
-            .read_until(b'\n', &mut buf)
-            .await?;
+        let (cap, wait) = if authenticated {
+            (MAX_MESSAGE, conn.limits.idle)
+        } else {
+            (conn.limits.before_auth, conn.limits.first_line)
+        };
+        let mut limited = (&mut reader).take(cap as u64 + 1);
+        let read = limited.read_until(b'\n', &mut buf);
+        let n = match tokio::time::timeout(wait, read).await {
+            Ok(n) => n?,
+            // Silent too long (or a line that never ends): close.
+            Err(_) => return Ok(()),
+        };
         if n == 0 {
             return Ok(());
         }
         let complete = buf.last() == Some(&b'\n');
-        if !complete && buf.len() > MAX_MESSAGE {
-            let r = Response::err(
-                0,
-                Code::TooLarge,
-                format!("message over {MAX_MESSAGE} bytes"),
-            );
+        if !complete && buf.len() > cap {
+            let r = if authenticated {
+                Response::err(0, Code::TooLarge, format!("message over {cap} bytes"))
+            } else {
+                unauthenticated()
+            };
             reply(&mut w, &r).await?;
             return Ok(());
         }
@@ -293,18 +501,31 @@ async fn serve(stream: TcpStream, agent: Arc<Mutex<Agent>>, start: Instant) -> s
             }
             continue;
         }
-        let response = match protocol::parse(line) {
-            Ok(req) => agent
-                .lock()
-                .expect("agent lock")
-                .handle(req, start.elapsed().as_secs_f64()),
-            Err(r) => r,
+        let response = match protocol::parse(line, &conn.token) {
+            Ok(req) => {
+                authenticated = true;
+                conn.agent
+                    .lock()
+                    .expect("agent lock")
+                    .handle(req, conn.start.elapsed().as_secs_f64())
+            }
+            // A request with the right token that fails otherwise still authenticates.
+            Err(r) if authenticated || protocol::carries_token(line, &conn.token) => {
+                authenticated = true;
+                r
+            }
+            Err(_) => unauthenticated(),
         };
         reply(&mut w, &response).await?;
         if matches!(response.code(), Some(Code::BadToken | Code::TooLarge)) {
             return Ok(());
         }
     }
+}
+
+/// The one reply a peer gets before it has shown the token.
+fn unauthenticated() -> Response {
+    Response::err(0, Code::BadToken, "bad or missing token")
 }
 
 async fn reply(w: &mut tokio::net::tcp::OwnedWriteHalf, r: &Response) -> std::io::Result<()> {

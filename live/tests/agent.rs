@@ -162,7 +162,7 @@ fn bad_requests_change_nothing() {
         &b"{bad json"[..],
         br#"{"v":1,"id":3,"token":"s3cret","method":"format_disk"}"#,
     ] {
-        let e = protocol::parse(line).unwrap_err();
+        let e = protocol::parse(line, "s3cret").unwrap_err();
         assert!(matches!(
             e.code(),
             Some(Code::Malformed | Code::UnknownMethod)
@@ -252,6 +252,57 @@ fn a_restarted_container_is_remapped() {
     assert!(start(&mut f, "web", ScalerKind::Const.config(0.0, 1.0)).ok);
     f.agent.tick(0.2);
     assert_eq!(cpu_max(&f, "web-b"), "100000 100000\n");
+}
+
+#[test]
+fn a_journal_that_cannot_be_written_is_a_fault_and_the_container_is_reported_lost() {
+    let mut f = fixture(&["web", "db"]);
+    assert!(start(&mut f, "web", ScalerKind::Const.config(0.0, 1.0)).ok);
+    assert!(start(&mut f, "db", ScalerKind::Const.config(0.0, 0.5)).ok);
+    f.agent.tick(0.1);
+    assert_eq!(cpu_max(&f, "web"), "100000 100000\n");
+    // The journal's directory becomes unusable mid-control (here: replaced by a file).
+    let state = f.dir.path().join("state");
+    std::fs::remove_dir_all(&state).unwrap();
+    std::fs::write(&state, "not a directory").unwrap();
+    // A new limit for web must be noted in the journal first: it cannot be, so it is not
+    // written; web is restored and reported lost, with why.
+    let r = f.agent.handle(
+        req(Call::Start {
+            scalers: [("web".to_string(), ScalerKind::Const.config(0.0, 1.5))].into(),
+        }),
+        0.15,
+    );
+    assert!(r.ok, "{r:?}");
+    f.agent.tick(0.2);
+    f.agent.tick(0.3);
+    assert_eq!(
+        cpu_max(&f, "web"),
+        "max 100000\n",
+        "restored, not left at a limit nobody journals"
+    );
+    assert_eq!(
+        cpu_max(&f, "db"),
+        "50000 100000\n",
+        "db's limit did not change: it stays"
+    );
+    let stats: StatsReply = f.agent.handle(req(Call::Stats), 0.4).result_as().unwrap();
+    assert!(!stats.containers.contains_key("web"));
+    assert!(stats.lost["web"].contains("journal"), "{:?}", stats.lost);
+    assert!(stats.fault.unwrap().starts_with("journal:"));
+    assert!(f.agent.journal_faults() > 0);
+}
+
+#[test]
+fn a_quota_changed_from_outside_is_set_back() {
+    let mut f = fixture(&["web"]);
+    assert!(start(&mut f, "web", ScalerKind::Const.config(0.0, 2.0)).ok);
+    f.agent.tick(0.1);
+    assert_eq!(cpu_max(&f, "web"), "200000 100000\n");
+    std::fs::write(f.dir.path().join("web/cpu.max"), "90000 100000\n").unwrap();
+    f.agent.tick(0.2);
+    assert_eq!(cpu_max(&f, "web"), "200000 100000\n");
+    assert_eq!(f.agent.gauges()[0].drifts, 1);
 }
 
 #[test]

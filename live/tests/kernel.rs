@@ -276,14 +276,28 @@ fn protocol_abuse_over_tcp_never_changes_a_limit() {
     assert!(
         send(b"{\"v\":1,\"id\":5,\"token\":\"wrong\",\"method\":\"stop\"}\n").contains("bad_token")
     );
-    assert!(send(b"not json at all\n").contains("malformed"));
+    // Without the token first, everything is one bad_token.
+    assert!(send(b"not json at all\n").contains("bad_token"));
+    let mut huge = vec![b'x'; protocol::MAX_MESSAGE + 10];
+    huge.push(b'\n');
+    assert!(send(&huge).contains("bad_token"));
     assert!(
         send(b"{\"v\":1,\"id\":6,\"token\":\"tok\",\"method\":\"reboot\"}\n")
             .contains("unknown_method")
     );
-    let mut huge = vec![b'x'; protocol::MAX_MESSAGE + 10];
-    huge.push(b'\n');
-    assert!(send(&huge).contains("too_large"));
+    // Once authenticated, a connection gets the real errors.
+    let mut s = connect(port);
+    assert_eq!(call(&mut s, 8, &Call::Hello)["ok"], true);
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    for (payload, code) in [
+        (&b"not json at all\n"[..], "malformed"),
+        (&huge[..], "too_large"),
+    ] {
+        s.write_all(payload).unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.contains(code), "{line}");
+    }
     let mut s = connect(port);
     let r = call(
         &mut s,
@@ -355,4 +369,148 @@ fn the_demo_app_runs_each_service_in_its_own_group() {
         !root.cpu.join(&group).exists(),
         "the demo removed its groups"
     );
+}
+
+#[test]
+#[ignore = "needs root and writable cgroup v1/v2"]
+fn the_agent_holds_up_under_hostile_connections() {
+    let _one_at_a_time = serial();
+    // One group busy (a burning thread), two idle; Captains on all three.
+    let (root, mut g) = groups("soak", 3);
+    g.burn("g0", 1).unwrap();
+    let originals: Vec<_> = g.names().iter().map(|n| quota(&root, &g, n)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let address = dir.path().join("address");
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_live"));
+    cmd.args(["agent", "--no-supervisor", "--listen", "127.0.0.1:0"])
+        .args(["--address-file", address.to_str().unwrap()])
+        .args([
+            "--journal",
+            dir.path().join("journal.json").to_str().unwrap(),
+        ])
+        .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
+        .env("AUTOTHROTTLE_TOKEN", "tok")
+        .stderr(Stdio::null());
+    for name in g.names() {
+        cmd.args(["--cgroup", &format!("{name}={}", g.rel(&name).display())]);
+    }
+    let mut agent = cmd.spawn().unwrap();
+    wait_for(|| address.exists(), "the agent's address file");
+    let port: u16 = std::fs::read_to_string(&address)
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The coordinator's connection comes first, then keeps the agent busy every second.
+    let mut coordinator = connect(port);
+    let scalers = g
+        .names()
+        .into_iter()
+        .map(|n| (n, ScalerKind::Captain.config(0.1, 1.0)))
+        .collect();
+    assert_eq!(
+        call(&mut coordinator, 1, &Call::Start { scalers })["ok"],
+        true
+    );
+
+    // 500 hostile peers for 90 s: silent ones, lines that never end, bad tokens, garbage;
+    // each reconnects whenever it is cut off.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hostile: Vec<_> = (0..500)
+        .map(|i| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    };
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                    let payload: Vec<u8> = match i % 4 {
+                        0 => Vec::new(),
+                        1 => [&b"{"[..], &[b' '; 60_000][..]].concat(),
+                        2 => {
+                            b"{\"v\":1,\"id\":1,\"token\":\"nope\",\"method\":\"stop\"}\n".to_vec()
+                        }
+                        _ => b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+                    };
+                    let _ = s.write_all(&payload);
+                    let _ = std::io::Read::read_to_end(&mut s, &mut Vec::new());
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            })
+        })
+        .collect();
+    let rss_mb = |pid: u32| -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kb: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kb / 1024.0
+    };
+    let mut peak_rss: f64 = 0.0;
+    let start = Instant::now();
+    let mut id = 2;
+    while start.elapsed() < Duration::from_secs(90) {
+        let r = call(&mut coordinator, id, &Call::Stats);
+        assert_eq!(r["ok"], true, "the coordinator is still served: {r}");
+        assert_eq!(
+            r["result"]["containers"].as_object().unwrap().len(),
+            3,
+            "{r}"
+        );
+        id += 1;
+        peak_rss = peak_rss.max(rss_mb(agent.id()));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let metrics = http_body(metrics_port);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in hostile {
+        h.join().unwrap();
+    }
+    let late = metrics
+        .lines()
+        .find(|l| l.starts_with("autothrottle_tick_lateness_p99_seconds "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("the lateness metric");
+    let rejected = metrics
+        .lines()
+        .find(|l| l.starts_with("autothrottle_rejected_connections_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("the rejected-connections metric");
+    eprintln!(
+        "soak: peak RSS {peak_rss:.1} MB, tick lateness p99 {:.2} ms, {rejected} connections rejected",
+        late * 1000.0
+    );
+    assert!(peak_rss < 64.0, "peak RSS {peak_rss:.1} MB");
+    assert!(late < 0.005, "tick lateness p99 {:.2} ms", late * 1000.0);
+    assert!(rejected > 0.0, "the cap was reached and counted");
+    assert_eq!(call(&mut coordinator, id, &Call::Stop)["ok"], true);
+    for (name, original) in g.names().iter().zip(&originals) {
+        assert_eq!(quota(&root, &g, name), *original, "{name} restored");
+    }
+    live::os::signal(agent.id(), libc::SIGTERM);
+    agent.wait().unwrap();
+}
+
+/// The body of `GET /metrics` on a local port.
+fn http_body(port: u16) -> String {
+    let mut s = connect(port);
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut s, &mut body).unwrap();
+    body
 }

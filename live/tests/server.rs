@@ -44,6 +44,8 @@ async fn serves_the_protocol_and_metrics_and_restores_on_shutdown() {
         relist: Duration::from_secs(10),
         // Below the limit asked for: the agent holds the container at the ceiling.
         ceiling: 0.2,
+        connections: Default::default(),
+        metrics_token: None,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -101,4 +103,162 @@ async fn serves_the_protocol_and_metrics_and_restores_on_shutdown() {
         "restored on shutdown"
     );
     assert!(!dir.path().join("journal.json").exists());
+}
+
+/// An agent process (in-process) over one fake v2 group, with the given connection limits;
+/// the metrics port, and a sender that stops it.
+async fn agent_with(
+    limits: live::server::ConnectionLimits,
+) -> (
+    tempfile::TempDir,
+    std::net::SocketAddr,
+    u16,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cgroup.controllers"), "cpu\n").unwrap();
+    let g = dir.path().join("web");
+    std::fs::create_dir(&g).unwrap();
+    std::fs::write(g.join("cpu.max"), "max 100000\n").unwrap();
+    std::fs::write(
+        g.join("cpu.stat"),
+        "usage_usec 0\nnr_periods 0\nnr_throttled 0\nthrottled_usec 0\n",
+    )
+    .unwrap();
+    let metrics_port = free_port();
+    let config = live::server::Config {
+        node: "n1".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics: Some(format!("127.0.0.1:{metrics_port}").parse().unwrap()),
+        token: "tok".into(),
+        root: Root::detect(dir.path()).unwrap(),
+        journal: dir.path().join("journal.json"),
+        timeout_s: 30.0,
+        statics: BTreeMap::from([("web".to_string(), PathBuf::from("web"))]),
+        kube: None,
+        relist: Duration::from_secs(10),
+        ceiling: 64.0,
+        connections: limits,
+        metrics_token: Some("scrape".into()),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(live::server::run(config, tx, async move {
+        let _ = stop_rx.await;
+    }));
+    (dir, rx.await.unwrap(), metrics_port, stop_tx)
+}
+
+/// One line out, one line back.
+async fn ask(s: &mut BufReader<TcpStream>, line: String) -> String {
+    s.get_mut().write_all(line.as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    s.read_line(&mut reply).await.unwrap();
+    reply
+}
+
+/// Everything the peer sends back until it closes (or 3 s pass).
+async fn until_closed(s: &mut TcpStream) -> (String, bool) {
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out))
+        .await
+        .is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_without_the_token_are_bounded_and_learn_nothing() {
+    let limits = live::server::ConnectionLimits {
+        max: 3,
+        before_auth: 256,
+        first_line: Duration::from_millis(400),
+        idle: Duration::from_secs(30),
+    };
+    let (_dir, addr, metrics_port, _stop) = agent_with(limits).await;
+
+    // A request without the token: one bad_token, no id, no hint of the protocol; closed.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"{\"v\":1,\"id\":7,\"method\":\"hello\"}\n")
+        .await
+        .unwrap();
+    let (reply, closed) = until_closed(&mut s).await;
+    assert!(closed, "{reply}");
+    assert_eq!(reply.lines().count(), 1, "{reply}");
+    assert!(
+        reply.contains("\"bad_token\"") && reply.contains("\"id\":0"),
+        "{reply}"
+    );
+    // Garbage, and a line that never ends: the same, within the small first-line budget.
+    for junk in [&b"GET / HTTP/1.1\r\n"[..], &[b' '; 1000][..]] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(junk).await.unwrap();
+        let (reply, closed) = until_closed(&mut s).await;
+        assert!(closed && reply.contains("\"bad_token\""), "{reply}");
+    }
+
+    // Three silent connections fill the cap: a fourth is closed at once, and counted.
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut fourth = TcpStream::connect(addr).await.unwrap();
+    let (reply, closed) = until_closed(&mut fourth).await;
+    assert!(closed && reply.is_empty(), "{reply}");
+    // The silent ones are closed after the first-line timeout, which frees the slots.
+    for s in &mut silent {
+        let (reply, closed) = until_closed(s).await;
+        assert!(closed && reply.is_empty(), "{reply}");
+    }
+
+    // Authenticated, a connection gets real errors and stays open.
+    let mut s = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    let hello = ask(&mut s, protocol::encode(1, "tok", &Call::Hello)).await;
+    assert!(hello.contains("\"ok\":true"), "{hello}");
+    let bad_id = ask(
+        &mut s,
+        "{\"v\":1,\"id\":\"2\",\"token\":\"tok\",\"method\":\"hello\"}\n".into(),
+    )
+    .await;
+    assert!(bad_id.contains("non-negative integer"), "{bad_id}");
+    let again = ask(&mut s, protocol::encode(3, "tok", &Call::Hello)).await;
+    assert!(
+        again.contains("\"id\":3") && again.contains("\"ok\":true"),
+        "{again}"
+    );
+
+    let mut http = TcpStream::connect(("127.0.0.1", metrics_port))
+        .await
+        .unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    http.read_to_string(&mut body).await.unwrap();
+    assert!(body.starts_with("HTTP/1.1 401"), "no bearer token: {body}");
+    let mut http = TcpStream::connect(("127.0.0.1", metrics_port))
+        .await
+        .unwrap();
+    http.write_all(
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer scrape\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut body = String::new();
+    http.read_to_string(&mut body).await.unwrap();
+    assert!(
+        body.contains("autothrottle_rejected_connections_total 1"),
+        "{body}"
+    );
+    // A scraper that never finishes its headers is cut off.
+    let mut slow = TcpStream::connect(("127.0.0.1", metrics_port))
+        .await
+        .unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let cut = tokio::time::timeout(Duration::from_secs(8), slow.read_to_end(&mut rest)).await;
+    assert!(
+        cut.is_ok(),
+        "a half-sent request is closed within the header timeout"
+    );
 }

@@ -39,7 +39,7 @@ pub mod cli;
 pub mod latency;
 mod plan;
 pub use latency::Latencies;
-pub use plan::RunPlan;
+pub use plan::{RunPlan, MAX_RAMP_S};
 
 /// Bumped when a field changes meaning; readers refuse newer formats.
 pub const FORMAT_VERSION: u32 = 1;

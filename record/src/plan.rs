@@ -8,6 +8,9 @@ use traces::{Load, Trace};
 
 use crate::{RecordError, RunInfo};
 
+/// The longest warm-up ramp, seconds (a day).
+pub const MAX_RAMP_S: usize = 86_400;
+
 /// Everything a run needs, in either world: what app, what load, which controllers. The
 /// simulator runs it as it is; the live coordinator adds where the app and the agents are.
 #[derive(Debug, Clone)]
@@ -95,6 +98,20 @@ impl RunPlan {
                 self.multiplier()
             ));
         }
+        // Checked before anything is allocated from them.
+        if self.ramp_s > MAX_RAMP_S {
+            return bad(format!(
+                "a ramp of {} s is over the limit of {MAX_RAMP_S} s",
+                self.ramp_s
+            ));
+        }
+        let peak = self.trace.rps.iter().copied().max().unwrap_or(0) as f64 * self.multiplier();
+        if peak > traces::MAX_RATE as f64 {
+            return bad(format!(
+                "the trace times the multiplier peaks at {peak:.0} per second, over the limit of {}",
+                traces::MAX_RATE
+            ));
+        }
         Ok(())
     }
 
@@ -165,6 +182,16 @@ mod tests {
         let mut p = plan();
         p.multiplier = Some(0.0);
         assert!(p.validate().unwrap_err().to_string().contains("multiplier"));
+        let mut p = plan();
+        p.multiplier = Some(1e9);
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("over the limit"));
+        let mut p = plan();
+        p.ramp_s = 1_000_000_000;
+        assert!(p.validate().unwrap_err().to_string().contains("ramp"));
         let mut p = plan();
         p.tower = TowerKind::Bandit { explore: 0.1 };
         p.scaler = ScalerKind::K8sCpu;

@@ -17,6 +17,12 @@ pub const BUILTIN: [&str; 4] = [
 /// Expanded call trees larger than this are refused (a call graph that fans out exponentially
 /// is almost certainly a mistake, and would make every request enormous).
 const MAX_TREE: usize = 10_000;
+/// Deepest call tree a request may have (real ones are under 20 deep).
+const MAX_DEPTH: usize = 100;
+/// Most services a scenario may have (the paper's largest app has 68).
+pub const MAX_SERVICES: usize = 10_000;
+/// Most call definitions a scenario may have.
+const MAX_CALL_DEFS: usize = 100_000;
 
 /// A validated application model.
 #[derive(Debug, Clone)]
@@ -397,6 +403,12 @@ impl Check<'_> {
         if f.services.is_empty() {
             return Err(self.invalid("services".into(), "no services".into()));
         }
+        if f.services.len() > MAX_SERVICES {
+            return Err(self.invalid(
+                "services".into(),
+                format!("{} services; at most {MAX_SERVICES}", f.services.len()),
+            ));
+        }
         let mut service_index = HashMap::new();
         let mut services = Vec::new();
         for (i, s) in f.services.iter().enumerate() {
@@ -451,6 +463,12 @@ impl Check<'_> {
         f: &ScenarioFile,
         service_index: &HashMap<&str, usize>,
     ) -> Result<(), ScenarioError> {
+        if f.calls.len() > MAX_CALL_DEFS {
+            return Err(self.invalid(
+                "calls".into(),
+                format!("{} calls; at most {MAX_CALL_DEFS}", f.calls.len()),
+            ));
+        }
         for (name, c) in &f.calls {
             let at = format!("calls.\"{name}\"");
             if !service_index.contains_key(c.service.as_str()) {
@@ -545,7 +563,7 @@ impl Check<'_> {
                 ));
             }
             let mut nodes = Vec::new();
-            expand(f, service_index, &r.call, &mut nodes)
+            expand(f, service_index, &r.call, 1, &mut nodes)
                 .map_err(|reason| self.invalid(format!("requests[{i}].call"), reason))?;
             requests.push(RequestType {
                 name: r.name.clone(),
@@ -565,44 +583,48 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// Depth-first search over call names; reports the first cycle with its path.
+/// Depth-first search for a call cycle, with an explicit stack (a chain of calls as deep as
+/// the file likes cannot overflow the thread's stack).
 fn find_cycle(f: &ScenarioFile) -> Result<(), (String, String)> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
-        New,
         Open,
         Done,
     }
-    fn visit<'a>(
-        f: &'a ScenarioFile,
-        name: &'a str,
-        marks: &mut HashMap<&'a str, Mark>,
-        stack: &mut Vec<&'a str>,
-    ) -> Result<(), (String, String)> {
-        match marks.get(name).copied().unwrap_or(Mark::New) {
-            Mark::Done => return Ok(()),
-            Mark::Open => {
-                let start = stack.iter().position(|s| *s == name).unwrap_or(0);
-                let mut cycle: Vec<&str> = stack[start..].to_vec();
-                cycle.push(name);
-                return Err((
-                    format!("calls.\"{}\".calls", stack.last().copied().unwrap_or(name)),
-                    format!("call cycle: {}", cycle.join(" -> ")),
-                ));
+    let mut marks: HashMap<&str, Mark> = HashMap::new();
+    for root in f.calls.keys() {
+        if marks.contains_key(root.as_str()) {
+            continue;
+        }
+        // (call, how many of its children have been looked at)
+        let mut stack: Vec<(&str, usize)> = vec![(root.as_str(), 0)];
+        marks.insert(root.as_str(), Mark::Open);
+        while let Some(&mut (name, ref mut next)) = stack.last_mut() {
+            let child = f.calls[name].calls.iter().flatten().nth(*next);
+            *next += 1;
+            match child {
+                None => {
+                    marks.insert(name, Mark::Done);
+                    stack.pop();
+                }
+                Some(child) => match marks.get(child.as_str()) {
+                    Some(Mark::Done) => {}
+                    Some(Mark::Open) => {
+                        let start = stack.iter().position(|(s, _)| *s == child).unwrap_or(0);
+                        let mut cycle: Vec<&str> = stack[start..].iter().map(|(s, _)| *s).collect();
+                        cycle.push(child);
+                        return Err((
+                            format!("calls.\"{name}\".calls"),
+                            format!("call cycle: {}", cycle.join(" -> ")),
+                        ));
+                    }
+                    None => {
+                        marks.insert(child.as_str(), Mark::Open);
+                        stack.push((child.as_str(), 0));
+                    }
+                },
             }
-            Mark::New => {}
         }
-        marks.insert(name, Mark::Open);
-        stack.push(name);
-        for child in f.calls[name].calls.iter().flatten() {
-            visit(f, child, marks, stack)?;
-        }
-        stack.pop();
-        marks.insert(name, Mark::Done);
-        Ok(())
-    }
-    let mut marks = HashMap::new();
-    for name in f.calls.keys() {
-        visit(f, name, &mut marks, &mut Vec::new())?;
     }
     Ok(())
 }
@@ -612,11 +634,17 @@ fn expand(
     f: &ScenarioFile,
     services: &HashMap<&str, usize>,
     name: &str,
+    depth: usize,
     nodes: &mut Vec<CallNode>,
 ) -> Result<u32, String> {
     if nodes.len() >= MAX_TREE {
         return Err(format!(
             "the call tree expands to more than {MAX_TREE} calls"
+        ));
+    }
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "the call tree is more than {MAX_DEPTH} calls deep (at '{name}')"
         ));
     }
     let def = &f.calls[name];
@@ -637,7 +665,7 @@ fn expand(
     for stage in &def.calls {
         let mut children = Vec::with_capacity(stage.len());
         for child in stage {
-            children.push(expand(f, services, child, nodes)?);
+            children.push(expand(f, services, child, depth + 1, nodes)?);
         }
         stages.push(children);
     }

@@ -372,6 +372,58 @@ fn exponential_fan_out_is_refused() {
     assert!(e.contains("more than 10000 calls"), "{e}");
 }
 
+const ONE_SERVICE: &str = "name = \"x\"\nslo_ms = 1\n[[nodes]]\nname = \"n\"\ncores = 1\n[[services]]\nname = \"s\"\nnode = \"n\"\n[[requests]]\nname = \"r\"\nweight = 1\ncall = \"l0\"\n";
+
+#[test]
+fn a_very_deep_chain_is_refused_without_overflowing_the_stack() {
+    // 50,000 calls each calling the next (a recursive check used to overflow on such files).
+    let n = 50_000;
+    let mut text = String::from(ONE_SERVICE);
+    for i in 0..n {
+        text.push_str(&format!(
+            "[calls.l{i}]\nservice = \"s\"\ncpu = {{ kind = \"const\", ms = 1 }}\ncalls = [[\"l{}\"]]\n",
+            i + 1
+        ));
+    }
+    text.push_str(&format!(
+        "[calls.l{n}]\nservice = \"s\"\ncpu = {{ kind = \"const\", ms = 1 }}\n"
+    ));
+    // Run on a thread with a small stack, as a sweep's worker threads have.
+    let e = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(move || err(&text))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(e.contains("more than 100 calls deep"), "{e}");
+    // And a cycle at the end of a long chain is still found.
+    let mut text = String::from(ONE_SERVICE);
+    for i in 0..n {
+        text.push_str(&format!(
+            "[calls.l{i}]\nservice = \"s\"\ncpu = {{ kind = \"const\", ms = 1 }}\ncalls = [[\"l{}\"]]\n",
+            (i + 1) % n
+        ));
+    }
+    let e = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(move || err(&text))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(e.contains("call cycle"), "{e}");
+}
+
+#[test]
+fn too_many_services_are_refused() {
+    let mut text = String::from(ONE_SERVICE);
+    for i in 0..10_001 {
+        text.push_str(&format!("[[services]]\nname = \"s{i}\"\nnode = \"n\"\n"));
+    }
+    text.push_str("[calls.l0]\nservice = \"s\"\ncpu = { kind = \"const\", ms = 1 }\n");
+    let e = err(&text);
+    assert!(e.contains("at most 10000"), "{e}");
+}
+
 #[test]
 fn runtimes_compile_with_the_runtimes_defaults() {
     let go = GOOD.replacen(

@@ -123,6 +123,34 @@ fn replay_scaler_names_the_bad_line() {
         Some(&input),
         "stdin:2: field 3",
     );
+    // Counters are cumulative: time, usage and counts going backwards are refused.
+    let captain = [
+        "replay-scaler",
+        "--scaler",
+        "captain",
+        "--initial-limit",
+        "4",
+    ];
+    for (rows, want) in [
+        (
+            "0,0,0,0,0\n0.1,0.1,1,0,0\n0.05,0.2,2,0,0\n",
+            "stdin:4: t goes backwards",
+        ),
+        (
+            "0,0,0,0,0\n0.1,0.1,1,0,0\n0.2,0.05,2,0,0\n",
+            "stdin:4: cpu_usage goes backwards",
+        ),
+        (
+            "0,0,5,0,0\n0.1,0.1,4,0,0\n",
+            "stdin:3: nr_periods goes backwards",
+        ),
+        (
+            "0,-0.5,0,0,0\n",
+            "stdin:2: cpu_usage and throttled_time cannot be negative",
+        ),
+    ] {
+        fails_with(&captain, Some(&format!("{HEADER}{rows}")), want);
+    }
 }
 
 #[test]

@@ -229,9 +229,12 @@ impl Trace {
             _ => {
                 if let Some(rps) = name
                     .strip_prefix("constant-")
-                    .and_then(|n| n.parse::<u32>().ok())
+                    .and_then(|n| n.parse::<u64>().ok())
                 {
-                    return Ok(Trace::constant(rps, 3600));
+                    if rps > u64::from(crate::MAX_RATE) {
+                        return Err(TraceError::TooHigh(name.to_string()));
+                    }
+                    return Ok(Trace::constant(rps as u32, 3600));
                 }
                 return Err(TraceError::UnknownBuiltin(name.to_string()));
             }
@@ -245,6 +248,38 @@ impl Trace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Whatever the text, parsing ends in a trace within the bounds or in an error.
+        #[test]
+        fn any_text_parses_within_bounds_or_is_refused(
+            lines in proptest::collection::vec("-?[0-9]{0,12}|[a-z ]{0,3}", 0..50)
+        ) {
+            match Trace::parse("t", &lines.join("\n")) {
+                Ok(t) => {
+                    proptest::prop_assert!(!t.rps.is_empty());
+                    proptest::prop_assert!(t.rps.iter().all(|&r| r <= crate::MAX_RATE));
+                }
+                Err(e) => proptest::prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+    }
+
+    #[test]
+    fn rates_and_lengths_are_bounded() {
+        assert!(Trace::builtin("constant-1000000").is_ok());
+        let e = Trace::builtin("constant-4000000000")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 1000000"), "{e}");
+        let e = Trace::parse("t", "100\n4000000000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("t:2") && e.contains("over the limit"), "{e}");
+        let long = "1\n".repeat(crate::MAX_SECONDS + 1);
+        let e = Trace::parse("t", &long).unwrap_err().to_string();
+        assert!(e.contains("longer than"), "{e}");
+    }
 
     #[test]
     fn embedded_builtins_match_their_generators() {

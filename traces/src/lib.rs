@@ -30,4 +30,6 @@ mod trace;
 
 pub use generate::{Generator, BUILTIN};
 pub use load::{spawn_time, think, users_in, Load, THINK_S};
-pub use trace::{next_arrival, ramp, Stats, Trace, TraceError, RAMP_SECONDS};
+pub use trace::{
+    next_arrival, ramp, Stats, Trace, TraceError, MAX_RATE, MAX_SECONDS, RAMP_SECONDS,
+};

@@ -6,6 +6,13 @@ use thiserror::Error;
 
 /// Length of the warm-up ramp that precedes every trace in the evaluation protocol.
 pub const RAMP_SECONDS: usize = 180;
+/// The highest rate (requests, or users, per second) a trace may hold: far above any real
+/// microservice benchmark, low enough that a typo cannot exhaust memory.
+pub const MAX_RATE: u32 = 1_000_000;
+/// The longest trace, seconds (31 days).
+pub const MAX_SECONDS: usize = 31 * 86_400;
+/// The largest trace file read, bytes (31 days of 7-digit rates, with room to spare).
+const MAX_FILE_BYTES: u64 = 64 << 20;
 
 /// Why a trace could not be read or written.
 #[derive(Debug, Error)]
@@ -32,6 +39,8 @@ pub enum TraceError {
         "unknown built-in trace '{0}' (built in: diurnal, noisy, bursty, diurnal-2, constant-N)"
     )]
     UnknownBuiltin(String),
+    #[error("{0}: the rate is at most {MAX_RATE} per second")]
+    TooHigh(String),
 }
 
 /// A request-rate trace: requests per second, one value per second.
@@ -86,10 +95,19 @@ impl Trace {
             }
             let value: u32 = match line.parse::<i128>() {
                 Ok(v) if v < 0 => return Err(bad(format!("negative rate '{line}'"))),
-                Ok(v) => u32::try_from(v)
-                    .map_err(|_| bad(format!("rate '{line}' is over {}", u32::MAX)))?,
+                Ok(v) if v > MAX_RATE as i128 => {
+                    return Err(bad(format!(
+                        "rate '{line}' is over the limit of {MAX_RATE}"
+                    )))
+                }
+                Ok(v) => v as u32,
                 Err(_) => return Err(bad(format!("'{line}' is not a non-negative integer"))),
             };
+            if rps.len() == MAX_SECONDS {
+                return Err(bad(format!(
+                    "the trace is longer than {MAX_SECONDS} seconds (31 days)"
+                )));
+            }
             rps.push(value);
         }
         if rps.is_empty() {
@@ -100,6 +118,15 @@ impl Trace {
 
     /// Reads a trace file.
     pub fn read(path: &Path) -> Result<Self, TraceError> {
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if size > MAX_FILE_BYTES {
+            return Err(TraceError::Read {
+                file: path.to_path_buf(),
+                cause: std::io::Error::other(format!(
+                    "{size} bytes; a trace file holds at most {MAX_FILE_BYTES}"
+                )),
+            });
+        }
         let text = std::fs::read_to_string(path).map_err(|cause| TraceError::Read {
             file: path.to_path_buf(),
             cause,
@@ -254,10 +281,11 @@ mod tests {
         assert_eq!(err("abc\n"), "t.txt:1: 'abc' is not a non-negative integer");
         assert_eq!(
             err("4294967296\n"),
-            "t.txt:1: rate '4294967296' is over 4294967295"
+            "t.txt:1: rate '4294967296' is over the limit of 1000000"
         );
         assert!(err("").contains("the trace is empty"));
-        assert!(Trace::parse("t", "4294967295").is_ok());
+        assert!(Trace::parse("t", "1000000").is_ok());
+        assert!(Trace::parse("t", "1000001").is_err());
     }
 
     #[test]

@@ -16,9 +16,14 @@ pub struct AgentArgs {
     /// Address for the coordinator protocol.
     #[arg(long, default_value = "0.0.0.0:7070")]
     pub listen: SocketAddr,
-    /// Address for Prometheus metrics (GET /metrics); none if omitted.
+    /// Address for Prometheus metrics (GET /metrics); none if omitted. They name the
+    /// containers and their limits: bind to the pod's own address (or localhost), not 0.0.0.0.
     #[arg(long)]
     pub metrics: Option<SocketAddr>,
+    /// File holding a bearer token scrapers of the metrics must send (Prometheus'
+    /// `authorization: {credentials_file: ...}`); no token required if omitted.
+    #[arg(long)]
+    pub metrics_token_file: Option<PathBuf>,
     /// File holding the shared token (else the AUTOTHROTTLE_TOKEN environment variable).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
@@ -31,6 +36,10 @@ pub struct AgentArgs {
     /// End control and restore limits when the coordinator is silent this long, seconds.
     #[arg(long, default_value_t = 30.0)]
     pub coordinator_timeout: f64,
+    /// Coordinator connections open at once; more are closed at once (and counted in the
+    /// metrics).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_connections: u64,
     /// No scaler sets a limit above this many cores (default: the node's online CPUs).
     #[arg(long)]
     pub max_limit: Option<f64>,
@@ -63,8 +72,8 @@ pub struct AgentArgs {
     pub worker: bool,
 }
 
-pub fn restore(journal: &Path) -> Result<()> {
-    let restored = Journal::restore_file(journal)?;
+pub fn restore(journal: &Path, cgroup_root: &Path) -> Result<()> {
+    let restored = Journal::restore_file(journal, &Root::detect(cgroup_root)?)?;
     if restored.is_empty() {
         println!("nothing to restore ({} holds no limits)", journal.display());
     } else {
@@ -107,7 +116,7 @@ pub fn supervise(a: &AgentArgs) -> Result<()> {
             "agent worker ended with {status}; restoring from {}",
             a.journal.display()
         );
-        let restored = Journal::restore_file(&a.journal)?;
+        let restored = Journal::restore_file(&a.journal, &Root::detect(&a.cgroup_root)?)?;
         if !restored.is_empty() {
             eprintln!("restored: {}", restored.join(", "));
         }
@@ -144,6 +153,10 @@ pub fn agent(a: AgentArgs) -> Result<()> {
             controller::MIN_LIMIT
         );
     }
+    let metrics_token = match &a.metrics_token_file {
+        Some(f) => Some(live::agent::load_token(Some(f), None).context("--metrics-token-file")?),
+        None => None,
+    };
     let root = Root::detect(&a.cgroup_root)?;
     let mut statics = BTreeMap::new();
     for spec in &a.cgroups {
@@ -201,6 +214,11 @@ pub fn agent(a: AgentArgs) -> Result<()> {
             kube,
             relist: Duration::from_secs(a.relist.max(1)),
             ceiling,
+            metrics_token,
+            connections: live::server::ConnectionLimits {
+                max: a.max_connections as usize,
+                ..Default::default()
+            },
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<SocketAddr>();
         if let Some(file) = a.address_file.clone() {

@@ -3,10 +3,14 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::protocol::{encode, Call, Response};
+
+/// Longest reply read from an agent, bytes: far above any `stats` (rows of a few hundred
+/// containers for a few seconds), far below what would hurt the coordinator.
+const MAX_REPLY: u64 = 16 << 20;
 
 /// One protocol connection to an agent.
 pub(super) struct AgentConnection {
@@ -39,11 +43,20 @@ impl AgentConnection {
         let reply = tokio::time::timeout(timeout, async {
             self.stream.get_mut().write_all(line.as_bytes()).await?;
             let mut reply = String::new();
-            let n = self.stream.read_line(&mut reply).await?;
+            let n = (&mut self.stream)
+                .take(MAX_REPLY)
+                .read_line(&mut reply)
+                .await?;
             if n == 0 {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     "the agent closed the connection",
+                ));
+            }
+            if !reply.ends_with('\n') {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("a reply over {MAX_REPLY} bytes"),
                 ));
             }
             Ok(reply)

@@ -287,6 +287,7 @@ impl<'a> RunState<'a> {
         let StatsReply {
             mut containers,
             fault,
+            lost,
             ..
         } = reply;
         for i in 0..self.containers.len() {
@@ -294,8 +295,10 @@ impl<'a> RunState<'a> {
                 continue;
             }
             let Some(c) = containers.remove(&self.containers[i].container) else {
-                let why = fault
-                    .clone()
+                let why = lost
+                    .get(&self.containers[i].container)
+                    .or(fault.as_ref())
+                    .cloned()
                     .unwrap_or_else(|| "the agent no longer controls it".into());
                 tracing::warn!(
                     "node {}: {} is no longer controlled at {elapsed:.0} s: {why}",

@@ -53,11 +53,28 @@ pub fn cmd(a: ReplayArgs) -> Result<()> {
     }
     let mut out = csv::Writer::from_writer(std::io::stdout().lock());
     out.write_record(["t", "limit"])?;
+    let mut prev: Option<SampleRow> = None;
     for (i, row) in reader.deserialize::<SampleRow>().enumerate() {
         let line = i + 2;
         let row = row.map_err(|e| anyhow::anyhow!("stdin:{line}: {}", csv_reason(&e)))?;
         if !row.t.is_finite() || !row.cpu_usage.is_finite() || !row.throttled_time.is_finite() {
             bail!("stdin:{line}: values must be finite numbers");
+        }
+        if row.cpu_usage < 0.0 || row.throttled_time < 0.0 {
+            bail!("stdin:{line}: cpu_usage and throttled_time cannot be negative");
+        }
+        // Cumulative counters of one container: time and every counter only go forward.
+        if let Some(p) = &prev {
+            let back = [
+                ("t", row.t < p.t),
+                ("cpu_usage", row.cpu_usage < p.cpu_usage),
+                ("nr_periods", row.nr_periods < p.nr_periods),
+                ("nr_throttled", row.nr_throttled < p.nr_throttled),
+                ("throttled_time", row.throttled_time < p.throttled_time),
+            ];
+            if let Some((field, _)) = back.iter().find(|(_, b)| *b) {
+                bail!("stdin:{line}: {field} goes backwards (the samples are cumulative counters)");
+            }
         }
         let limit = scaler.sample(&CpuSample {
             t: row.t,
@@ -67,6 +84,7 @@ pub fn cmd(a: ReplayArgs) -> Result<()> {
             throttled_time: row.throttled_time,
         });
         out.write_record([row.t.to_string(), limit.to_string()])?;
+        prev = Some(row);
     }
     out.flush()?;
     Ok(())
