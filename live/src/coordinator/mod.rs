@@ -16,7 +16,7 @@
 //!    was interrupted (Ctrl-C) or gave up (the app stopped answering).
 //!
 //! An agent that stops answering mid-run is reported; the run goes on with the others, its
-//! containers get a [`Gap`] in the record, and the coordinator reconnects every few seconds
+//! containers get a [`Gap`](record::Gap) in the record, and the coordinator reconnects every few seconds
 //! (a restarted agent gets its scalers back and the gap closes).
 
 //!
