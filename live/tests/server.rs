@@ -20,39 +20,9 @@ fn free_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_the_protocol_and_metrics_and_restores_on_shutdown() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cgroup.controllers"), "cpu\n").unwrap();
+    // Below the limit the test asks for: the agent holds the container at the ceiling.
+    let (dir, addr, metrics_port, stop_tx, agent) = agent_with(|c| c.ceiling = 0.2).await;
     let g = dir.path().join("web");
-    std::fs::create_dir(&g).unwrap();
-    std::fs::write(g.join("cpu.max"), "max 100000\n").unwrap();
-    std::fs::write(
-        g.join("cpu.stat"),
-        "usage_usec 0\nnr_periods 0\nnr_throttled 0\nthrottled_usec 0\n",
-    )
-    .unwrap();
-    let metrics_port = free_port();
-    let config = live::server::Config {
-        node: "n1".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        metrics: Some(format!("127.0.0.1:{metrics_port}").parse().unwrap()),
-        token: "tok".into(),
-        root: Root::detect(dir.path()).unwrap(),
-        journal: dir.path().join("journal.json"),
-        timeout_s: 30.0,
-        statics: BTreeMap::from([("web".to_string(), PathBuf::from("web"))]),
-        kube: None,
-        relist: Duration::from_secs(10),
-        // Below the limit asked for: the agent holds the container at the ceiling.
-        ceiling: 0.2,
-        connections: Default::default(),
-        metrics_token: None,
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(live::server::run(config, tx, async move {
-        let _ = stop_rx.await;
-    }));
-    let addr = rx.await.unwrap();
 
     let mut s = BufReader::new(TcpStream::connect(addr).await.unwrap());
     let line = protocol::encode(
@@ -105,15 +75,17 @@ async fn serves_the_protocol_and_metrics_and_restores_on_shutdown() {
     assert!(!dir.path().join("journal.json").exists());
 }
 
-/// An agent process (in-process) over one fake v2 group, with the given connection limits;
-/// the metrics port, and a sender that stops it.
+/// An agent (in-process, as `live agent` runs it) over one fake v2 group `web`, with the
+/// settings `tune` changes: its directory, address, metrics port, a sender that stops it and
+/// its task.
 async fn agent_with(
-    limits: live::server::ConnectionLimits,
+    tune: impl FnOnce(&mut live::server::Config),
 ) -> (
     tempfile::TempDir,
     std::net::SocketAddr,
     u16,
     tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), live::LiveError>>,
 ) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("cgroup.controllers"), "cpu\n").unwrap();
@@ -126,7 +98,7 @@ async fn agent_with(
     )
     .unwrap();
     let metrics_port = free_port();
-    let config = live::server::Config {
+    let mut config = live::server::Config {
         node: "n1".into(),
         listen: "127.0.0.1:0".parse().unwrap(),
         metrics: Some(format!("127.0.0.1:{metrics_port}").parse().unwrap()),
@@ -138,15 +110,16 @@ async fn agent_with(
         kube: None,
         relist: Duration::from_secs(10),
         ceiling: 64.0,
-        connections: limits,
-        metrics_token: Some("scrape".into()),
+        connections: Default::default(),
+        metrics_token: None,
     };
+    tune(&mut config);
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(live::server::run(config, tx, async move {
+    let agent = tokio::spawn(live::server::run(config, tx, async move {
         let _ = stop_rx.await;
     }));
-    (dir, rx.await.unwrap(), metrics_port, stop_tx)
+    (dir, rx.await.unwrap(), metrics_port, stop_tx, agent)
 }
 
 /// One line out, one line back.
@@ -174,7 +147,11 @@ async fn peers_without_the_token_are_bounded_and_learn_nothing() {
         first_line: Duration::from_millis(400),
         idle: Duration::from_secs(30),
     };
-    let (_dir, addr, metrics_port, _stop) = agent_with(limits).await;
+    let (_dir, addr, metrics_port, _stop, _agent) = agent_with(|c| {
+        c.connections = limits;
+        c.metrics_token = Some("scrape".into());
+    })
+    .await;
 
     // A request without the token: one bad_token, no id, no hint of the protocol; closed.
     let mut s = TcpStream::connect(addr).await.unwrap();
