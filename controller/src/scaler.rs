@@ -384,6 +384,28 @@ mod tests {
         )
     }
 
+    /// The cumulative counters those increments add up to, one sample per step.
+    fn cumulative(steps: &[(f64, f64, u64, bool)]) -> Vec<CpuSample> {
+        let mut s = CpuSample {
+            t: 0.0,
+            usage: 0.0,
+            nr_periods: 0,
+            nr_throttled: 0,
+            throttled_time: 0.0,
+        };
+        steps
+            .iter()
+            .map(|&(dt, cores, throttled, counted)| {
+                s.t += dt;
+                s.usage += cores * dt;
+                s.nr_periods += u64::from(counted);
+                s.nr_throttled += throttled;
+                s.throttled_time += dt * throttled as f64 / 10.0;
+                s
+            })
+            .collect()
+    }
+
     proptest! {
         #[test]
         fn limits_stay_under_the_ceiling(
@@ -395,13 +417,7 @@ mod tests {
         ) {
             let mut scaler = kind.config(target, initial).build_with_ceiling(ceiling).unwrap();
             prop_assert!(scaler.limit() <= ceiling);
-            let mut s = CpuSample { t: 0.0, usage: 0.0, nr_periods: 0, nr_throttled: 0, throttled_time: 0.0 };
-            for (dt, cores, throttled, counted) in steps {
-                s.t += dt;
-                s.usage += cores * dt;
-                s.nr_periods += u64::from(counted);
-                s.nr_throttled += throttled;
-                s.throttled_time += dt * throttled as f64 / 10.0;
+            for s in cumulative(&steps) {
                 let limit = scaler.sample(&s);
                 prop_assert!(limit <= ceiling && limit >= MIN_LIMIT.min(ceiling), "{} gave {} over {}", kind, limit, ceiling);
                 prop_assert!(scaler.limit() <= ceiling);
@@ -416,13 +432,7 @@ mod tests {
             initial in 0.01f64..64.0,
         ) {
             let mut scaler = kind.config(target, initial).build().unwrap();
-            let mut s = CpuSample { t: 0.0, usage: 0.0, nr_periods: 0, nr_throttled: 0, throttled_time: 0.0 };
-            for (dt, cores, throttled, counted) in steps {
-                s.t += dt;
-                s.usage += cores * dt;
-                s.nr_periods += u64::from(counted);
-                s.nr_throttled += throttled;
-                s.throttled_time += dt * throttled as f64 / 10.0;
+            for s in cumulative(&steps) {
                 let limit = scaler.sample(&s);
                 prop_assert!(limit.is_finite(), "{} gave {}", kind, limit);
                 prop_assert!(limit >= MIN_LIMIT, "{} gave {}", kind, limit);

@@ -169,14 +169,7 @@ fn agent_controlling(
     .env("AUTOTHROTTLE_TOKEN", "tok")
     .stderr(Stdio::null());
     let child = cmd.spawn().unwrap();
-    wait_for(|| address.exists(), "the agent's address file");
-    let port: u16 = std::fs::read_to_string(&address)
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port = listening_port(&address);
     let mut s = connect(port);
     let r = call(
         &mut s,
@@ -400,14 +393,7 @@ fn the_agent_holds_up_under_hostile_connections() {
         cmd.args(["--cgroup", &format!("{name}={}", g.rel(&name).display())]);
     }
     let mut agent = cmd.spawn().unwrap();
-    wait_for(|| address.exists(), "the agent's address file");
-    let port: u16 = std::fs::read_to_string(&address)
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port = listening_port(&address);
     // The coordinator's connection comes first, then keeps the agent busy every second.
     let mut coordinator = connect(port);
     let scalers = g
@@ -503,6 +489,18 @@ fn the_agent_holds_up_under_hostile_connections() {
     }
     live::os::signal(agent.id(), libc::SIGTERM);
     agent.wait().unwrap();
+}
+
+/// The port an agent started with `--address-file` listens on, once it has written it.
+fn listening_port(address: &Path) -> u16 {
+    wait_for(|| address.exists(), "the agent's address file");
+    std::fs::read_to_string(address)
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// The body of `GET /metrics` on a local port.

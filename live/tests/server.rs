@@ -43,14 +43,7 @@ async fn serves_the_protocol_and_metrics_and_restores_on_shutdown() {
         "0.25 cores asked, 0.2 the ceiling"
     );
 
-    let mut http = TcpStream::connect(("127.0.0.1", metrics_port))
-        .await
-        .unwrap();
-    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    http.read_to_string(&mut body).await.unwrap();
+    let body = scrape(metrics_port, "").await;
     assert!(body.contains("200 OK"), "{body}");
     assert!(
         body.contains("autothrottle_limit_cores{container=\"web\"} 0.2"),
@@ -120,6 +113,16 @@ async fn agent_with(
         let _ = stop_rx.await;
     }));
     (dir, rx.await.unwrap(), metrics_port, stop_tx, agent)
+}
+
+/// The whole answer to `GET /metrics` on a local port, with extra header lines.
+async fn scrape(port: u16, headers: &str) -> String {
+    let mut http = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n");
+    http.write_all(request.as_bytes()).await.unwrap();
+    let mut body = String::new();
+    http.read_to_string(&mut body).await.unwrap();
+    body
 }
 
 /// One line out, one line back.
@@ -204,25 +207,9 @@ async fn peers_without_the_token_are_bounded_and_learn_nothing() {
         "{again}"
     );
 
-    let mut http = TcpStream::connect(("127.0.0.1", metrics_port))
-        .await
-        .unwrap();
-    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    http.read_to_string(&mut body).await.unwrap();
+    let body = scrape(metrics_port, "").await;
     assert!(body.starts_with("HTTP/1.1 401"), "no bearer token: {body}");
-    let mut http = TcpStream::connect(("127.0.0.1", metrics_port))
-        .await
-        .unwrap();
-    http.write_all(
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer scrape\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut body = String::new();
-    http.read_to_string(&mut body).await.unwrap();
+    let body = scrape(metrics_port, "Authorization: Bearer scrape\r\n").await;
     assert!(
         body.contains("autothrottle_rejected_connections_total 1"),
         "{body}"

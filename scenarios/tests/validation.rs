@@ -378,39 +378,37 @@ const ONE_SERVICE: &str = "name = \"x\"\nslo_ms = 1\n[[nodes]]\nname = \"n\"\nco
 fn a_very_deep_chain_is_refused_without_overflowing_the_stack() {
     // 50,000 calls each calling the next (a recursive check used to overflow on such files).
     let n = 50_000;
-    let mut text = String::from(ONE_SERVICE);
-    for i in 0..n {
-        text.push_str(&format!(
-            "[calls.l{i}]\nservice = \"s\"\ncpu = {{ kind = \"const\", ms = 1 }}\ncalls = [[\"l{}\"]]\n",
-            i + 1
-        ));
-    }
-    text.push_str(&format!(
-        "[calls.l{n}]\nservice = \"s\"\ncpu = {{ kind = \"const\", ms = 1 }}\n"
-    ));
-    // Run on a thread with a small stack, as a sweep's worker threads have.
-    let e = std::thread::Builder::new()
-        .stack_size(256 << 10)
-        .spawn(move || err(&text))
-        .unwrap()
-        .join()
-        .unwrap();
+    let e = check_on_a_small_stack(chain(n, |i| i + 1));
     assert!(e.contains("more than 100 calls deep"), "{e}");
     // And a cycle at the end of a long chain is still found.
+    let e = check_on_a_small_stack(chain(n, |i| (i + 1) % n));
+    assert!(e.contains("call cycle"), "{e}");
+}
+
+/// A scenario whose calls `l0 .. l(n-1)` each call `l{next(i)}` (and a last call `l{n}` that
+/// calls nothing, when the chain leads to it).
+fn chain(n: usize, next: impl Fn(usize) -> usize) -> String {
+    let call = |i: usize, calls: String| {
+        format!("[calls.l{i}]\nservice = \"s\"\ncpu = {{ kind = \"const\", ms = 1 }}\n{calls}")
+    };
     let mut text = String::from(ONE_SERVICE);
     for i in 0..n {
-        text.push_str(&format!(
-            "[calls.l{i}]\nservice = \"s\"\ncpu = {{ kind = \"const\", ms = 1 }}\ncalls = [[\"l{}\"]]\n",
-            (i + 1) % n
-        ));
+        text.push_str(&call(i, format!("calls = [[\"l{}\"]]\n", next(i))));
     }
-    let e = std::thread::Builder::new()
+    if next(n - 1) == n {
+        text.push_str(&call(n, String::new()));
+    }
+    text
+}
+
+/// The scenario's error, checked on a thread with a small stack, as a sweep's workers have.
+fn check_on_a_small_stack(text: String) -> String {
+    std::thread::Builder::new()
         .stack_size(256 << 10)
         .spawn(move || err(&text))
         .unwrap()
         .join()
-        .unwrap();
-    assert!(e.contains("call cycle"), "{e}");
+        .unwrap()
 }
 
 #[test]
