@@ -10,6 +10,8 @@
 //! * [`agent`]: the agent's state machine: scalers every 100 ms, protocol requests, and the
 //!   safety rules (restore on stop, on a lost coordinator, on a scaler panic).
 //! * [`server`]: the agent as a process: TCP server, control loop, Prometheus metrics, signals.
+//! * [`tls`]: TLS for the agent protocol (server and client configurations, and a small
+//!   private CA for `live tls-init`).
 //! * [`coordinator`]: `live run`: starts the scalers on every agent, replays the workload,
 //!   runs the Tower each minute and writes the same run record as the simulator.
 //! * [`loadgen`]: an HTTP load generator that replays a trace as open-loop Poisson arrivals or
@@ -37,6 +39,7 @@ pub mod loadgen;
 pub mod os;
 pub mod protocol;
 pub mod server;
+pub mod tls;
 
 use std::path::PathBuf;
 

@@ -39,6 +39,20 @@ enum Command {
         #[arg(long, default_value = "/sys/fs/cgroup")]
         cgroup_root: PathBuf,
     },
+    /// Make a private CA, an agent certificate and a coordinator client certificate for TLS
+    /// between `live run` and the agents (ca.pem, agent.pem, coordinator.pem and their keys).
+    TlsInit {
+        /// Directory to write them to (created; existing files are never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// A name the agent certificate is valid for (DNS name or IP address; repeat for
+        /// more). `live run --tls-name NAME` checks every agent against one of them.
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        /// Days the certificates are valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
     /// Measure the agent's own overhead: N containers controlled at 100 ms.
     Bench(cli::bench::BenchArgs),
     /// Run a scenario's services as real HTTP processes, each in its own cgroup, on this
@@ -100,6 +114,7 @@ fn main() {
             journal,
             cgroup_root,
         } => cli::agent::restore(&journal, &cgroup_root),
+        Command::TlsInit { out, names, days } => cli::agent::tls_init(&out, &names, days),
         Command::Bench(b) => cli::bench::bench(b),
         Command::LoadBench { rps, seconds } => cli::bench::load_bench(rps, seconds),
         Command::Demo {

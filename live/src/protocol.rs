@@ -1,6 +1,6 @@
 //! The coordinator <-> agent protocol, version 1.
 //!
-//! JSON, one message per line, over TCP. Every request carries the protocol version, an id the
+//! JSON, one message per line, over TCP or TLS over TCP ([`crate::tls`]). Every request carries the protocol version, an id the
 //! reply echoes, the shared token, a method and its parameters:
 //!
 //! ```json

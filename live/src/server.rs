@@ -14,7 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::agent::Agent;
 use crate::cgroup::Root;
@@ -47,6 +47,8 @@ pub struct Config {
     pub connections: ConnectionLimits,
     /// The bearer token scrapers of the metrics must show, if any.
     pub metrics_token: Option<String>,
+    /// TLS for the protocol ([`crate::tls::server`]); plain TCP if `None`.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Bounds on coordinator connections, so that peers without the token cannot use up the
@@ -82,6 +84,8 @@ type Labels = Vec<(String, String)>;
 struct Metrics {
     /// Connections closed at once: over the connection cap.
     rejected: Counter,
+    /// Connections whose TLS handshake failed or did not finish in time.
+    tls_failures: Counter,
     /// Times the journal could not be written.
     journal_faults: Gauge<f64, AtomicU64>,
     /// Per container: times its quota was found changed from outside and set back.
@@ -155,6 +159,7 @@ pub async fn run(
             start,
             token: config.token.clone().into(),
             limits: config.connections,
+            tls: config.tls.clone(),
         },
         metrics.clone(),
     ));
@@ -246,6 +251,7 @@ struct Connection {
     start: Instant,
     token: Arc<str>,
     limits: ConnectionLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// How late the last 600 ticks (a minute) started.
@@ -305,8 +311,27 @@ async fn accept_loop(listener: TcpListener, conn: Connection, metrics: Metrics) 
             continue;
         };
         let conn = conn.clone();
+        let tls_failures = metrics.tls_failures.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve(stream, &conn).await {
+            let served = match conn.tls.clone() {
+                None => serve(stream, &conn).await,
+                // The handshake is part of the first line's time budget: a peer that opens
+                // TLS and stalls holds its slot no longer than one that sends nothing.
+                Some(tls) => {
+                    match tokio::time::timeout(conn.limits.first_line, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => serve(stream, &conn).await,
+                        Ok(Err(e)) => {
+                            tls_failures.inc();
+                            Err(e)
+                        }
+                        Err(_) => {
+                            tls_failures.inc();
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "connection ended");
             }
             drop(slot);
@@ -334,6 +359,11 @@ fn serve_metrics(
         "autothrottle_rejected_connections",
         "Coordinator connections closed at once because too many were open",
         metrics.rejected.clone(),
+    );
+    registry.register(
+        "autothrottle_tls_handshake_failures",
+        "Coordinator connections whose TLS handshake failed or did not finish within 5 s",
+        metrics.tls_failures.clone(),
     );
     registry.register(
         "autothrottle_tick_lateness_p99_seconds",
@@ -461,8 +491,11 @@ async fn discovery_loop(
 /// One coordinator connection: a JSON request per line, a JSON reply per line. Until a
 /// request carries the token the connection may send only a small first line, within a few
 /// seconds, and anything it sends gets one `bad_token` and the connection closes.
-async fn serve(stream: TcpStream, conn: &Connection) -> std::io::Result<()> {
-    let (r, mut w) = stream.into_split();
+async fn serve<S>(stream: S, conn: &Connection) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (r, mut w) = tokio::io::split(stream);
     let mut reader = BufReader::new(r);
     let mut buf = Vec::with_capacity(4096);
     let mut authenticated = false;
@@ -528,8 +561,10 @@ fn unauthenticated() -> Response {
     Response::err(0, Code::BadToken, "bad or missing token")
 }
 
-async fn reply(w: &mut tokio::net::tcp::OwnedWriteHalf, r: &Response) -> std::io::Result<()> {
+async fn reply(w: &mut (impl AsyncWriteExt + Unpin), r: &Response) -> std::io::Result<()> {
     let mut text = serde_json::to_string(r).expect("responses serialize");
     text.push('\n');
-    w.write_all(text.as_bytes()).await
+    w.write_all(text.as_bytes()).await?;
+    // A TLS stream holds the record until flushed.
+    w.flush().await
 }

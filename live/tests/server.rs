@@ -105,6 +105,7 @@ async fn agent_with(
         ceiling: 64.0,
         connections: Default::default(),
         metrics_token: None,
+        tls: None,
     };
     tune(&mut config);
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -225,4 +226,128 @@ async fn peers_without_the_token_are_bounded_and_learn_nothing() {
         cut.is_ok(),
         "a half-sent request is closed within the header timeout"
     );
+}
+
+/// A TLS client of the agent at `addr` that trusts `ca` and shows `identity`, checking the
+/// agent's certificate for `name`.
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(ca).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_file(cert).unwrap()],
+                PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("agent.test").unwrap(), tcp)
+        .await
+}
+
+/// `hello` over an established stream; the reply line, or the error that ended it.
+async fn hello_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: S,
+) -> Result<String, String> {
+    let mut s = BufReader::new(s);
+    let io = async {
+        s.get_mut()
+            .write_all(protocol::encode(1, "tok", &Call::Hello).as_bytes())
+            .await?;
+        s.get_mut().flush().await?;
+        let mut reply = String::new();
+        s.read_line(&mut reply).await?;
+        Ok::<_, std::io::Error>(reply)
+    };
+    match tokio::time::timeout(Duration::from_secs(3), io).await {
+        Ok(Ok(reply)) if !reply.is_empty() => Ok(reply),
+        Ok(Ok(_)) => Err("closed".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no reply within 3 s".into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_only_a_coordinator_with_a_certificate_from_the_ca_is_served() {
+    let certs = tempfile::tempdir().unwrap();
+    let files = live::tls::generate(&["agent.test".into()], 1)
+        .unwrap()
+        .write(certs.path())
+        .unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let stranger = live::tls::generate(&["agent.test".into()], 1)
+        .unwrap()
+        .write(other.path())
+        .unwrap();
+    let acceptor = live::tls::server(&files.agent_cert, &files.agent_key, Some(&files.ca)).unwrap();
+    let (_dir, addr, metrics_port, _stop, _agent) = agent_with(|c| {
+        c.tls = Some(acceptor);
+        c.connections.first_line = Duration::from_millis(500);
+    })
+    .await;
+    let me = Some((
+        files.coordinator_cert.as_path(),
+        files.coordinator_key.as_path(),
+    ));
+
+    // The coordinator with its certificate is served.
+    let s = tls_connect(addr, &files.ca, me).await.unwrap();
+    let reply = hello_over(s).await.unwrap();
+    assert!(
+        reply.contains("\"ok\":true") && reply.contains("web"),
+        "{reply}"
+    );
+
+    // Without a client certificate, or with one another CA signed: no reply.
+    let mut refused = 0;
+    for identity in [
+        None,
+        Some((
+            stranger.coordinator_cert.as_path(),
+            stranger.coordinator_key.as_path(),
+        )),
+    ] {
+        if let Ok(s) = tls_connect(addr, &files.ca, identity).await {
+            let r = hello_over(s).await;
+            assert!(r.is_err(), "{r:?}");
+        }
+        refused += 1;
+    }
+    // A coordinator that trusts another CA does not accept the agent.
+    let e = tls_connect(addr, &stranger.ca, me).await.err().unwrap();
+    assert!(e.to_string().contains("certificate"), "{e}");
+    // Plain TCP with the right token gets no protocol reply either.
+    let plain = TcpStream::connect(addr).await.unwrap();
+    let r = hello_over(plain).await;
+    assert!(!r.as_deref().unwrap_or("").contains("\"ok\""), "{r:?}");
+    // A peer that opens a connection and never starts the handshake is closed in time.
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    let (reply, closed) = until_closed(&mut stalled).await;
+    assert!(closed && reply.is_empty(), "{reply}");
+
+    let body = scrape(metrics_port, "").await;
+    let failures: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("autothrottle_tls_handshake_failures_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no handshake failure count: {body}"));
+    // The two refused clients, the plain one and the stalled one (the stranger-CA client
+    // aborts its own handshake, so the agent sees a failure there too).
+    assert!(failures >= refused + 2, "{failures}: {body}");
 }

@@ -27,6 +27,19 @@ pub struct AgentArgs {
     /// File holding the shared token (else the AUTOTHROTTLE_TOKEN environment variable).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// The agent's TLS certificate chain (PEM; `live tls-init` makes one). With --tls-key.
+    #[arg(long, requires = "tls_key", conflicts_with = "plaintext")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Accept only coordinators with a client certificate this CA signed (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve the protocol over plain TCP on a non-loopback address: the token then crosses
+    /// the network in clear text. (A loopback --listen needs neither this nor TLS.)
+    #[arg(long)]
+    pub plaintext: bool,
     /// The cgroup hierarchy (v1 or v2, detected).
     #[arg(long, default_value = "/sys/fs/cgroup")]
     pub cgroup_root: PathBuf,
@@ -79,6 +92,28 @@ pub fn restore(journal: &Path, cgroup_root: &Path) -> Result<()> {
     } else {
         println!("restored: {}", restored.join(", "));
     }
+    Ok(())
+}
+
+pub fn tls_init(out: &Path, names: &[String], days: u32) -> Result<()> {
+    let files = live::tls::generate(names, days)?.write(out)?;
+    println!(
+        "agents:      --tls-cert {} --tls-key {} --tls-client-ca {}",
+        files.agent_cert.display(),
+        files.agent_key.display(),
+        files.ca.display()
+    );
+    println!(
+        "coordinator: --tls-ca {} --tls-name {} --tls-client-cert {} --tls-client-key {}",
+        files.ca.display(),
+        names[0],
+        files.coordinator_cert.display(),
+        files.coordinator_key.display()
+    );
+    println!(
+        "keep {} offline: it signs certificates both sides trust",
+        files.ca_key.display()
+    );
     Ok(())
 }
 
@@ -157,6 +192,15 @@ pub fn agent(a: AgentArgs) -> Result<()> {
         Some(f) => Some(live::agent::load_token(Some(f), None).context("--metrics-token-file")?),
         None => None,
     };
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(live::tls::server(cert, key, a.tls_client_ca.as_deref())?),
+        _ if a.plaintext || a.listen.ip().is_loopback() => None,
+        _ => bail!(
+            "--listen {} is reachable from the network: give --tls-cert and --tls-key \
+             (`live tls-init` makes them), or --plaintext to send the token in clear text",
+            a.listen
+        ),
+    };
     let root = Root::detect(&a.cgroup_root)?;
     let mut statics = BTreeMap::new();
     for spec in &a.cgroups {
@@ -215,6 +259,7 @@ pub fn agent(a: AgentArgs) -> Result<()> {
             relist: Duration::from_secs(a.relist.max(1)),
             ceiling,
             metrics_token,
+            tls,
             connections: live::server::ConnectionLimits {
                 max: a.max_connections as usize,
                 ..Default::default()

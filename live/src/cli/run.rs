@@ -39,6 +39,24 @@ pub struct RunArgs {
     /// File holding the agents' shared token (else the AUTOTHROTTLE_TOKEN environment variable).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Talk to the agents over TLS, trusting certificates this CA signed (PEM).
+    #[arg(long, conflicts_with = "plaintext")]
+    pub tls_ca: Option<PathBuf>,
+    /// The name every agent's certificate must carry (default: the host of each agent's
+    /// address). One name lets all agents share one certificate.
+    #[arg(long, requires = "tls_ca")]
+    pub tls_name: Option<String>,
+    /// Client certificate (PEM) for agents that require one (--tls-client-ca). With
+    /// --tls-client-key.
+    #[arg(long, requires_all = ["tls_ca", "tls_client_key"])]
+    pub tls_client_cert: Option<PathBuf>,
+    /// The private key of --tls-client-cert (PEM).
+    #[arg(long, requires = "tls_client_cert")]
+    pub tls_client_key: Option<PathBuf>,
+    /// Talk to agents that are not on this machine over plain TCP: the token then crosses the
+    /// network in clear text. (Loopback agents need neither this nor TLS.)
+    #[arg(long)]
+    pub plaintext: bool,
     /// A request not answered within this many seconds counts as a miss.
     #[arg(long, default_value_t = 10.0)]
     pub request_timeout: f64,
@@ -90,6 +108,25 @@ pub fn cmd(a: RunArgs) -> Result<()> {
         }
         spec.agents.insert(node.to_string(), addr.to_string());
     }
+    spec.tls = match &a.tls_ca {
+        Some(ca) => Some(live::tls::client(
+            ca,
+            a.tls_client_cert
+                .as_deref()
+                .zip(a.tls_client_key.as_deref()),
+            a.tls_name.as_deref(),
+        )?),
+        None if a.plaintext
+            || live::tls::all_loopback(spec.agents.values().map(String::as_str)) =>
+        {
+            None
+        }
+        None => bail!(
+            "the agents ({}) are reached over the network: give --tls-ca (and the agents \
+             --tls-cert/--tls-key), or --plaintext to send the token in clear text",
+            spec.agents.values().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    };
     spec.request_timeout = Duration::from_secs_f64(a.request_timeout);
     spec.max_in_flight = a.max_in_flight.max(1);
     spec.dead_app_s = a.give_up_after;

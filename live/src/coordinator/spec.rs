@@ -22,6 +22,8 @@ pub struct RunSpec {
     pub token: String,
     /// Agent address per node name (the scenario's `agent` fields, possibly overridden).
     pub agents: BTreeMap<String, String>,
+    /// TLS to the agents ([`crate::tls::client`]); plain TCP if `None`.
+    pub tls: Option<crate::tls::AgentTls>,
     /// A request not answered within this counts as a miss at this latency.
     pub request_timeout: Duration,
     /// Timeout of one protocol call to an agent.
@@ -48,6 +50,7 @@ impl RunSpec {
             url: url.trim_end_matches('/').to_string(),
             token: token.to_string(),
             agents,
+            tls: None,
             request_timeout: Duration::from_secs(10),
             agent_timeout: Duration::from_secs(2),
             max_in_flight: 4096,

@@ -234,7 +234,12 @@ impl<'a> RunState<'a> {
             }
             self.agents[a].retry_at = elapsed + RETRY_S;
             if self.agents[a].link.is_none() {
-                match AgentConnection::connect(&self.agents[a].addr, self.spec.agent_timeout).await
+                match AgentConnection::connect(
+                    &self.agents[a].addr,
+                    self.spec.tls.as_ref(),
+                    self.spec.agent_timeout,
+                )
+                .await
                 {
                     Ok(link) => self.agents[a].link = Some(link),
                     Err(_) => continue,
@@ -519,7 +524,7 @@ pub(super) async fn discover(
             addr: addr.clone(),
             reason,
         };
-        let mut link = AgentConnection::connect(addr, spec.agent_timeout)
+        let mut link = AgentConnection::connect(addr, spec.tls.as_ref(), spec.agent_timeout)
             .await
             .map_err(fail)?;
         let hello = link
