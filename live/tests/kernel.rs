@@ -516,3 +516,67 @@ fn http_body(port: u16) -> String {
     std::io::Read::read_to_string(&mut s, &mut body).unwrap();
     body
 }
+
+/// What someone else does to a real group is respected where it should be and corrected where
+/// it must be: a quota set from outside during control is set back (and counted); after an
+/// agent crash, a quota set since the agent's last write survives `live restore`; a group name
+/// in use is refused and left in place.
+#[test]
+#[ignore = "needs root and writable cgroup v1/v2"]
+fn outside_changes_to_real_groups() {
+    let _one_at_a_time = serial();
+    let (root, g) = groups("outside", 1);
+    let original = quota(&root, &g, "g0");
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.json");
+    let set_from_outside = |us: u64| {
+        Cgroup::open("g0", &root, &g.rel("g0"))
+            .unwrap()
+            .write_quota(live::cgroup::Quota {
+                quota_us: Some(us),
+                period_us: 100_000,
+            })
+            .unwrap();
+    };
+
+    // During control: set back to the scaler's 0.3 cores at the next tick.
+    let (mut agent, _) = agent_controlling(&root, &g, &journal, &["--no-supervisor"]);
+    set_from_outside(90_000);
+    wait_for(
+        || quota(&root, &g, "g0").quota_us == Some(30_000),
+        "the agent to set the drifted quota back",
+    );
+
+    // The agent dies holding the quota; someone sets another one before the restore.
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    assert!(journal.exists());
+    set_from_outside(70_000);
+    let out = Command::new(env!("CARGO_BIN_EXE_live"))
+        .args(["restore", "--journal", journal.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        quota(&root, &g, "g0").quota_us,
+        Some(70_000),
+        "a quota set after the agent's last write is not rolled back: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Cgroup::open("g0", &root, &g.rel("g0"))
+        .unwrap()
+        .write_quota(original)
+        .unwrap();
+
+    // A group that exists (these groups' own base) is refused and not removed.
+    let base = g.rel("g0").parent().unwrap().to_str().unwrap().to_string();
+    assert!(Groups::create(&root, &base, 1).is_err());
+    assert!(
+        g.dir("g0").is_dir(),
+        "a group it did not create is left alone"
+    );
+}
