@@ -37,6 +37,10 @@ impl MinTree {
     /// Sets slot `i`'s time (+infinity: nothing scheduled).
     #[inline]
     pub fn set(&mut self, i: usize, t: f64) {
+        // A quarter of the updates leave the time as it was: nothing above can change.
+        if self.times[i] == t {
+            return;
+        }
         self.times[i] = t;
         let mut node = (self.leaves + i) / 2;
         while node >= 1 {

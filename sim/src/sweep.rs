@@ -155,11 +155,50 @@ impl Unit {
                 app,
                 workload,
                 contender,
+                targets,
                 ..
-            } => format!("{}/{}/{}", app.name, workload.name, contender.name()),
+            } => match targets.as_slice() {
+                [one] => format!(
+                    "{}/{}/{}-{}",
+                    app.name,
+                    workload.name,
+                    contender.name(),
+                    target_label(*one)
+                ),
+                _ => format!("{}/{}/{}", app.name, workload.name, contender.name()),
+            },
             Unit::Autothrottle { app, .. } => format!("{}/autothrottle", app.name),
         }
     }
+}
+
+/// Splits every grid that runs all its targets (not a descending search) into one unit per
+/// target, so that two workers share a grid instead of one running it alone beside a long
+/// warm-up chain. Rows still come back in the same order, and every run is seeded by its
+/// configuration alone, so the results are the same.
+pub fn split_grids(units: Vec<Unit>) -> Vec<Unit> {
+    units
+        .into_iter()
+        .flat_map(|u| match u {
+            Unit::Grid {
+                app,
+                workload,
+                contender,
+                targets,
+                descending: false,
+            } => targets
+                .into_iter()
+                .map(|t| Unit::Grid {
+                    app: app.clone(),
+                    workload: workload.clone(),
+                    contender,
+                    targets: vec![t],
+                    descending: false,
+                })
+                .collect(),
+            u => vec![u],
+        })
+        .collect()
 }
 
 /// How runs are made and where they go.

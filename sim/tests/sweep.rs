@@ -138,3 +138,24 @@ fn merge_refuses_the_same_run_twice() {
     let e = sweep::merge(vec![rows.clone(), rows]).unwrap_err();
     assert!(e.to_string().contains("more than one shard"), "{e}");
 }
+
+#[test]
+fn split_grids_give_the_same_rows_in_the_same_order() {
+    let units = units();
+    let split = sweep::split_grids(units.clone());
+    // Each full grid (K8s-CPU, 9 targets, on two workloads) becomes nine units; the
+    // descending searches and the chain stay whole.
+    assert_eq!(split.len(), units.len() + 2 * 8);
+    assert!(split
+        .iter()
+        .any(|u| u.label() == "demo/diurnal/k8s-cpu-0.3"));
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let whole = sweep::execute(&units[3..], &settings(a.path(), 1), &|_| {}).unwrap();
+    let parts = sweep::execute(
+        &sweep::split_grids(units[3..].to_vec()),
+        &settings(b.path(), 2),
+        &|_| {},
+    )
+    .unwrap();
+    assert_eq!(whole, parts);
+}

@@ -90,7 +90,7 @@ pub fn cmd(a: EvaluateArgs) -> Result<()> {
     }
     // Long chains first, so that they start at once.
     chains.extend(grids);
-    let units = a.many.shard(chains)?;
+    let units = a.many.shard(sweep::split_grids(chains))?;
     let settings = a.many.settings(&a.out, Load::users())?;
     let rows = execute_with_progress(&units, &settings)?;
     finish_evaluation(&a.out, rows, !a.no_plots)

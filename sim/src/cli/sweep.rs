@@ -155,7 +155,7 @@ pub fn cmd(a: SweepArgs) -> Result<()> {
             });
         }
     }
-    let units = a.many.shard(units)?;
+    let units = a.many.shard(sweep::split_grids(units))?;
     let settings = a.many.settings(&a.out, Load::Poisson)?;
     let rows = execute_with_progress(&units, &settings)?;
     let best = sweep::best(&rows);
