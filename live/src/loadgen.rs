@@ -72,6 +72,10 @@ use record::latency::{histogram, MAX_LATENCY_US as MAX_US};
 #[derive(Debug, Clone)]
 pub struct Second {
     pub sent: u64,
+    /// Requests sent in this second, per kind of the mix.
+    pub sent_by_kind: Vec<u64>,
+    /// Successful answers received during this second (whenever they were sent), per kind.
+    pub answered_by_kind: Vec<u64>,
     pub ok: u64,
     pub errors: u64,
     pub timeouts: u64,
@@ -82,9 +86,11 @@ pub struct Second {
 }
 
 impl Second {
-    fn new() -> Self {
+    fn new(kinds: usize) -> Self {
         Second {
             sent: 0,
+            sent_by_kind: vec![0; kinds],
+            answered_by_kind: vec![0; kinds],
             ok: 0,
             errors: 0,
             timeouts: 0,
@@ -210,7 +216,9 @@ impl LoadGen {
                     .map_err(|e| LiveError::Config(format!("request type '{}': {e}", k.name)))?;
             }
         }
-        let seconds = (0..config.rates.len()).map(|_| Second::new()).collect();
+        let seconds = (0..config.rates.len())
+            .map(|_| Second::new(config.mix.len()))
+            .collect();
         let minutes = (0..config.rates.len().div_ceil(60))
             .map(|_| histogram())
             .collect();
@@ -250,16 +258,17 @@ impl LoadGen {
         weights: WeightedIndex<f64>,
     ) -> Result<(), LiveError> {
         let c = &self.config;
-        let sender = Arc::new(self.sender(client));
+        let start = Instant::now();
+        let sender = Arc::new(self.sender(client, start));
         let mut rng = Pcg64Mcg::seed_from_u64(c.seed ^ 0x5EED);
         let permits = Arc::new(Semaphore::new(c.max_in_flight.max(1)));
-        let start = Instant::now();
         for at in arrivals(&c.rates, c.seed) {
             let scheduled = start + Duration::from_secs_f64(at);
             tokio::time::sleep_until(scheduled).await;
             let permit = permits.clone().acquire_owned().await.expect("never closed");
             let late = Instant::now().saturating_duration_since(scheduled);
-            let req = build_request(&c.base, &c.mix[weights.sample(&mut rng)], &mut rng)?;
+            let kind = weights.sample(&mut rng);
+            let req = build_request(&c.base, &c.mix[kind], &mut rng)?;
             self.stats
                 .lock()
                 .expect("stats lock")
@@ -267,7 +276,7 @@ impl LoadGen {
                 .saturating_record(late.as_micros().max(1) as u64);
             let sender = sender.clone();
             tokio::spawn(async move {
-                sender.exchange(req, scheduled, at as usize).await;
+                sender.exchange(req, kind, scheduled, at as usize).await;
                 drop(permit);
             });
         }
@@ -289,7 +298,7 @@ impl LoadGen {
         let c = &self.config;
         let start = Instant::now();
         let ctx = Arc::new(UserContext {
-            sender: self.sender(client),
+            sender: self.sender(client, start),
             mix: c.mix.clone(),
             weights,
             rates: c.rates.clone(),
@@ -330,9 +339,10 @@ impl LoadGen {
         Ok(())
     }
 
-    fn sender(&self, client: HttpClient) -> Sender {
+    fn sender(&self, client: HttpClient, start: Instant) -> Sender {
         Sender {
             client,
+            start,
             stats: self.stats.clone(),
             timeout: self.config.timeout,
             measure_from: self.config.measure_from_s,
@@ -364,16 +374,23 @@ fn build_request(
 /// Sends requests and records how they went, for both loads.
 struct Sender {
     client: HttpClient,
+    /// When the schedule started (second 0).
+    start: Instant,
     stats: Arc<Mutex<Stats>>,
     timeout: Duration,
     measure_from: usize,
 }
 
 impl Sender {
-    /// Sends one request counted in second `second` (latency from `from`) and records the outcome.
-    async fn exchange(&self, req: Request<Full<Bytes>>, from: Instant, second: usize) {
+    /// Sends one request of mix entry `kind`, counted in second `second` (latency from `from`),
+    /// and records the outcome.
+    async fn exchange(&self, req: Request<Full<Bytes>>, kind: usize, from: Instant, second: usize) {
         let (client, stats, timeout) = (&self.client, &self.stats, self.timeout);
-        stats.lock().expect("stats lock").seconds[second].sent += 1;
+        {
+            let mut s = stats.lock().expect("stats lock");
+            s.seconds[second].sent += 1;
+            s.seconds[second].sent_by_kind[kind] += 1;
+        }
         let outcome = tokio::time::timeout(timeout, async {
             let resp = client.request(req).await.map_err(|e| e.to_string())?;
             let status = resp.status();
@@ -388,8 +405,16 @@ impl Sender {
             }
         })
         .await;
-        let elapsed = Instant::now().saturating_duration_since(from);
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(from);
         let mut s = stats.lock().expect("stats lock");
+        if let (Ok(Ok(())), Some(answered)) = (
+            &outcome,
+            s.seconds
+                .get_mut(now.saturating_duration_since(self.start).as_secs() as usize),
+        ) {
+            answered.answered_by_kind[kind] += 1;
+        }
         let sec = &mut s.seconds[second];
         let us = match &outcome {
             Ok(Ok(())) => {
@@ -447,9 +472,9 @@ impl User {
             if self.id >= wanted {
                 return Ok(());
             }
-            let kind = &ctx.mix[ctx.weights.sample(&mut self.rng)];
-            let req = build_request(&ctx.base, kind, &mut self.rng)?;
-            ctx.sender.exchange(req, now, second).await;
+            let kind = ctx.weights.sample(&mut self.rng);
+            let req = build_request(&ctx.base, &ctx.mix[kind], &mut self.rng)?;
+            ctx.sender.exchange(req, kind, now, second).await;
             next = Instant::now()
                 + Duration::from_secs_f64(traces::think(self.think_s, &mut self.rng));
         }

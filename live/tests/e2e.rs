@@ -195,6 +195,27 @@ fn captains_and_the_bandit_tower_run_the_demo_app_on_real_cgroups() {
     );
     assert!(s.allocation > s.usage, "limits stay above use: {s:?}");
 
+    // Per second, the requests of each type sent and answered (what `sim calibrate` fits
+    // against): every second of the run, the demo's 9:1 mix, and nearly all answered.
+    let requests = r.requests().unwrap().expect("requests.csv");
+    let seconds = r.info.ramp_s + 150;
+    assert_eq!(
+        requests.len(),
+        2 * seconds,
+        "a row per second per request type"
+    );
+    let total = |name: &str, f: fn(&record::RequestRow) -> u64| -> u64 {
+        requests.iter().filter(|q| q.request == name).map(f).sum()
+    };
+    let (gets, puts) = (total("get", |q| q.sent), total("put", |q| q.sent));
+    assert!(gets > 6 * puts && puts > 0, "{gets} gets, {puts} puts");
+    let answered = total("get", |q| q.completed) + total("put", |q| q.completed);
+    assert!(
+        answered as f64 > 0.98 * (gets + puts) as f64,
+        "{answered} of {}",
+        gets + puts
+    );
+
     // Every second of every service is in services.csv, and each service's throttle ratio
     // tracks the target in force (after the first minute, once the Captains have settled).
     let rows = service_rows(&r);

@@ -7,6 +7,7 @@
 //! | `run.json` | [`RunInfo`]: what ran (scenario, trace, scaler, targets, Tower, seed, SLO) and its [`Summary`] |
 //! | `minutes.csv` | one [`MinuteRow`] per minute: RPS, latency percentiles, allocation, Tower targets |
 //! | `services.csv` | one [`ServiceRow`] per second per service: limit, usage, CFS periods (optional) |
+//! | `requests.csv` | one [`RequestRow`] per second per request type: sent and answered (with `services.csv`; what `sim calibrate` fits CPU costs against) |
 //! | `tower.json` | the Tower's memory after the run (when a learning Tower ran) |
 //!
 //! The writers stream rows as the run goes, so memory does not grow with the run's length, and
@@ -405,11 +406,24 @@ impl ServiceRow {
     }
 }
 
+/// One second of one request type.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestRow {
+    /// End of the second.
+    pub t: u32,
+    pub request: String,
+    /// Requests of this type sent during the second.
+    pub sent: u64,
+    /// Answers (successful ones, live) received during the second.
+    pub completed: u64,
+}
+
 /// Streams a record to a directory.
 pub struct RecordWriter {
     dir: PathBuf,
     minutes: csv::Writer<BufWriter<File>>,
     services: Option<csv::Writer<BufWriter<File>>>,
+    requests: Option<csv::Writer<BufWriter<File>>>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RecordError + '_ {
@@ -420,7 +434,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RecordError + '_ {
 }
 
 impl RecordWriter {
-    /// Creates (or, with `force`, reuses) `dir`; `services` also writes `services.csv`.
+    /// Creates (or, with `force`, reuses) `dir`; `services` also writes `services.csv` and
+    /// `requests.csv`.
     pub fn create(dir: &Path, force: bool, services: bool) -> Result<Self, RecordError> {
         let info = dir.join("run.json");
         if info.exists() {
@@ -436,19 +451,22 @@ impl RecordWriter {
             Ok(csv::Writer::from_writer(BufWriter::new(f)))
         };
         let minutes = open("minutes.csv")?;
-        let services = if services {
-            Some(open("services.csv")?)
-        } else {
-            let stale = dir.join("services.csv");
-            if stale.exists() {
-                std::fs::remove_file(&stale).map_err(io(&stale))?;
+        let per_second = |name: &str| {
+            if services {
+                open(name).map(Some)
+            } else {
+                let stale = dir.join(name);
+                if stale.exists() {
+                    std::fs::remove_file(&stale).map_err(io(&stale))?;
+                }
+                Ok(None)
             }
-            None
         };
         Ok(RecordWriter {
             dir: dir.to_path_buf(),
             minutes,
-            services,
+            services: per_second("services.csv")?,
+            requests: per_second("requests.csv")?,
         })
     }
 
@@ -477,6 +495,16 @@ impl RecordWriter {
         Ok(())
     }
 
+    pub fn request(&mut self, row: &RequestRow) -> Result<(), RecordError> {
+        if let Some(w) = &mut self.requests {
+            w.serialize(row).map_err(|cause| RecordError::Csv {
+                path: self.dir.join("requests.csv"),
+                cause,
+            })?;
+        }
+        Ok(())
+    }
+
     /// Saves the Tower's memory next to the record.
     pub fn tower(&self, memory: &TowerMemory) -> Result<(), RecordError> {
         write_json(&self.dir.join("tower.json"), memory)
@@ -491,6 +519,9 @@ impl RecordWriter {
         flush(&mut self.minutes, "minutes.csv")?;
         if let Some(w) = &mut self.services {
             flush(w, "services.csv")?;
+        }
+        if let Some(w) = &mut self.requests {
+            flush(w, "requests.csv")?;
         }
         write_json(&self.dir.join("run.json"), info)
     }
@@ -548,6 +579,16 @@ impl Record {
     /// The per-second service rows, if the run wrote them.
     pub fn services(&self) -> Result<Option<Vec<ServiceRow>>, RecordError> {
         let path = self.dir.join("services.csv");
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_csv(&path).map(Some)
+    }
+
+    /// The per-second request rows, if the run wrote them (records from before they existed
+    /// have none).
+    pub fn requests(&self) -> Result<Option<Vec<RequestRow>>, RecordError> {
+        let path = self.dir.join("requests.csv");
         if !path.exists() {
             return Ok(None);
         }

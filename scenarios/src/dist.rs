@@ -33,6 +33,29 @@ impl DistSpec {
     }
 
     /// Checks the parameters; `allow_zero` is for delays (a CPU cost must be positive).
+    /// The same shape with every time multiplied by `k` (the mean scales by `k`, the cv
+    /// stays).
+    pub fn scaled(&self, k: f64) -> DistSpec {
+        match *self {
+            DistSpec::Const { ms } => DistSpec::Const { ms: ms * k },
+            DistSpec::Exp { mean_ms } => DistSpec::Exp {
+                mean_ms: mean_ms * k,
+            },
+            DistSpec::Lognormal { mean_ms, cv } => DistSpec::Lognormal {
+                mean_ms: mean_ms * k,
+                cv,
+            },
+            DistSpec::Gamma { mean_ms, cv } => DistSpec::Gamma {
+                mean_ms: mean_ms * k,
+                cv,
+            },
+            DistSpec::Uniform { min_ms, max_ms } => DistSpec::Uniform {
+                min_ms: min_ms * k,
+                max_ms: max_ms * k,
+            },
+        }
+    }
+
     pub(crate) fn check(&self, allow_zero: bool) -> Result<(), String> {
         let ok = |name: &str, v: f64| {
             if v.is_finite() && (v > 0.0 || (allow_zero && v == 0.0)) {

@@ -83,6 +83,18 @@ pub struct ScenarioFile {
     pub calls: BTreeMap<String, CallDef>,
 }
 
+impl ScenarioFile {
+    /// The file as TOML text that [`crate::Scenario::parse`] reads back (comments are not
+    /// kept).
+    pub fn to_toml(&self) -> Result<String, crate::ScenarioError> {
+        toml::to_string(self).map_err(|e| crate::ScenarioError::Invalid {
+            file: self.name.clone(),
+            path: String::new(),
+            reason: format!("cannot be written as TOML: {e}"),
+        })
+    }
+}
+
 /// A machine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

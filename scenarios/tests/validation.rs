@@ -481,3 +481,18 @@ fn digests_tell_models_apart_and_ignore_layout() {
     let changed = GOOD.replace("slo_ms = 50", "slo_ms = 51");
     assert_ne!(Scenario::parse("c.toml", &changed).unwrap().digest(), good);
 }
+
+#[test]
+fn every_builtin_survives_being_written_back_as_toml() {
+    for name in BUILTIN {
+        let s = Scenario::builtin(name).unwrap();
+        let text = s.file.to_toml().unwrap();
+        let again = Scenario::parse("again.toml", &text).unwrap();
+        assert_eq!(again.file, s.file, "{name}");
+        assert_eq!(
+            again.mean_cpu_per_request(),
+            s.mean_cpu_per_request(),
+            "{name}"
+        );
+    }
+}

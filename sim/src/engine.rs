@@ -96,6 +96,8 @@ pub struct Completion {
     pub arrival: f64,
     /// When the response reached the client.
     pub done: f64,
+    /// The request type (index into the scenario's requests).
+    pub rtype: u16,
 }
 
 /// Engine-wide counts, for benchmarks.
@@ -134,6 +136,8 @@ pub struct Engine<'a> {
     user_of: Vec<u32>,
     /// Closed loop: the number of users the trace asks for this second.
     users_wanted: usize,
+    /// Requests sent so far, per request type.
+    sent: Vec<u64>,
     pub stats: EngineStats,
 }
 
@@ -181,6 +185,7 @@ impl<'a> Engine<'a> {
             users_active: Vec::new(),
             user_of: Vec::new(),
             users_wanted: 0,
+            sent: vec![0; scenario.requests.len()],
             stats: EngineStats::default(),
         };
         match load {
@@ -210,6 +215,11 @@ impl<'a> Engine<'a> {
             .filter(|c| c.rtype != DEAD && c.parent == NONE)
             .map(|c| c.arrival)
             .collect()
+    }
+
+    /// Requests sent so far, per request type (scenario order).
+    pub fn sent(&self) -> &[u64] {
+        &self.sent
     }
 
     pub fn counters(&self, service: usize) -> Counters {
@@ -292,6 +302,7 @@ impl<'a> Engine<'a> {
         let rtype = self.mix.sample(&mut self.arrivals_rng) as u16;
         let seed = self.arrivals_rng.next_u64();
         self.stats.arrivals += 1;
+        self.sent[rtype as usize] += 1;
         self.in_flight += 1;
         let root = self
             .spawn(rtype, 0, NONE, seed, now, true)
@@ -484,6 +495,7 @@ impl<'a> Engine<'a> {
             on_done(Completion {
                 arrival: k.arrival,
                 done: back,
+                rtype: k.rtype,
             });
             if let Some(slot) = self.user_of.get_mut(call as usize) {
                 let user = std::mem::replace(slot, NONE);

@@ -12,6 +12,7 @@
 //!   containers and nodes (a call may run on several threads at once), and leave.
 //! * [`sweep`]: target sweeps, the Autothrottle warm-up protocol and the paper's evaluation
 //!   grid, in parallel, sharded and resumable.
+//! * [`calibrate`]: fitting a scenario's CPU costs to recorded runs (`sim calibrate`).
 //! * [`run`](mod@run): one benchmark run: scalers sampled every 100 ms, the Tower every minute,
 //!   the summary of the evaluation protocol and the run record.
 //!
@@ -36,6 +37,7 @@
 //! assert!(users.info.summary.mean_rps < 40.0 && users.info.summary.mean_rps > 36.0);
 //! ```
 
+pub mod calibrate;
 pub mod cfs;
 pub mod engine;
 mod error;

@@ -47,6 +47,9 @@ enum Command {
     Evaluate(cli::evaluate::EvaluateArgs),
     /// Combine the outputs of `sweep --shard` or `evaluate --shard` runs into one result.
     Merge(cli::evaluate::MergeArgs),
+    /// Fit a scenario's CPU costs (per call, and each service's background) to recorded runs,
+    /// sim or live, and write the fitted scenario.
+    Calibrate(cli::calibrate::CalibrateArgs),
     /// Draw run records as a PNG: allocation, RPS, P99 vs SLO and Tower targets over time.
     Plot(cli::plot::PlotArgs),
 }
@@ -63,6 +66,7 @@ fn main() {
         Command::Evaluate(a) => cli::evaluate::cmd(a),
         Command::Merge(a) => cli::evaluate::merge(a),
         Command::Plot(a) => cli::plot::cmd(a),
+        Command::Calibrate(a) => cli::calibrate::cmd(a),
     };
     if let Err(e) = result {
         // A reader that went away (`sim scenario x | head`) is not an error.

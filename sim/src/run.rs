@@ -7,7 +7,9 @@ use controller::{MinuteObservation, Scaler, Targets, Tower, TowerMemory};
 use hdrhistogram::Histogram;
 use record::latency::{histogram, quantile_ms as ms};
 pub use record::RunPlan;
-use record::{throttle_ratio, Latencies, MinuteRow, RecordWriter, RunInfo, ServiceRow, Summary};
+use record::{
+    throttle_ratio, Latencies, MinuteRow, RecordWriter, RequestRow, RunInfo, ServiceRow, Summary,
+};
 
 use crate::cfs::{Counters, PERIOD};
 use crate::engine::{boundary, Completion, Engine, EngineStats};
@@ -47,7 +49,11 @@ pub fn run(
     let n = scenario.services.len();
     let mut control = Control::new(cfg)?;
     let mut engine = Engine::new(scenario, rates, cfg.load, &control.limits, cfg.seed);
-    let mut latency = Latency::new(cfg.ramp_s as f64);
+    let mut latency = Latency::new(cfg.ramp_s as f64, scenario.requests.len());
+    let mut requests_prev = (
+        vec![0u64; scenario.requests.len()],
+        vec![0u64; scenario.requests.len()],
+    );
     let mut alloc = Allocation::new((cfg.ramp_s + SETTLE_S) as f64);
     let mut minutes = Minutes::default();
     let mut second_prev: Vec<Counters> = vec![Counters::default(); n];
@@ -82,6 +88,17 @@ pub fn run(
                         now.nr_throttled - prev.nr_throttled,
                     ))?;
                     *prev = now;
+                }
+                let (sent_prev, done_prev) = &mut requests_prev;
+                for (r, def) in scenario.requests.iter().enumerate() {
+                    let (sent, done) = (engine.sent()[r], latency.answered[r]);
+                    w.request(&RequestRow {
+                        t: second as u32,
+                        request: def.name.clone(),
+                        sent: sent - sent_prev[r],
+                        completed: done - done_prev[r],
+                    })?;
+                    (sent_prev[r], done_prev[r]) = (sent, done);
                 }
             }
             progress(second, seconds);
@@ -219,18 +236,22 @@ struct Latency {
     ramp_end: f64,
     overall: Histogram<u64>,
     minute: Histogram<u64>,
+    /// Requests answered so far, per request type.
+    answered: Vec<u64>,
 }
 
 impl Latency {
-    fn new(ramp_end: f64) -> Latency {
+    fn new(ramp_end: f64, request_types: usize) -> Latency {
         Latency {
             ramp_end,
             overall: histogram(),
             minute: histogram(),
+            answered: vec![0; request_types],
         }
     }
 
     fn record(&mut self, c: Completion) {
+        self.answered[c.rtype as usize] += 1;
         let us = ((c.done - c.arrival) * 1e6).round().max(1.0) as u64;
         self.minute.saturating_record(us);
         if c.arrival >= self.ramp_end {

@@ -301,3 +301,92 @@ fn bad_load_options_are_refused() {
         "--think-time: think time must be within",
     );
 }
+
+#[test]
+fn calibrate_writes_a_scenario_that_loads_and_refuses_what_it_cannot_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = sim(
+        &[
+            "run",
+            "--scenario",
+            "demo",
+            "--trace",
+            "diurnal",
+            "--duration",
+            "300",
+            "--ramp",
+            "0",
+            "--scaler",
+            "const",
+            "--initial-limit",
+            "2",
+            "--out",
+            run.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fitted = dir.path().join("fitted.toml");
+    let args = [
+        "calibrate",
+        "--record",
+        run.to_str().unwrap(),
+        "--scenario",
+        "demo",
+        "--out",
+        fitted.to_str().unwrap(),
+    ];
+    let out = sim(&args, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("gateway.get 4.000 -> ") && report.contains("R²"),
+        "{report}"
+    );
+    // The fitted scenario is a scenario.
+    let check = sim(&["scenario", fitted.to_str().unwrap()], None);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    fails_with(&args, None, "exists (pass --force");
+    // The record of one app does not fit another's topology.
+    let other = dir.path().join("other.toml");
+    fails_with(
+        &[
+            "calibrate",
+            "--record",
+            run.to_str().unwrap(),
+            "--scenario",
+            "hotel-reservation",
+            "--out",
+            other.to_str().unwrap(),
+        ],
+        None,
+        "is not in",
+    );
+    assert!(!other.exists());
+    fails_with(
+        &[
+            "calibrate",
+            "--record",
+            dir.path().to_str().unwrap(),
+            "--scenario",
+            "demo",
+            "--out",
+            other.to_str().unwrap(),
+        ],
+        None,
+        "not a run record",
+    );
+}

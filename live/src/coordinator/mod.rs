@@ -102,8 +102,8 @@ pub async fn run(
     r.stop_all().await;
     let stopped = ending?;
     let elapsed = t0.elapsed().as_secs_f64();
-    r.flush(elapsed, if stopped.is_some() { 1.0 } else { 0.0 })?;
     let stats = load.stats();
+    r.flush(elapsed, if stopped.is_some() { 1.0 } else { 0.0 }, &stats)?;
     if stopped.is_none() {
         r.minutes(&stats, &mut *tower, f64::INFINITY).await?;
     }
@@ -142,7 +142,7 @@ async fn replay(
         r.poll(t0).await;
         let elapsed = t0.elapsed().as_secs_f64();
         r.retry(elapsed).await;
-        let step = match r.flush(elapsed, 2.0) {
+        let step = match r.flush(elapsed, 2.0, &stats) {
             Ok(()) => r.minutes(&stats, tower, elapsed).await,
             Err(e) => Err(e),
         };

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use controller::{MinuteObservation, Targets, Tower};
 use record::latency::quantile_ms;
-use record::{Gap, MinuteRow, RecordWriter, ServiceRow};
+use record::{Gap, MinuteRow, RecordWriter, RequestRow, ServiceRow};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -344,11 +344,38 @@ impl<'a> RunState<'a> {
     }
 
     /// Writes and accounts the seconds that ended at least `lag` seconds ago.
-    pub(super) fn flush(&mut self, elapsed: f64, lag: f64) -> Result<(), LiveError> {
+    pub(super) fn flush(
+        &mut self,
+        elapsed: f64,
+        lag: f64,
+        load: &Mutex<Stats>,
+    ) -> Result<(), LiveError> {
         let upto = ((elapsed - lag).floor().max(0.0) as usize).min(self.total_s);
         let n = self.spec.plan.scenario.services.len();
         while self.flushed < upto {
             let t = self.flushed;
+            if self.writer.wants_services() {
+                let requests: Vec<RequestRow> = {
+                    let stats = load.lock().expect("stats lock");
+                    let second = &stats.seconds[t];
+                    self.spec
+                        .plan
+                        .scenario
+                        .requests
+                        .iter()
+                        .enumerate()
+                        .map(|(k, r)| RequestRow {
+                            t: t as u32 + 1,
+                            request: r.name.clone(),
+                            sent: second.sent_by_kind.get(k).copied().unwrap_or(0),
+                            completed: second.answered_by_kind.get(k).copied().unwrap_or(0),
+                        })
+                        .collect()
+                };
+                for row in &requests {
+                    self.writer.request(row)?;
+                }
+            }
             let mut alloc = [0.0f64; 3];
             let (mut usage, mut periods, mut throttled) = (0.0, 0u64, 0u64);
             for svc in 0..n {

@@ -1,6 +1,7 @@
 //! The `sim` subcommands, one module each, and what they share.
 
 pub mod bench;
+pub mod calibrate;
 pub mod evaluate;
 pub mod plot;
 pub mod replay;

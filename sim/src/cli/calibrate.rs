@@ -1,0 +1,65 @@
+//! `sim calibrate`: fit a scenario's CPU costs to recorded runs (sim or live).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use record::Record;
+use scenarios::Scenario;
+use sim::calibrate;
+
+#[derive(Args)]
+#[command(after_help = "Example (the demo app, live):\n  \
+    live run --scenario demo --scaler const --initial-limit 2 --duration 300 --out runs/measured\n  \
+    sim calibrate --record runs/measured --scenario demo --out demo-fitted.toml\n  \
+    sim sweep --scenario demo-fitted.toml --trace diurnal\n\n\
+    The topology (services, calls, request mix, nodes, collectors) comes from --scenario; the \
+    CPU of every call and each service's background CPU are fitted to the records' \
+    per-second usage (services.csv) against the requests sent (requests.csv).")]
+pub struct CalibrateArgs {
+    /// A run record to fit (repeat for several; sim or live, with per-second rows).
+    #[arg(long = "record", required = true)]
+    pub records: Vec<PathBuf>,
+    /// The app's topology: a built-in name or a scenario .toml file.
+    #[arg(long)]
+    pub scenario: String,
+    /// Where to write the fitted scenario.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn cmd(a: CalibrateArgs) -> Result<()> {
+    if a.out.exists() && !a.force {
+        bail!("{} exists (pass --force to replace it)", a.out.display());
+    }
+    let topology = Scenario::load(&a.scenario)?;
+    let records = a
+        .records
+        .iter()
+        .map(|d| Record::read(d).with_context(|| format!("--record {}", d.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let seconds = calibrate::observations(&topology, &records)?;
+    let fit = calibrate::fit(&topology, &seconds)?;
+    print!("{}", fit.report());
+    let file = fit.apply(&topology.file);
+    let body = file.to_toml()?;
+    let text = format!(
+        "# Fitted by `sim calibrate` from {} with the topology of {}: every call's CPU and\n\
+         # each service's background were fitted; the rest is the topology's.\n{body}",
+        a.records
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        topology.source
+    );
+    // Never write a scenario that does not load.
+    Scenario::parse(&a.out.display().to_string(), &text)
+        .context("the fitted scenario does not validate (a bug: please report it)")?;
+    std::fs::write(&a.out, text).with_context(|| format!("cannot write {}", a.out.display()))?;
+    println!("fitted scenario: {}", a.out.display());
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! `sim calibrate` finds costs it was not told: a demo app whose calls cost other amounts
+//! than the checked-in scenario says is run in the simulator, and the fit from its record
+//! (with the checked-in topology) recovers the true costs.
+
+use std::sync::Arc;
+
+use controller::{ScalerKind, Targets};
+use record::{Record, RecordWriter};
+use scenarios::Scenario;
+use sim::calibrate;
+use sim::run::{run, RunPlan};
+use traces::Trace;
+
+/// The demo with every call's CPU scaled by its own factor (what "the real app" costs).
+fn truth() -> (Scenario, Vec<(&'static str, f64)>) {
+    let factors = [
+        ("gateway.get", 1.5),
+        ("gateway.put", 0.6),
+        ("auth.check", 1.25),
+        ("store.get", 0.8),
+        ("store.put", 1.4),
+    ];
+    let demo = Scenario::builtin("demo").unwrap();
+    let mut file = demo.file.clone();
+    for (name, k) in factors {
+        let def = file.calls.get_mut(name).unwrap();
+        def.cpu = def.cpu.scaled(k);
+    }
+    (
+        Scenario::compile("true-demo", file).unwrap(),
+        factors.to_vec(),
+    )
+}
+
+#[test]
+fn the_fit_recovers_costs_the_topology_did_not_know() {
+    let (app, factors) = truth();
+    let dir = tempfile::tempdir().unwrap();
+    // 20 minutes of a varying load, 30 to 90 RPS: every service well below its limit.
+    let rps: Vec<u32> = (0..1200)
+        .map(|t| (300.0 + 150.0 * (t as f64 / 90.0).sin()) as u32)
+        .collect();
+    let mut plan = RunPlan::new(
+        Arc::new(app),
+        Arc::new(Trace::new("varying", rps)),
+        ScalerKind::Const,
+        Targets::new(0.1, 0.1),
+    );
+    plan.ramp_s = 0;
+    plan.initial_limit = Some(2.0);
+    plan.services_csv = true;
+    let writer = RecordWriter::create(dir.path(), false, true).unwrap();
+    run(&plan, Some(writer), &mut |_, _| {}).unwrap();
+
+    let record = Record::read(dir.path()).unwrap();
+    let rows = record.requests().unwrap().expect("requests.csv");
+    assert_eq!(rows.len(), 1200 * 2, "a row per second per request type");
+    let topology = Scenario::builtin("demo").unwrap();
+    let seconds = calibrate::observations(&topology, &[record]).unwrap();
+    let fit = calibrate::fit(&topology, &seconds).unwrap();
+    eprintln!("{}", fit.report());
+    for (name, k) in factors {
+        let c = fit
+            .services
+            .iter()
+            .flat_map(|s| &s.calls)
+            .find(|c| c.call == name)
+            .unwrap();
+        let truth = c.old_ms * k;
+        // Every cost within three standard errors of the truth; the calls of every request
+        // (get, check) within 5%; the put calls, a tenth of the requests, are told apart from
+        // the gets on the same service only by how the mix varies from second to second, so
+        // their error is what their standard error says.
+        assert!(
+            (c.fitted_ms - truth).abs() < 3.0 * c.stderr_ms,
+            "{name}: fitted {:.3} ± {:.3} ms, true {truth:.3} ms\n{}",
+            c.fitted_ms,
+            c.stderr_ms,
+            fit.report()
+        );
+        if !name.ends_with("put") {
+            assert!(
+                (c.fitted_ms / truth - 1.0).abs() < 0.05,
+                "{name}\n{}",
+                fit.report()
+            );
+        }
+    }
+    for s in &fit.services {
+        assert!(s.background.abs() < 0.02, "{}", fit.report());
+        assert!(
+            (s.predicted / s.measured - 1.0).abs() < 0.01,
+            "{}",
+            fit.report()
+        );
+    }
+}
+
+#[test]
+fn records_of_another_app_or_without_counts_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = RunPlan::new(
+        Arc::new(Scenario::builtin("demo").unwrap()),
+        Arc::new(Trace::constant(100, 60)),
+        ScalerKind::Const,
+        Targets::new(0.1, 0.1),
+    );
+    plan.ramp_s = 0;
+    let writer = RecordWriter::create(dir.path(), false, false).unwrap();
+    run(&plan, Some(writer), &mut |_, _| {}).unwrap();
+    let record = Record::read(dir.path()).unwrap();
+    let demo = Scenario::builtin("demo").unwrap();
+    let e = calibrate::observations(&demo, std::slice::from_ref(&record))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no services.csv"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    plan.services_csv = true;
+    let writer = RecordWriter::create(dir.path(), false, true).unwrap();
+    run(&plan, Some(writer), &mut |_, _| {}).unwrap();
+    let record = Record::read(dir.path()).unwrap();
+    let hotel = Scenario::builtin("hotel-reservation").unwrap();
+    let e = calibrate::observations(&hotel, &[record])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is not in") && e.contains("another app"), "{e}");
+}
