@@ -60,6 +60,19 @@ fn the_token_never_crosses_the_network_in_clear_text_unless_asked() {
 }
 
 #[test]
+fn a_measurement_mix_names_real_request_types_and_sane_weights() {
+    refused(
+        &["run", "--mix", "post=1"],
+        "--mix post=1: builtin:demo has no request type 'post' (it has: get, put)",
+    );
+    refused(
+        &["run", "--mix", "put=-1"],
+        "the weight must be a number >= 0",
+    );
+    refused(&["run", "--mix", "put"], "--mix takes NAME=WEIGHT");
+}
+
+#[test]
 fn durations_that_would_disable_the_safety_net_are_refused() {
     for bad in ["NaN", "inf", "-1", "0"] {
         let flag = format!("--coordinator-timeout={bad}");

@@ -14,15 +14,25 @@
 //! can only say that. A service's collector (its runtime) keeps its settings: the usage it
 //! adds is counted as its runtime says (`work` per `trigger_cpu` of the calls' CPU).
 //!
-//! What is not fitted (yet): variability, the collectors' parameters, network delay.
+//! The network delay per hop is fitted last, by re-simulating each record (its per-second
+//! request counts as the workload, its scaler and limits) with the fitted costs and moving
+//! the delay until the simulated median latency is the measured one: what a real hop costs
+//! (HTTP, serialisation, the kernel's network path) is invisible to CPU counters but not to
+//! latency.
+//!
+//! What is not fitted (yet): variability, the collectors' parameters.
 
 // The small dense linear algebra below reads as the textbook's index notation.
 #![allow(clippy::needless_range_loop)]
 
 use std::collections::BTreeMap;
 
-use record::Record;
-use scenarios::{Scenario, ScenarioFile};
+use std::sync::Arc;
+
+use controller::ScalerKind;
+use record::{Record, RunPlan, Summary};
+use scenarios::{DistSpec, Scenario, ScenarioFile};
+use traces::Trace;
 
 use crate::{Result, SimError};
 
@@ -497,6 +507,107 @@ fn solve_on(g: &[Vec<f64>], b: &[f64], active: &[bool]) -> Vec<f64> {
         };
     }
     out
+}
+
+/// The run `record` made, as the simulator would make it with `scenario`: its requests per
+/// second (after the ramp) as the workload at multiplier 1, its request mix (a measurement
+/// run may have had another than the scenario's), the same ramp, load, scaler, targets,
+/// initial limits and seed.
+pub fn replan(scenario: &Scenario, record: &Record) -> Result<RunPlan> {
+    let bad = |why: String| SimError::Config(format!("{}: {why}", record.dir.display()));
+    let info = &record.info;
+    let rows = record
+        .requests()?
+        .ok_or_else(|| bad("no requests.csv to re-simulate from".into()))?;
+    let mut per_second: BTreeMap<u32, u64> = BTreeMap::new();
+    for r in &rows {
+        *per_second.entry(r.t).or_default() += r.sent;
+    }
+    let after_ramp: Vec<u32> = per_second
+        .iter()
+        .filter(|(&t, _)| t as usize > info.ramp_s)
+        .map(|(_, &n)| n.min(u32::MAX as u64) as u32)
+        .collect();
+    if after_ramp.is_empty() {
+        return Err(bad("no second after the ramp".into()));
+    }
+    let scaler: ScalerKind = info.scaler.parse()?;
+    let mut file = scenario.file.clone();
+    for def in &mut file.requests {
+        let sent: u64 = rows
+            .iter()
+            .filter(|r| r.request == def.name)
+            .map(|r| r.sent)
+            .sum();
+        // A type the record never sent stays (the call graph needs it) but is never drawn.
+        def.weight = (sent as f64).max(1e-9);
+    }
+    let mut plan = RunPlan::new(
+        Arc::new(Scenario::compile(&scenario.source, file)?),
+        Arc::new(Trace::new(
+            format!("{} (re-simulated)", info.trace),
+            after_ramp,
+        )),
+        scaler,
+        info.targets,
+    );
+    plan.multiplier = Some(1.0);
+    plan.ramp_s = info.ramp_s;
+    plan.load = info.load;
+    plan.seed = info.seed;
+    if !info.initial_limits.is_empty() {
+        plan.initial_limits = Some(info.initial_limits.clone());
+    }
+    Ok(plan)
+}
+
+/// The summaries of re-simulating every record with `scenario`.
+pub fn resimulate(scenario: &Scenario, records: &[Record]) -> Result<Vec<Summary>> {
+    records
+        .iter()
+        .map(|r| {
+            let plan = replan(scenario, r)?;
+            Ok(crate::run::run(&plan, None, &mut |_, _| {})?.info.summary)
+        })
+        .collect()
+}
+
+/// The per-hop network delay (ms, constant) with which re-simulating `records` with `file`
+/// gives their measured median latency (mean over records); `None` when even no delay gives
+/// a slower median than measured (the CPU alone explains the latency).
+pub fn fit_network_delay(file: &ScenarioFile, records: &[Record]) -> Result<Option<f64>> {
+    let measured: f64 =
+        records.iter().map(|r| r.info.summary.p50_ms).sum::<f64>() / records.len().max(1) as f64;
+    let p50_with = |ms: f64| -> Result<f64> {
+        let mut f = file.clone();
+        f.network_delay = DistSpec::Const { ms };
+        let scenario = Scenario::compile("fit", f)?;
+        let s = resimulate(&scenario, records)?;
+        Ok(s.iter().map(|s| s.p50_ms).sum::<f64>() / s.len().max(1) as f64)
+    };
+    if p50_with(0.0)? >= measured {
+        return Ok(None);
+    }
+    // The median grows with the delay: bisect to a hundredth of a millisecond.
+    let (mut lo, mut hi) = (0.0, 1.0);
+    while p50_with(hi)? < measured {
+        hi *= 2.0;
+        if hi > 1000.0 {
+            return Err(SimError::Config(format!(
+                "the measured median latency ({measured:.1} ms) is not reached with a second of \
+                 delay per hop: the records' latency does not come from CPU and network"
+            )));
+        }
+    }
+    while hi - lo > 0.01 {
+        let mid = (lo + hi) / 2.0;
+        if p50_with(mid)? < measured {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(Some((lo + hi) / 2.0))
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@ pub enum SimError {
     Controller(#[from] controller::ControllerError),
     #[error(transparent)]
     Record(#[from] record::RecordError),
+    #[error(transparent)]
+    Scenario(#[from] scenarios::ScenarioError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

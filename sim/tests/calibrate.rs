@@ -22,6 +22,8 @@ fn truth() -> (Scenario, Vec<(&'static str, f64)>) {
     ];
     let demo = Scenario::builtin("demo").unwrap();
     let mut file = demo.file.clone();
+    // Real hops cost more than the checked-in 0.05 ms.
+    file.network_delay = scenarios::DistSpec::Const { ms: 0.8 };
     for (name, k) in factors {
         let def = file.calls.get_mut(name).unwrap();
         def.cpu = def.cpu.scaled(k);
@@ -94,6 +96,18 @@ fn the_fit_recovers_costs_the_topology_did_not_know() {
             fit.report()
         );
     }
+
+    // The delay per hop, from the median latency of the re-simulated record.
+    let fitted = fit.apply(&topology.file);
+    let record = Record::read(dir.path()).unwrap();
+    let delay = calibrate::fit_network_delay(&fitted, std::slice::from_ref(&record))
+        .unwrap()
+        .expect("the demo's 0.05 ms is too fast for this record");
+    eprintln!("network delay per hop: fitted {delay:.3} ms, true 0.8");
+    assert!(
+        (delay / 0.8 - 1.0).abs() < 0.1,
+        "fitted {delay:.3} ms per hop, true 0.8"
+    );
 }
 
 #[test]

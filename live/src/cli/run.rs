@@ -30,6 +30,11 @@ pub struct RunArgs {
     pub trace: String,
     #[command(flatten)]
     pub control: ControlArgs,
+    /// Override request-type weights: NAME=WEIGHT, comma separated (e.g. `put=1` makes puts as
+    /// frequent as the default-weight-1 types). A measurement run for `sim calibrate` with
+    /// another mix tells apart the costs of calls that the usual mix always sends together.
+    #[arg(long, value_delimiter = ',', value_name = "NAME=WEIGHT")]
+    pub mix: Vec<String>,
     /// Base URL of the app's entry service.
     #[arg(long, default_value = "http://127.0.0.1:18080")]
     pub url: String,
@@ -73,9 +78,42 @@ pub struct RunArgs {
     pub output: OutputArgs,
 }
 
+/// `scenario` with the request weights `mix` gives (NAME=WEIGHT each).
+fn with_mix(scenario: &scenarios::Scenario, mix: &[String]) -> Result<scenarios::Scenario> {
+    let mut file = scenario.file.clone();
+    for m in mix {
+        let (name, weight) = m
+            .split_once('=')
+            .with_context(|| format!("--mix takes NAME=WEIGHT, got '{m}'"))?;
+        let weight: f64 = weight
+            .trim()
+            .parse()
+            .ok()
+            .filter(|w: &f64| w.is_finite() && *w >= 0.0)
+            .with_context(|| format!("--mix {m}: the weight must be a number >= 0"))?;
+        let Some(r) = file.requests.iter_mut().find(|r| r.name == name.trim()) else {
+            bail!(
+                "--mix {m}: {} has no request type '{name}' (it has: {})",
+                scenario.source,
+                scenario
+                    .requests
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        r.weight = weight;
+    }
+    Ok(scenarios::Scenario::compile(&scenario.source, file)?)
+}
+
 pub fn cmd(a: RunArgs) -> Result<()> {
     // Everything read and checked before any agent is contacted.
-    let plan = a.control.plan(&a.scenario, &a.trace)?;
+    let mut plan = a.control.plan(&a.scenario, &a.trace)?;
+    if !a.mix.is_empty() {
+        plan.scenario = std::sync::Arc::new(with_mix(&plan.scenario, &a.mix)?);
+    }
     let scenario = plan.scenario.clone();
     let token = live::agent::load_token(
         a.token_file.as_deref(),

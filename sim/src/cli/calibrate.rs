@@ -44,7 +44,43 @@ pub fn cmd(a: CalibrateArgs) -> Result<()> {
     let seconds = calibrate::observations(&topology, &records)?;
     let fit = calibrate::fit(&topology, &seconds)?;
     print!("{}", fit.report());
-    let file = fit.apply(&topology.file);
+    let mut file = fit.apply(&topology.file);
+    match calibrate::fit_network_delay(&file, &records)? {
+        Some(ms) => {
+            println!(
+                "network delay per hop: {ms:.2} ms (was {:.2} ms in {}): the re-simulated median latency matches the measured one",
+                topology.file.network_delay.mean_ms(),
+                topology.source
+            );
+            file.network_delay = scenarios::DistSpec::Const { ms };
+        }
+        None => println!(
+            "network delay per hop: kept at {:.2} ms (the CPU alone already gives a median as slow as measured)",
+            topology.file.network_delay.mean_ms()
+        ),
+    }
+    // What the fitted model says about each record, beside what was measured.
+    let fitted = Scenario::compile(&topology.source, file.clone())?;
+    let again = calibrate::resimulate(&fitted, &records)?;
+    println!(
+        "{:<40} {:>22} {:>22} {:>18} {:>16}",
+        "record (measured / re-simulated)", "usage, cores", "throttle ratio", "P50, ms", "P99, ms"
+    );
+    for (r, s) in records.iter().zip(&again) {
+        let m = &r.info.summary;
+        println!(
+            "{:<40} {:>10.3} / {:<10.3} {:>10.3} / {:<10.3} {:>8.1} / {:<8.1} {:>7.1} / {:<7.1}",
+            r.dir.display().to_string(),
+            m.usage,
+            s.usage,
+            m.throttle_ratio,
+            s.throttle_ratio,
+            m.p50_ms,
+            s.p50_ms,
+            m.p99_ms,
+            s.p99_ms
+        );
+    }
     let body = file.to_toml()?;
     let text = format!(
         "# Fitted by `sim calibrate` from {} with the topology of {}: every call's CPU and\n\
