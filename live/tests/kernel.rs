@@ -234,15 +234,7 @@ fn sigterm_and_sigkill_leave_no_quota_behind() {
         "a SIGKILLed agent cannot restore"
     );
     assert!(journal.exists());
-    let out = Command::new(env!("CARGO_BIN_EXE_live"))
-        .args(["restore", "--journal", journal.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    live_restore(&journal);
     assert_eq!(
         quota(&root, &g, "g0"),
         original,
@@ -552,15 +544,7 @@ fn outside_changes_to_real_groups() {
     agent.wait().unwrap();
     assert!(journal.exists());
     set_from_outside(70_000);
-    let out = Command::new(env!("CARGO_BIN_EXE_live"))
-        .args(["restore", "--journal", journal.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = live_restore(&journal);
     assert_eq!(
         quota(&root, &g, "g0").quota_us,
         Some(70_000),
@@ -579,4 +563,18 @@ fn outside_changes_to_real_groups() {
         g.dir("g0").is_dir(),
         "a group it did not create is left alone"
     );
+}
+
+/// `live restore --journal JOURNAL`, which must succeed; its output.
+fn live_restore(journal: &Path) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_live"))
+        .args(["restore", "--journal", journal.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }

@@ -435,28 +435,8 @@ fn standard_errors(columns: &[Vec<f64>], free: &[bool], var: f64) -> Vec<f64> {
             row
         })
         .collect();
-    for col in 0..n {
-        let pivot = (col..n)
-            .max_by(|&a, &c| m[a][col].abs().total_cmp(&m[c][col].abs()))
-            .expect("non-empty");
-        m.swap(col, pivot);
-        let d = m[col][col];
-        if d.abs() < 1e-300 {
-            return vec![f64::INFINITY; columns.len()];
-        }
-        for v in m[col].iter_mut() {
-            *v /= d;
-        }
-        for r in 0..n {
-            if r != col {
-                let f = m[r][col];
-                if f != 0.0 {
-                    for c in 0..2 * n {
-                        m[r][c] -= f * m[col][c];
-                    }
-                }
-            }
-        }
+    if gauss_jordan(&mut m, n).iter().any(|&singular| singular) {
+        return vec![f64::INFINITY; columns.len()];
     }
     let mut out = vec![0.0; columns.len()];
     for (i, &j) in idx.iter().enumerate() {
@@ -465,8 +445,8 @@ fn standard_errors(columns: &[Vec<f64>], free: &[bool], var: f64) -> Vec<f64> {
     out
 }
 
-/// The least-squares solution with only the `active` unknowns free (the rest zero), by
-/// Gaussian elimination with partial pivoting on the normal equations.
+/// The least-squares solution with only the `active` unknowns free (the rest zero), from the
+/// normal equations; an unknown whose column is a combination of the others' gets zero.
 fn solve_on(g: &[Vec<f64>], b: &[f64], active: &[bool]) -> Vec<f64> {
     let idx: Vec<usize> = (0..b.len()).filter(|&k| active[k]).collect();
     let n = idx.len();
@@ -478,6 +458,19 @@ fn solve_on(g: &[Vec<f64>], b: &[f64], active: &[bool]) -> Vec<f64> {
             row
         })
         .collect();
+    let singular = gauss_jordan(&mut m, n);
+    let mut out = vec![0.0; b.len()];
+    for (i, &k) in idx.iter().enumerate() {
+        out[k] = if singular[i] { 0.0 } else { m[i][n] };
+    }
+    out
+}
+
+/// Gauss-Jordan elimination with partial pivoting of the `n` x `n` block on the left of `m`
+/// (its rows may carry more columns: right-hand sides), leaving the identity there where it
+/// can. Says which pivots were (numerically) zero; those rows and columns are left alone.
+fn gauss_jordan(m: &mut [Vec<f64>], n: usize) -> Vec<bool> {
+    let mut singular = vec![false; n];
     for col in 0..n {
         let pivot = (col..n)
             .max_by(|&a, &c| m[a][col].abs().total_cmp(&m[c][col].abs()))
@@ -485,28 +478,23 @@ fn solve_on(g: &[Vec<f64>], b: &[f64], active: &[bool]) -> Vec<f64> {
         m.swap(col, pivot);
         let d = m[col][col];
         if d.abs() < 1e-300 {
+            singular[col] = true;
             continue;
         }
+        for v in m[col].iter_mut() {
+            *v /= d;
+        }
+        let width = m[col].len();
         for r in 0..n {
-            if r != col {
-                let f = m[r][col] / d;
-                if f != 0.0 {
-                    for c in col..=n {
-                        m[r][c] -= f * m[col][c];
-                    }
+            let f = m[r][col];
+            if r != col && f != 0.0 {
+                for c in col..width {
+                    m[r][c] -= f * m[col][c];
                 }
             }
         }
     }
-    let mut out = vec![0.0; b.len()];
-    for (i, &k) in idx.iter().enumerate() {
-        out[k] = if m[i][i].abs() < 1e-300 {
-            0.0
-        } else {
-            m[i][n] / m[i][i]
-        };
-    }
-    out
+    singular
 }
 
 /// The run `record` made, as the simulator would make it with `scenario`: its requests per
