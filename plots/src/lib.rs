@@ -10,6 +10,10 @@
 //! 4. the **Tower's targets** (group 1 solid, group 2 dashed).
 //!
 //! Several runs overlay for comparison (say K8s-CPU against Autothrottle on one trace).
+//!
+//! [`per_second`] draws what `services.csv` holds instead: per service, usage and throttle
+//! ratio second by second, for one or more series (a record, and its re-simulation by a
+//! fitted model, say).
 //! Text needs a TrueType font: [`find_font`] looks in the usual system places (DejaVu,
 //! Liberation, Noto, FreeFont) or takes `AUTOTHROTTLE_FONT`; nothing depends on what one
 //! machine happens to have, and a missing font is a clear error, not a blank chart.
@@ -150,6 +154,100 @@ pub fn plot(runs: &[Record], out: &Path, opts: &Options) -> Result<(), PlotError
         path: out.to_path_buf(),
         message,
     })
+}
+
+/// One line of a [`per_second`] chart: a label and the rows of `services.csv` it draws.
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub label: String,
+    pub rows: Vec<ServiceRow>,
+}
+
+/// Per service (a row of panels each), usage in cores and throttle ratio per second, one line
+/// per series. Services come in the order they first appear in the first series.
+pub fn per_second(series: &[Series], out: &Path, title: &str) -> Result<(), PlotError> {
+    let first = series
+        .first()
+        .filter(|s| !s.rows.is_empty())
+        .ok_or_else(|| PlotError::Empty("no per-second rows (services.csv)".into()))?;
+    let mut services: Vec<&str> = Vec::new();
+    for r in &first.rows {
+        if !services.contains(&r.service.as_str()) {
+            services.push(&r.service);
+        }
+    }
+    ensure_font()?;
+    draw_per_second(series, &services, out, title).map_err(|message| PlotError::Draw {
+        path: out.to_path_buf(),
+        message,
+    })
+}
+
+fn draw_per_second(
+    series: &[Series],
+    services: &[&str],
+    out: &Path,
+    title: &str,
+) -> Result<(), String> {
+    // Panels stay readable up to a few dozen services; beyond, the image grows.
+    let height = (220 * services.len() as u32).max(400) + 60;
+    let root = BitMapBackend::new(out, (1400, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(s)?;
+    let root = root.titled(title, ("sans-serif", 24)).map_err(s)?;
+    let seconds = series
+        .iter()
+        .flat_map(|x| x.rows.iter().map(|r| r.t))
+        .max()
+        .unwrap_or(1) as f64;
+    let rows = root.split_evenly((services.len(), 2));
+    for (i, name) in services.iter().enumerate() {
+        let pick = |x: &Series, f: fn(&ServiceRow) -> f64| -> Vec<(f64, f64)> {
+            x.rows
+                .iter()
+                .filter(|r| r.service == *name)
+                .map(|r| (r.t as f64, f(r)))
+                .collect()
+        };
+        let usage_top = series
+            .iter()
+            .flat_map(|x| pick(x, |r| r.usage))
+            .map(|p| p.1)
+            .fold(0.1f64, f64::max)
+            * 1.15;
+        for (j, (what, top, f)) in [
+            (
+                "usage",
+                usage_top,
+                (|r: &ServiceRow| r.usage) as fn(&ServiceRow) -> f64,
+            ),
+            ("throttle ratio", 1.0, |r: &ServiceRow| r.throttle_ratio),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut chart = ChartBuilder::on(&rows[2 * i + j])
+                .margin(8)
+                .x_label_area_size(25)
+                .y_label_area_size(50)
+                .caption(format!("{name}: {what}"), ("sans-serif", 16))
+                .build_cartesian_2d(0.0..seconds.max(1.0), 0.0..top)
+                .map_err(s)?;
+            chart
+                .configure_mesh()
+                .x_desc("second")
+                .y_desc(if j == 0 { "cores" } else { "ratio" })
+                .draw()
+                .map_err(s)?;
+            for (k, x) in series.iter().enumerate() {
+                let label = (i == 0 && j == 0).then(|| x.label.clone());
+                line(&mut chart, pick(x, f), PALETTE[k % PALETTE.len()], label)?;
+            }
+            if i == 0 && j == 0 {
+                legend(&mut chart)?;
+            }
+        }
+    }
+    root.present().map_err(s)
 }
 
 /// Any drawing error, as text (plotters' error types differ per backend).

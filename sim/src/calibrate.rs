@@ -549,13 +549,30 @@ pub fn replan(scenario: &Scenario, record: &Record) -> Result<RunPlan> {
     Ok(plan)
 }
 
-/// The summaries of re-simulating every record with `scenario`.
-pub fn resimulate(scenario: &Scenario, records: &[Record]) -> Result<Vec<Summary>> {
+/// The summaries of re-simulating every record with `scenario`; with `out`, each
+/// re-simulation is also written as a record (with `services.csv`) to `out/1`, `out/2`, ...
+pub fn resimulate(
+    scenario: &Scenario,
+    records: &[Record],
+    out: Option<&std::path::Path>,
+) -> Result<Vec<Summary>> {
     records
         .iter()
-        .map(|r| {
-            let plan = replan(scenario, r)?;
-            Ok(crate::run::run(&plan, None, &mut |_, _| {})?.info.summary)
+        .enumerate()
+        .map(|(i, r)| {
+            let mut plan = replan(scenario, r)?;
+            let writer = match out {
+                Some(dir) => {
+                    plan.services_csv = true;
+                    Some(record::RecordWriter::create(
+                        &dir.join((i + 1).to_string()),
+                        true,
+                        true,
+                    )?)
+                }
+                None => None,
+            };
+            Ok(crate::run::run(&plan, writer, &mut |_, _| {})?.info.summary)
         })
         .collect()
 }
@@ -570,7 +587,7 @@ pub fn fit_network_delay(file: &ScenarioFile, records: &[Record]) -> Result<Opti
         let mut f = file.clone();
         f.network_delay = DistSpec::Const { ms };
         let scenario = Scenario::compile("fit", f)?;
-        let s = resimulate(&scenario, records)?;
+        let s = resimulate(&scenario, records, None)?;
         Ok(s.iter().map(|s| s.p50_ms).sum::<f64>() / s.len().max(1) as f64)
     };
     if p50_with(0.0)? >= measured {

@@ -352,6 +352,27 @@ fn calibrate_writes_a_scenario_that_loads_and_refuses_what_it_cannot_fit() {
         report.contains("gateway.get 4.000 -> ") && report.contains("R²"),
         "{report}"
     );
+    assert!(report.contains("network delay per hop"), "{report}");
+    // The re-simulation is kept as a record, and drawn against the measurement.
+    assert!(dir.path().join("fitted.resim/1/run.json").exists());
+    let png = std::fs::read(dir.path().join("fitted.fit.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);
+    let per_second = dir.path().join("per-second.png");
+    let out = sim(
+        &[
+            "plot",
+            "--per-second",
+            run.to_str().unwrap(),
+            "--out",
+            per_second.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        out.status.success() && per_second.exists(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The fitted scenario is a scenario.
     let check = sim(&["scenario", fitted.to_str().unwrap()], None);
     assert!(
@@ -388,5 +409,44 @@ fn calibrate_writes_a_scenario_that_loads_and_refuses_what_it_cannot_fit() {
         ],
         None,
         "not a run record",
+    );
+}
+
+#[test]
+fn a_per_second_plot_needs_per_second_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = sim(
+        &[
+            "run",
+            "--scenario",
+            "demo",
+            "--trace",
+            "constant",
+            "--duration",
+            "60",
+            "--ramp",
+            "0",
+            "--no-services",
+            "--out",
+            run.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fails_with(
+        &[
+            "plot",
+            "--per-second",
+            run.to_str().unwrap(),
+            "--out",
+            dir.path().join("x.png").to_str().unwrap(),
+        ],
+        None,
+        "no services.csv to draw per second",
     );
 }

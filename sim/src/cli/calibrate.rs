@@ -26,7 +26,11 @@ pub struct CalibrateArgs {
     /// Where to write the fitted scenario.
     #[arg(long)]
     pub out: PathBuf,
-    /// Replace --out if it exists.
+    /// Where to draw each service's measured and re-simulated usage and throttle ratio per
+    /// second (default: beside --out, `NAME.fit.png`).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Replace --out (and the re-simulated records beside it, `NAME.resim/`) if they exist.
     #[arg(long)]
     pub force: bool,
 }
@@ -59,9 +63,17 @@ pub fn cmd(a: CalibrateArgs) -> Result<()> {
             topology.file.network_delay.mean_ms()
         ),
     }
-    // What the fitted model says about each record, beside what was measured.
+    // What the fitted model says about each record, beside what was measured; the
+    // re-simulations are kept as records.
     let fitted = Scenario::compile(&topology.source, file.clone())?;
-    let again = calibrate::resimulate(&fitted, &records)?;
+    let resim_dir = a.out.with_extension("resim");
+    if resim_dir.exists() && !a.force {
+        bail!(
+            "{} exists (pass --force to replace it)",
+            resim_dir.display()
+        );
+    }
+    let again = calibrate::resimulate(&fitted, &records, Some(&resim_dir))?;
     println!(
         "{:<40} {:>22} {:>22} {:>18} {:>16}",
         "record (measured / re-simulated)", "usage, cores", "throttle ratio", "P50, ms", "P99, ms"
@@ -92,10 +104,64 @@ pub fn cmd(a: CalibrateArgs) -> Result<()> {
             .join(", "),
         topology.source
     );
+    let plot = a
+        .plot
+        .clone()
+        .unwrap_or_else(|| a.out.with_extension("fit.png"));
+    draw_fit(&records, &resim_dir, &plot)?;
+    println!(
+        "re-simulated records: {}  per-second plot: {}",
+        resim_dir.display(),
+        plot.display()
+    );
     // Never write a scenario that does not load.
     Scenario::parse(&a.out.display().to_string(), &text)
         .context("the fitted scenario does not validate (a bug: please report it)")?;
     std::fs::write(&a.out, text).with_context(|| format!("cannot write {}", a.out.display()))?;
     println!("fitted scenario: {}", a.out.display());
+    Ok(())
+}
+
+/// Measured against re-simulated, per service per second; several records follow one
+/// another on the time axis.
+fn draw_fit(records: &[Record], resim_dir: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    let mut measured = Vec::new();
+    let mut again = Vec::new();
+    let mut offset = 0;
+    for (i, r) in records.iter().enumerate() {
+        let m = r.services()?.unwrap_or_default();
+        let s = Record::read(&resim_dir.join((i + 1).to_string()))?
+            .services()?
+            .unwrap_or_default();
+        let end = m.iter().chain(&s).map(|row| row.t).max().unwrap_or(0);
+        let shift = |mut row: record::ServiceRow| {
+            row.t += offset;
+            row
+        };
+        measured.extend(m.into_iter().map(shift));
+        again.extend(s.into_iter().map(shift));
+        offset += end;
+    }
+    plots::per_second(
+        &[
+            plots::Series {
+                label: "measured".into(),
+                rows: measured,
+            },
+            plots::Series {
+                label: "re-simulated (fitted)".into(),
+                rows: again,
+            },
+        ],
+        out,
+        &format!(
+            "sim calibrate: {}",
+            records
+                .iter()
+                .map(|r| r.dir.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" + ")
+        ),
+    )?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
 #[derive(Args)]
@@ -16,6 +16,10 @@ pub struct PlotArgs {
     /// Stack one run's allocation by service (needs services.csv).
     #[arg(long)]
     pub per_service: bool,
+    /// Draw each service's usage and throttle ratio second by second instead (needs
+    /// services.csv; several runs overlay).
+    #[arg(long, conflicts_with = "per_service")]
+    pub per_second: bool,
     #[arg(long)]
     pub title: Option<String>,
     #[arg(long, default_value_t = 1400)]
@@ -30,6 +34,26 @@ pub fn cmd(a: PlotArgs) -> Result<()> {
         .iter()
         .map(|d| record::Record::read(d))
         .collect::<Result<Vec<_>, _>>()?;
+    if a.per_second {
+        let series = runs
+            .iter()
+            .map(|r| {
+                Ok(plots::Series {
+                    label: r.dir.display().to_string(),
+                    rows: r.services()?.with_context(|| {
+                        format!("{}: no services.csv to draw per second", r.dir.display())
+                    })?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let title = a.title.clone().unwrap_or_else(|| {
+            let i = &runs[0].info;
+            format!("{} on {}: per second", i.scenario, i.trace)
+        });
+        plots::per_second(&series, &a.out, &title)?;
+        println!("{}", a.out.display());
+        return Ok(());
+    }
     plots::plot(
         &runs,
         &a.out,
