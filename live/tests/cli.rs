@@ -63,11 +63,15 @@ fn the_token_never_crosses_the_network_in_clear_text_unless_asked() {
 fn a_measurement_mix_names_real_request_types_and_sane_weights() {
     refused(
         &["run", "--mix", "post=1"],
-        "--mix post=1: builtin:demo has no request type 'post' (it has: get, put)",
+        "--mix post=1: builtin:demo: requests: no request type 'post' (it has: get, put)",
     );
     refused(
         &["run", "--mix", "put=-1"],
-        "the weight must be a number >= 0",
+        "requests[1].weight: must be a positive number, got -1",
+    );
+    refused(
+        &["run", "--mix", "put=x"],
+        "--mix put=x: the weight must be a number",
     );
     refused(&["run", "--mix", "put"], "--mix takes NAME=WEIGHT");
 }

@@ -304,6 +304,30 @@ impl Scenario {
         format!("{h:016x}")
     }
 
+    /// The same app with other request weights (the types not named keep theirs): a
+    /// measurement run's mix, or the mix a record saw. Weights must be positive, as in a file.
+    pub fn with_weights(&self, weights: &[(String, f64)]) -> Result<Scenario, ScenarioError> {
+        let mut file = self.file.clone();
+        for (name, weight) in weights {
+            let Some(r) = file.requests.iter_mut().find(|r| &r.name == name) else {
+                return Err(ScenarioError::Invalid {
+                    file: self.source.clone(),
+                    path: "requests".into(),
+                    reason: format!(
+                        "no request type '{name}' (it has: {})",
+                        self.requests
+                            .iter()
+                            .map(|r| r.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            };
+            r.weight = *weight;
+        }
+        Scenario::compile(&self.source, file)
+    }
+
     /// Index of a service by name.
     pub fn service(&self, name: &str) -> Option<usize> {
         self.services.iter().position(|s| s.name == name)

@@ -520,18 +520,21 @@ pub fn replan(scenario: &Scenario, record: &Record) -> Result<RunPlan> {
         return Err(bad("no second after the ramp".into()));
     }
     let scaler: ScalerKind = info.scaler.parse()?;
-    let mut file = scenario.file.clone();
-    for def in &mut file.requests {
-        let sent: u64 = rows
-            .iter()
-            .filter(|r| r.request == def.name)
-            .map(|r| r.sent)
-            .sum();
-        // A type the record never sent stays (the call graph needs it) but is never drawn.
-        def.weight = (sent as f64).max(1e-9);
-    }
+    let mix: Vec<(String, f64)> = scenario
+        .requests
+        .iter()
+        .map(|q| {
+            let sent: u64 = rows
+                .iter()
+                .filter(|r| r.request == q.name)
+                .map(|r| r.sent)
+                .sum();
+            // A type the record never sent stays (the call graph needs it) but is never drawn.
+            (q.name.clone(), (sent as f64).max(1e-9))
+        })
+        .collect();
     let mut plan = RunPlan::new(
-        Arc::new(Scenario::compile(&scenario.source, file)?),
+        Arc::new(scenario.with_weights(&mix)?),
         Arc::new(Trace::new(
             format!("{} (re-simulated)", info.trace),
             after_ramp,

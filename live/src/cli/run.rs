@@ -80,32 +80,22 @@ pub struct RunArgs {
 
 /// `scenario` with the request weights `mix` gives (NAME=WEIGHT each).
 fn with_mix(scenario: &scenarios::Scenario, mix: &[String]) -> Result<scenarios::Scenario> {
-    let mut file = scenario.file.clone();
-    for m in mix {
-        let (name, weight) = m
-            .split_once('=')
-            .with_context(|| format!("--mix takes NAME=WEIGHT, got '{m}'"))?;
-        let weight: f64 = weight
-            .trim()
-            .parse()
-            .ok()
-            .filter(|w: &f64| w.is_finite() && *w >= 0.0)
-            .with_context(|| format!("--mix {m}: the weight must be a number >= 0"))?;
-        let Some(r) = file.requests.iter_mut().find(|r| r.name == name.trim()) else {
-            bail!(
-                "--mix {m}: {} has no request type '{name}' (it has: {})",
-                scenario.source,
-                scenario
-                    .requests
-                    .iter()
-                    .map(|r| r.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        };
-        r.weight = weight;
-    }
-    Ok(scenarios::Scenario::compile(&scenario.source, file)?)
+    let weights = mix
+        .iter()
+        .map(|m| {
+            let (name, weight) = m
+                .split_once('=')
+                .with_context(|| format!("--mix takes NAME=WEIGHT, got '{m}'"))?;
+            let weight: f64 = weight
+                .trim()
+                .parse()
+                .with_context(|| format!("--mix {m}: the weight must be a number"))?;
+            Ok((name.trim().to_string(), weight))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    scenario
+        .with_weights(&weights)
+        .with_context(|| format!("--mix {}", mix.join(",")))
 }
 
 pub fn cmd(a: RunArgs) -> Result<()> {
