@@ -11,11 +11,14 @@ use sim::calibrate;
 #[derive(Args)]
 #[command(after_help = "Example (the demo app, live):\n  \
     live run --scenario demo --scaler const --initial-limit 2 --duration 300 --out runs/measured\n  \
-    sim calibrate --record runs/measured --scenario demo --out demo-fitted.toml\n  \
+    live run --scenario demo --scaler const --initial-limit 2 --duration 300 --mix put=9 --out runs/puts\n  \
+    sim calibrate --record runs/measured --record runs/puts --scenario demo --out demo-fitted.toml\n  \
     sim sweep --scenario demo-fitted.toml --trace diurnal\n\n\
     The topology (services, calls, request mix, nodes, collectors) comes from --scenario; the \
     CPU of every call and each service's background CPU are fitted to the records' \
-    per-second usage (services.csv) against the requests sent (requests.csv).")]
+    per-second usage (services.csv) against the requests sent (requests.csv), then the network \
+    delay per hop to their median latency. A second run with another mix (--mix) tells apart \
+    calls the usual mix always sends together.")]
 pub struct CalibrateArgs {
     /// A run record to fit (repeat for several; sim or live, with per-second rows).
     #[arg(long = "record", required = true)]
@@ -36,8 +39,11 @@ pub struct CalibrateArgs {
 }
 
 pub fn cmd(a: CalibrateArgs) -> Result<()> {
-    if a.out.exists() && !a.force {
-        bail!("{} exists (pass --force to replace it)", a.out.display());
+    let resim_dir = a.out.with_extension("resim");
+    for path in [&a.out, &resim_dir] {
+        if path.exists() && !a.force {
+            bail!("{} exists (pass --force to replace it)", path.display());
+        }
     }
     let topology = Scenario::load(&a.scenario)?;
     let records = a
@@ -66,13 +72,6 @@ pub fn cmd(a: CalibrateArgs) -> Result<()> {
     // What the fitted model says about each record, beside what was measured; the
     // re-simulations are kept as records.
     let fitted = Scenario::compile(&topology.source, file.clone())?;
-    let resim_dir = a.out.with_extension("resim");
-    if resim_dir.exists() && !a.force {
-        bail!(
-            "{} exists (pass --force to replace it)",
-            resim_dir.display()
-        );
-    }
     let again = calibrate::resimulate(&fitted, &records, Some(&resim_dir))?;
     println!(
         "{:<40} {:>22} {:>22} {:>18} {:>16}",
@@ -95,8 +94,9 @@ pub fn cmd(a: CalibrateArgs) -> Result<()> {
     }
     let body = file.to_toml()?;
     let text = format!(
-        "# Fitted by `sim calibrate` from {} with the topology of {}: every call's CPU and\n\
-         # each service's background were fitted; the rest is the topology's.\n{body}",
+        "# Fitted by `sim calibrate` from {} with the topology of {}: every call's CPU and the\n\
+         # network delay per hop were fitted (each service's background CPU too: the report\n\
+         # shows it, this file has no field for it); the rest is the topology's.\n{body}",
         a.records
             .iter()
             .map(|r| r.display().to_string())
