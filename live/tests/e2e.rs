@@ -216,6 +216,29 @@ fn captains_and_the_bandit_tower_run_the_demo_app_on_real_cgroups() {
         gets + puts
     );
 
+    // The live record calibrates: the demo app burns what the demo scenario says, so the calls
+    // every request makes come out near the scenario's costs (a little above: HTTP around each
+    // call is CPU too). The puts, a tenth, are not checked: one constant-rate record cannot
+    // tell them apart well (docs/RESULTS.md).
+    let demo = scenarios::Scenario::builtin("demo").unwrap();
+    let seconds = sim::calibrate::observations(&demo, std::slice::from_ref(&r)).unwrap();
+    let fit = sim::calibrate::fit(&demo, &seconds).unwrap();
+    for call in ["gateway.get", "auth.check", "store.get"] {
+        let c = fit
+            .services
+            .iter()
+            .flat_map(|s| &s.calls)
+            .find(|c| c.call == call)
+            .unwrap();
+        assert!(
+            (c.fitted_ms / c.old_ms - 1.0).abs() < 0.25,
+            "{call}: fitted {:.2} ms, scenario {:.2} ms\n{}",
+            c.fitted_ms,
+            c.old_ms,
+            fit.report()
+        );
+    }
+
     // Every second of every service is in services.csv, and each service's throttle ratio
     // tracks the target in force (after the first minute, once the Captains have settled).
     let rows = service_rows(&r);
