@@ -302,34 +302,42 @@ fn bad_load_options_are_refused() {
     );
 }
 
+/// `sim run` of the demo without a ramp into `out`, with `args`; it must succeed.
+fn demo_run(out: &std::path::Path, args: &[&str]) {
+    let mut all = vec![
+        "run",
+        "--scenario",
+        "demo",
+        "--ramp",
+        "0",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    let done = sim(&all, None);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+}
+
 #[test]
 fn calibrate_writes_a_scenario_that_loads_and_refuses_what_it_cannot_fit() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let out = sim(
+    demo_run(
+        &run,
         &[
-            "run",
-            "--scenario",
-            "demo",
             "--trace",
             "diurnal",
             "--duration",
             "300",
-            "--ramp",
-            "0",
             "--scaler",
             "const",
             "--initial-limit",
             "2",
-            "--out",
-            run.to_str().unwrap(),
         ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let fitted = dir.path().join("fitted.toml");
     let args = [
@@ -416,27 +424,9 @@ fn calibrate_writes_a_scenario_that_loads_and_refuses_what_it_cannot_fit() {
 fn a_per_second_plot_needs_per_second_rows() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let out = sim(
-        &[
-            "run",
-            "--scenario",
-            "demo",
-            "--trace",
-            "constant",
-            "--duration",
-            "60",
-            "--ramp",
-            "0",
-            "--no-services",
-            "--out",
-            run.to_str().unwrap(),
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    demo_run(
+        &run,
+        &["--trace", "constant", "--duration", "60", "--no-services"],
     );
     fails_with(
         &[
