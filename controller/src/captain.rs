@@ -250,13 +250,7 @@ mod tests {
         // A late sample (one 200 ms step): the decision is at the first sample at least 1 s
         // after the start, the 9th, not the 10th.
         let mut c = Captain::new(0.1, 32.0);
-        let mut s = CpuSample {
-            t: 0.0,
-            usage: 0.0,
-            nr_periods: 0,
-            nr_throttled: 0,
-            throttled_time: 0.0,
-        };
+        let mut s = CpuSample::default();
         c.sample(&s);
         let mut step = |c: &mut Captain, dt: f64| {
             s.t += dt;

@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 pub const MIN_LIMIT: f64 = 0.01;
 
 /// One reading of a container's cgroup CPU counters, all cumulative since the container started,
-/// exactly as `cpu.stat` / `cpuacct.usage` report them (converted to seconds).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// exactly as `cpu.stat` / `cpuacct.usage` report them (converted to seconds). The default is
+/// a container that has just started: every counter zero at time 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct CpuSample {
     /// When the sample was taken, in seconds (any origin; only differences matter).
     pub t: f64,

@@ -262,13 +262,7 @@ pub(crate) mod test_support {
 
     impl Feed {
         pub fn start(&mut self) -> CpuSample {
-            let s = CpuSample {
-                t: 0.0,
-                usage: 0.0,
-                nr_periods: 0,
-                nr_throttled: 0,
-                throttled_time: 0.0,
-            };
+            let s = CpuSample::default();
             self.s = Some(s);
             s
         }
@@ -386,13 +380,7 @@ mod tests {
 
     /// The cumulative counters those increments add up to, one sample per step.
     fn cumulative(steps: &[(f64, f64, u64, bool)]) -> Vec<CpuSample> {
-        let mut s = CpuSample {
-            t: 0.0,
-            usage: 0.0,
-            nr_periods: 0,
-            nr_throttled: 0,
-            throttled_time: 0.0,
-        };
+        let mut s = CpuSample::default();
         steps
             .iter()
             .map(|&(dt, cores, throttled, counted)| {
