@@ -167,6 +167,21 @@ pub struct RequestType {
     pub nodes: Vec<CallNode>,
 }
 
+impl RequestType {
+    /// Per node of the expanded tree, how often it runs per request: the product of the call
+    /// probabilities on its path from the root (parents come before their children).
+    pub fn reach(&self) -> Vec<f64> {
+        let mut reach = vec![0.0; self.nodes.len()];
+        reach[0] = self.nodes[0].probability;
+        for (i, n) in self.nodes.iter().enumerate() {
+            for &c in n.stages.iter().flatten() {
+                reach[c as usize] = reach[i] * self.nodes[c as usize].probability;
+            }
+        }
+        reach
+    }
+}
+
 /// One call in an expanded tree.
 #[derive(Debug, Clone)]
 pub struct CallNode {
@@ -340,13 +355,8 @@ impl Scenario {
         let mut per_service = vec![0.0; self.services.len()];
         for r in &self.requests {
             let share = r.weight / total;
-            let mut reach = vec![0.0; r.nodes.len()];
-            reach[0] = r.nodes[0].probability;
-            for (i, n) in r.nodes.iter().enumerate() {
-                per_service[n.service] += share * reach[i] * n.mean_cpu;
-                for &c in n.stages.iter().flatten() {
-                    reach[c as usize] = reach[i] * r.nodes[c as usize].probability;
-                }
+            for (n, reach) in r.nodes.iter().zip(r.reach()) {
+                per_service[n.service] += share * reach * n.mean_cpu;
             }
         }
         per_service

@@ -155,14 +155,9 @@ fn calls_per_request(topology: &Scenario) -> Vec<BTreeMap<String, f64>> {
         .requests
         .iter()
         .map(|r| {
-            let mut reach = vec![0.0; r.nodes.len()];
-            reach[0] = r.nodes[0].probability;
             let mut per_def: BTreeMap<String, f64> = BTreeMap::new();
-            for (i, n) in r.nodes.iter().enumerate() {
-                *per_def.entry(n.call.clone()).or_default() += reach[i];
-                for &c in n.stages.iter().flatten() {
-                    reach[c as usize] = reach[i] * r.nodes[c as usize].probability;
-                }
+            for (n, reach) in r.nodes.iter().zip(r.reach()) {
+                *per_def.entry(n.call.clone()).or_default() += reach;
             }
             per_def
         })
