@@ -39,6 +39,7 @@ pub mod loadgen;
 pub mod os;
 pub mod protocol;
 pub mod server;
+pub mod template;
 pub mod tls;
 
 use std::path::PathBuf;

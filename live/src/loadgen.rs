@@ -13,38 +13,71 @@
 //!
 //! Either way, errors and timeouts are not dropped: they are counted, and recorded in the
 //! latency histograms at the timeout, so they count as SLO misses.
+//!
+//! Requests are [templates](crate::template) filled per request. An app whose requests depend
+//! on each other (a login token, an id from an earlier answer) is driven by the scenario's
+//! `live` flows ([`scenarios::LiveDef`]): once, before the load, its `init` requests; then each
+//! user sends its `setup` (or takes another user's recent one) and repeatedly a flow's steps
+//! in order, keeping what each answer's `capture` names for the requests after it. A failed
+//! step ends the user's flow there (the next flow starts after the usual think time).
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rand::distr::weighted::WeightedIndex;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_distr::Distribution;
 use rand_pcg::Pcg64Mcg;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use scenarios::{HttpDef, LiveDef};
 use traces::Load;
 
+use crate::template::{Template, Vars};
 use crate::LiveError;
 
-/// One kind of request of the mix.
+/// One kind of request of the mix: its name and weight, and how it is sent (method, path,
+/// body, headers and captures, as a scenario's `http` says).
 #[derive(Debug, Clone)]
 pub struct RequestKind {
     pub name: String,
     pub weight: f64,
-    pub method: Method,
-    /// Path and query, with placeholders filled per request: `{int:LO..HI}`,
-    /// `{float:LO..HI}`, `{choice:a|b|c}`.
-    pub path: String,
-    /// Body template (same placeholders) and its content type; none by default.
-    pub body: Option<(String, String)>,
+    pub http: HttpDef,
+}
+
+impl RequestKind {
+    /// A request with no body: `method` and a `path` template.
+    pub fn new(name: &str, weight: f64, method: &str, path: &str) -> Self {
+        RequestKind {
+            name: name.to_string(),
+            weight,
+            http: HttpDef {
+                method: method.to_string(),
+                path: path.to_string(),
+                body: None,
+                content_type: None,
+                form: Vec::new(),
+                headers: Default::default(),
+                capture: Default::default(),
+            },
+        }
+    }
+
+    /// The same request with a body template and its content type.
+    pub fn with_body(mut self, body: &str, content_type: &str) -> Self {
+        self.http.body = Some(body.to_string());
+        self.http.content_type = Some(content_type.to_string());
+        self
+    }
 }
 
 /// What to send, where, how fast.
@@ -57,6 +90,8 @@ pub struct LoadConfig {
     /// Open-loop Poisson arrivals or closed-loop users.
     pub load: Load,
     pub mix: Vec<RequestKind>,
+    /// Init requests, users' set-up and flows over the mix's request types (closed loop only).
+    pub live: Option<LiveDef>,
     pub seed: u64,
     pub timeout: Duration,
     /// Requests in flight at most; the sender waits (and falls behind) beyond it.
@@ -117,65 +152,6 @@ pub struct Stats {
     pub last_error: Option<String>,
 }
 
-/// Fills a path or body template. A `{` followed by a letter starts a placeholder
-/// (`{int:LO..HI}`, `{float:LO..HI}`, `{choice:a|b}`); any other brace is text, so JSON bodies
-/// need no escaping.
-pub fn expand(template: &str, rng: &mut impl Rng) -> Result<String, LiveError> {
-    let mut out = String::with_capacity(template.len() + 16);
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        if !rest[open + 1..].starts_with(|c: char| c.is_ascii_alphabetic()) {
-            out.push('{');
-            rest = &rest[open + 1..];
-            continue;
-        }
-        let close = rest[open..]
-            .find('}')
-            .ok_or_else(|| LiveError::Config(format!("unclosed '{{' in template {template:?}")))?
-            + open;
-        let spec = &rest[open + 1..close];
-        let bad = || {
-            LiveError::Config(format!(
-                "bad placeholder {{{spec}}} in {template:?} (int:LO..HI, float:LO..HI, choice:a|b)"
-            ))
-        };
-        let (kind, arg) = spec.split_once(':').ok_or_else(bad)?;
-        match kind {
-            "int" => {
-                let (lo, hi) = arg.split_once("..").ok_or_else(bad)?;
-                let (lo, hi): (i64, i64) = (
-                    lo.parse().map_err(|_| bad())?,
-                    hi.parse().map_err(|_| bad())?,
-                );
-                if hi < lo {
-                    return Err(bad());
-                }
-                out.push_str(&rng.random_range(lo..=hi).to_string());
-            }
-            "float" => {
-                let (lo, hi) = arg.split_once("..").ok_or_else(bad)?;
-                let (lo, hi): (f64, f64) = (
-                    lo.parse().map_err(|_| bad())?,
-                    hi.parse().map_err(|_| bad())?,
-                );
-                if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
-                    return Err(bad());
-                }
-                out.push_str(&format!("{:.4}", rng.random_range(lo..hi)));
-            }
-            "choice" => {
-                let options: Vec<&str> = arg.split('|').collect();
-                out.push_str(options[rng.random_range(0..options.len())]);
-            }
-            _ => return Err(bad()),
-        }
-        rest = &rest[close + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
 /// Poisson arrival times (seconds from the start) following `rates` second by second.
 pub fn arrivals(rates: &[f64], seed: u64) -> impl Iterator<Item = f64> + '_ {
     let mut rng = Pcg64Mcg::seed_from_u64(seed);
@@ -186,10 +162,167 @@ pub fn arrivals(rates: &[f64], seed: u64) -> impl Iterator<Item = f64> + '_ {
     })
 }
 
+/// A request kind ready to send: its templates parsed.
+#[derive(Debug)]
+struct Kind {
+    name: String,
+    method: Method,
+    path: Template,
+    body: Option<(Template, String)>,
+    form: Vec<(String, Template)>,
+    headers: Vec<(HeaderName, Template)>,
+    capture: Vec<(String, String)>,
+}
+
+impl Kind {
+    fn compile(name: &str, http: &HttpDef) -> Result<Kind, LiveError> {
+        let bad = |e: String| LiveError::Config(format!("request type '{name}': {e}"));
+        let method = http
+            .method
+            .parse()
+            .map_err(|_| bad(format!("bad method {:?}", http.method)))?;
+        let parse = |t: &str| Template::parse(t).map_err(|e| bad(e.to_string()));
+        if http.body.is_some() && !http.form.is_empty() {
+            return Err(bad("a form and a body: the form is the body".into()));
+        }
+        let body = match &http.body {
+            Some(b) => Some((
+                parse(b)?,
+                http.content_type
+                    .clone()
+                    .unwrap_or_else(|| "application/json".into()),
+            )),
+            None => None,
+        };
+        let mut headers = Vec::new();
+        for (h, v) in &http.headers {
+            let h = HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| bad(format!("bad header name {h:?}")))?;
+            headers.push((h, parse(v)?));
+        }
+        Ok(Kind {
+            name: name.to_string(),
+            method,
+            path: parse(&http.path)?,
+            body,
+            form: http
+                .form
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), parse(v)?)))
+                .collect::<Result<_, LiveError>>()?,
+            headers,
+            capture: http
+                .capture
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        })
+    }
+
+    fn templates(&self) -> impl Iterator<Item = &Template> {
+        std::iter::once(&self.path)
+            .chain(self.body.iter().map(|b| &b.0))
+            .chain(self.form.iter().map(|f| &f.1))
+            .chain(self.headers.iter().map(|h| &h.1))
+    }
+
+    /// The request with its templates filled from `vars` (plus what they bind themselves).
+    fn build(
+        &self,
+        base: &str,
+        rng: &mut Pcg64Mcg,
+        vars: &Vars,
+    ) -> Result<Request<Full<Bytes>>, LiveError> {
+        let mut scope = vars.clone();
+        self.build_in(base, rng, &mut scope)
+    }
+
+    /// [`Kind::build`], binding into `scope`.
+    fn build_in(
+        &self,
+        base: &str,
+        rng: &mut Pcg64Mcg,
+        scope: &mut Vars,
+    ) -> Result<Request<Full<Bytes>>, LiveError> {
+        let fail = |e: LiveError| LiveError::Config(format!("request type '{}': {e}", self.name));
+        let uri = format!("{}{}", base, self.path.fill(rng, scope).map_err(fail)?);
+        let mut builder = Request::builder().method(self.method.clone()).uri(uri);
+        for (name, value) in &self.headers {
+            let v = value.fill(rng, scope).map_err(fail)?;
+            let v = HeaderValue::from_str(&v).map_err(|_| {
+                fail(LiveError::Config(format!(
+                    "header {name} {v:?} is not a header value"
+                )))
+            })?;
+            builder = builder.header(name, v);
+        }
+        let body = if let Some((template, content_type)) = &self.body {
+            builder = builder.header(hyper::header::CONTENT_TYPE, content_type);
+            Bytes::from(template.fill(rng, scope).map_err(fail)?)
+        } else if !self.form.is_empty() {
+            builder = builder.header(
+                hyper::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            );
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            for (name, value) in &self.form {
+                form.append_pair(name, &value.fill(rng, scope).map_err(fail)?);
+            }
+            Bytes::from(form.finish())
+        } else {
+            Bytes::new()
+        };
+        builder
+            .body(Full::new(body))
+            .map_err(|e| fail(LiveError::Config(format!("request: {e}"))))
+    }
+
+    /// The values this request's answer must give, read from its JSON body.
+    fn captured(&self, body: &[u8]) -> Result<Vars, String> {
+        let mut vars = Vars::default();
+        if self.capture.is_empty() {
+            return Ok(vars);
+        }
+        let json: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| format!("{}: the answer is not JSON ({e})", self.name))?;
+        for (name, pointer) in &self.capture {
+            let value = json.pointer(pointer).ok_or_else(|| {
+                format!(
+                    "{}: the answer has nothing at {pointer} (for {name})",
+                    self.name
+                )
+            })?;
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => {
+                    return Err(format!("{}: {pointer} is null (for {name})", self.name))
+                }
+                other => other.to_string(),
+            };
+            vars.set(name, text);
+        }
+        Ok(vars)
+    }
+}
+
+/// The flows of a closed-loop load, over indices into the mix.
+#[derive(Debug, Clone)]
+struct Flows {
+    setup: Vec<usize>,
+    setup_reuse: Duration,
+    weights: WeightedIndex<f64>,
+    flows: Vec<Vec<usize>>,
+}
+
 /// The generator; `stats()` can be read while `run` goes on.
 #[derive(Debug)]
 pub struct LoadGen {
     config: LoadConfig,
+    kinds: Arc<Vec<Kind>>,
+    init: Vec<Kind>,
+    flows: Option<Flows>,
+    /// What the init requests captured: every user starts with these.
+    base_vars: Vars,
     stats: Arc<Mutex<Stats>>,
 }
 
@@ -208,12 +341,88 @@ impl LoadGen {
                 config.base
             )));
         }
+        let kinds = config
+            .mix
+            .iter()
+            .map(|k| Kind::compile(&k.name, &k.http))
+            .collect::<Result<Vec<_>, _>>()?;
+        let live = config.live.clone().unwrap_or_default();
+        let init = live
+            .init
+            .iter()
+            .map(|s| Kind::compile(&format!("init {}", s.name), &s.http))
+            .collect::<Result<Vec<_>, _>>()?;
+        let index = |name: &str| {
+            kinds.iter().position(|k| k.name == name).ok_or_else(|| {
+                LiveError::Config(format!(
+                    "the flows name request type '{name}', which the mix lacks"
+                ))
+            })
+        };
+        let flows = if live.flows.is_empty() {
+            None
+        } else {
+            if config.load == Load::Poisson {
+                return Err(LiveError::Config(
+                    "this app is driven by user flows (a login, ids from earlier answers): \
+                     it needs closed-loop users (--load users), not open-loop arrivals"
+                        .into(),
+                ));
+            }
+            Some(Flows {
+                setup: live
+                    .setup
+                    .iter()
+                    .map(|n| index(n))
+                    .collect::<Result<_, _>>()?,
+                setup_reuse: Duration::from_secs_f64(live.setup_reuse_s),
+                weights: WeightedIndex::new(live.flows.iter().map(|f| f.weight))
+                    .map_err(|e| LiveError::Config(format!("flow weights: {e}")))?,
+                flows: live
+                    .flows
+                    .iter()
+                    .map(|f| f.steps.iter().map(|n| index(n)).collect::<Result<_, _>>())
+                    .collect::<Result<_, _>>()?,
+            })
+        };
+        // Every value a template reads must come from somewhere; then each template is
+        // filled a few times with stand-in values, so that a bad range fails here.
+        let init_bound: Vec<String> = init
+            .iter()
+            .flat_map(|k| {
+                k.templates()
+                    .flat_map(Template::bound_vars)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let captured: HashSet<&str> = init
+            .iter()
+            .chain(&kinds)
+            .flat_map(|k| k.capture.iter().map(|c| c.0.as_str()))
+            .chain(init_bound.iter().map(String::as_str))
+            .collect();
         let mut probe = Pcg64Mcg::seed_from_u64(0);
-        for k in &config.mix {
-            let templates = std::iter::once(&k.path).chain(k.body.as_ref().map(|b| &b.0));
-            for t in templates {
-                expand(t, &mut probe)
-                    .map_err(|e| LiveError::Config(format!("request type '{}': {e}", k.name)))?;
+        let mut stand_in = Vars::default();
+        for name in &captured {
+            stand_in.set(name, "1".into());
+        }
+        for k in init.iter().chain(&kinds) {
+            for t in k.templates() {
+                if let Some(v) = t
+                    .free_vars()
+                    .iter()
+                    .find(|v| !captured.contains(v.as_str()))
+                {
+                    return Err(LiveError::Config(format!(
+                        "request type '{}' reads {{${v}}}, which no request captures (nor an init request binds)",
+                        k.name
+                    )));
+                }
+                for _ in 0..8 {
+                    t.fill(&mut probe, &mut stand_in.clone()).map_err(|e| {
+                        LiveError::Config(format!("request type '{}': {e}", k.name))
+                    })?;
+                }
             }
         }
         let seconds = (0..config.rates.len())
@@ -223,6 +432,10 @@ impl LoadGen {
             .map(|_| histogram())
             .collect();
         Ok(LoadGen {
+            kinds: Arc::new(kinds),
+            init,
+            flows,
+            base_vars: Vars::default(),
             stats: Arc::new(Mutex::new(Stats {
                 seconds,
                 minutes,
@@ -238,10 +451,43 @@ impl LoadGen {
         self.stats.clone()
     }
 
+    /// Sends the init requests, in order, once (before [`LoadGen::run`]; not measured), and
+    /// keeps what they bind and capture for every user. A failure ends the run before it
+    /// starts.
+    pub async fn init(&mut self) -> Result<(), LiveError> {
+        let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+        let mut rng = Pcg64Mcg::seed_from_u64(self.config.seed ^ 0x1A17);
+        for k in &self.init {
+            let req = k.build_in(&self.config.base, &mut rng, &mut self.base_vars)?;
+            let fail =
+                |why: String| LiveError::Config(format!("{} before the load: {why}", k.name));
+            let answer = tokio::time::timeout(self.config.timeout, async {
+                let resp = client.request(req).await.map_err(|e| e.to_string())?;
+                let status = resp.status();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if status.is_success() {
+                    Ok(body.to_bytes())
+                } else {
+                    Err(format!("HTTP {status}"))
+                }
+            })
+            .await
+            .map_err(|_| fail("no answer in time".into()))?
+            .map_err(fail)?;
+            let vars = k.captured(&answer).map_err(fail)?;
+            self.base_vars.extend(&vars);
+        }
+        Ok(())
+    }
+
     /// Sends the whole schedule and waits for the last answers (or their timeouts).
     pub async fn run(&self) -> Result<(), LiveError> {
         let c = &self.config;
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        let client: HttpClient = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(c.max_in_flight)
             .build_http();
         let weights = WeightedIndex::new(c.mix.iter().map(|k| k.weight))
@@ -268,7 +514,7 @@ impl LoadGen {
             let permit = permits.clone().acquire_owned().await.expect("never closed");
             let late = Instant::now().saturating_duration_since(scheduled);
             let kind = weights.sample(&mut rng);
-            let req = build_request(&c.base, &c.mix[kind], &mut rng)?;
+            let req = self.kinds[kind].build(&c.base, &mut rng, &self.base_vars)?;
             self.stats
                 .lock()
                 .expect("stats lock")
@@ -299,8 +545,10 @@ impl LoadGen {
         let start = Instant::now();
         let ctx = Arc::new(UserContext {
             sender: self.sender(client, start),
-            mix: c.mix.clone(),
             weights,
+            flows: self.flows.clone(),
+            base_vars: self.base_vars.clone(),
+            shared_setup: Mutex::new(None),
             rates: c.rates.clone(),
             start,
             base: c.base.clone(),
@@ -328,6 +576,8 @@ impl LoadGen {
                         c.seed ^ 0x05E2 ^ (u as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
                     ),
                     think_s,
+                    vars: ctx.base_vars.clone(),
+                    set_up: false,
                 };
                 active[u] = Some(tokio::spawn(user.run(ctx.clone(), begin)));
             }
@@ -341,6 +591,7 @@ impl LoadGen {
 
     fn sender(&self, client: HttpClient, start: Instant) -> Sender {
         Sender {
+            kinds: self.kinds.clone(),
             client,
             start,
             stats: self.stats.clone(),
@@ -351,28 +602,9 @@ impl LoadGen {
 }
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
-/// A request of `kind` with its templates filled.
-fn build_request(
-    base: &str,
-    kind: &RequestKind,
-    rng: &mut Pcg64Mcg,
-) -> Result<Request<Full<Bytes>>, LiveError> {
-    let uri = format!("{}{}", base, expand(&kind.path, rng)?);
-    let builder = Request::builder().method(kind.method.clone()).uri(uri);
-    let (builder, body) = match &kind.body {
-        Some((template, content_type)) => (
-            builder.header(hyper::header::CONTENT_TYPE, content_type),
-            Bytes::from(expand(template, rng)?),
-        ),
-        None => (builder, Bytes::new()),
-    };
-    builder
-        .body(Full::new(body))
-        .map_err(|e| LiveError::Config(format!("request: {e}")))
-}
-
 /// Sends requests and records how they went, for both loads.
 struct Sender {
+    kinds: Arc<Vec<Kind>>,
     client: HttpClient,
     /// When the schedule started (second 0).
     start: Instant,
@@ -383,8 +615,15 @@ struct Sender {
 
 impl Sender {
     /// Sends one request of mix entry `kind`, counted in second `second` (latency from `from`),
-    /// and records the outcome.
-    async fn exchange(&self, req: Request<Full<Bytes>>, kind: usize, from: Instant, second: usize) {
+    /// and records the outcome; on success, the values the kind captures from the answer (an
+    /// answer without them is a failure).
+    async fn exchange(
+        &self,
+        req: Request<Full<Bytes>>,
+        kind: usize,
+        from: Instant,
+        second: usize,
+    ) -> Option<Vars> {
         let (client, stats, timeout) = (&self.client, &self.stats, self.timeout);
         {
             let mut s = stats.lock().expect("stats lock");
@@ -394,12 +633,14 @@ impl Sender {
         let outcome = tokio::time::timeout(timeout, async {
             let resp = client.request(req).await.map_err(|e| e.to_string())?;
             let status = resp.status();
-            resp.into_body()
+            let body = resp
+                .into_body()
                 .collect()
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.to_string())?
+                .to_bytes();
             if status.is_success() {
-                Ok(())
+                self.kinds[kind].captured(&body)
             } else {
                 Err(format!("HTTP {status}"))
             }
@@ -408,7 +649,7 @@ impl Sender {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(from);
         let mut s = stats.lock().expect("stats lock");
-        if let (Ok(Ok(())), Some(answered)) = (
+        if let (Ok(Ok(_)), Some(answered)) = (
             &outcome,
             s.seconds
                 .get_mut(now.saturating_duration_since(self.start).as_secs() as usize),
@@ -417,7 +658,7 @@ impl Sender {
         }
         let sec = &mut s.seconds[second];
         let us = match &outcome {
-            Ok(Ok(())) => {
+            Ok(Ok(_)) => {
                 sec.ok += 1;
                 elapsed.as_micros().max(1) as u64
             }
@@ -435,8 +676,13 @@ impl Sender {
         if second >= self.measure_from {
             s.overall.saturating_record(us);
         }
-        if let Ok(Err(e)) = outcome {
-            s.last_error = Some(e);
+        match outcome {
+            Ok(Ok(vars)) => Some(vars),
+            Ok(Err(e)) => {
+                s.last_error = Some(e);
+                None
+            }
+            Err(_) => None,
         }
     }
 }
@@ -444,8 +690,11 @@ impl Sender {
 /// What every closed-loop user shares.
 struct UserContext {
     sender: Sender,
-    mix: Vec<RequestKind>,
     weights: WeightedIndex<f64>,
+    flows: Option<Flows>,
+    base_vars: Vars,
+    /// The newest set-up's captures and when it ended, for users that reuse it.
+    shared_setup: Mutex<Option<(Instant, Vars)>>,
     /// The user count of each second: a user whose number is not below the count of the
     /// second it would send in retires (read from the clock, not from a shared counter, so a
     /// user never races the second's start).
@@ -459,25 +708,113 @@ struct User {
     id: usize,
     rng: Pcg64Mcg,
     think_s: f64,
+    /// The init requests' captures, the set-up's and those of this user's answers.
+    vars: Vars,
+    set_up: bool,
+}
+
+/// Why a user stopped sending.
+enum Stop {
+    /// Its number is above the second's user count.
+    Retired,
+    /// The request failed: the rest of its flow is skipped.
+    Failed,
 }
 
 impl User {
     async fn run(mut self, ctx: Arc<UserContext>, begin: Instant) -> Result<(), LiveError> {
         let mut next = begin;
         loop {
-            tokio::time::sleep_until(next).await;
-            let now = Instant::now();
-            let second = now.saturating_duration_since(ctx.start).as_secs() as usize;
-            let wanted = ctx.rates.get(second).map_or(0, |&r| traces::users_in(r));
-            if self.id >= wanted {
-                return Ok(());
+            let Some(flows) = &ctx.flows else {
+                let kind = ctx.weights.sample(&mut self.rng);
+                if let Err(Stop::Retired) = self.send(&ctx, kind, &mut next).await? {
+                    return Ok(());
+                }
+                continue;
+            };
+            if !self.set_up {
+                if let Err(Stop::Retired) = self.set_up(&ctx, flows, &mut next).await? {
+                    return Ok(());
+                }
+                continue;
             }
-            let kind = ctx.weights.sample(&mut self.rng);
-            let req = build_request(&ctx.base, &ctx.mix[kind], &mut self.rng)?;
-            ctx.sender.exchange(req, kind, now, second).await;
-            next = Instant::now()
-                + Duration::from_secs_f64(traces::think(self.think_s, &mut self.rng));
+            let flow = &flows.flows[flows.weights.sample(&mut self.rng)];
+            for &kind in flow {
+                match self.send(&ctx, kind, &mut next).await? {
+                    Ok(()) => {}
+                    Err(Stop::Retired) => return Ok(()),
+                    Err(Stop::Failed) => break,
+                }
+            }
         }
+    }
+
+    /// The set-up: another user's if it is recent enough, else this user's own requests.
+    async fn set_up(
+        &mut self,
+        ctx: &UserContext,
+        flows: &Flows,
+        next: &mut Instant,
+    ) -> Result<Result<(), Stop>, LiveError> {
+        let reuse = ctx
+            .shared_setup
+            .lock()
+            .expect("set-up lock")
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < flows.setup_reuse)
+            .map(|(_, vars)| vars.clone());
+        if let Some(vars) = reuse {
+            self.vars.extend(&vars);
+            self.set_up = true;
+            return Ok(Ok(()));
+        }
+        for &kind in &flows.setup {
+            if let Err(stop) = self.send(ctx, kind, next).await? {
+                return Ok(Err(stop));
+            }
+        }
+        // Share only what the set-up itself captured.
+        let mut captured = Vars::default();
+        for k in &flows.setup {
+            for (name, _) in &ctx.sender.kinds[*k].capture {
+                if let Some(v) = self.vars.get(name) {
+                    captured.set(name, v.to_string());
+                }
+            }
+        }
+        if !flows.setup.is_empty() {
+            *ctx.shared_setup.lock().expect("set-up lock") = Some((Instant::now(), captured));
+        }
+        self.set_up = true;
+        Ok(Ok(()))
+    }
+
+    /// Waits until `next`, sends one request of `kind` unless the user has retired, keeps its
+    /// captures, and sets `next` after a think time.
+    async fn send(
+        &mut self,
+        ctx: &UserContext,
+        kind: usize,
+        next: &mut Instant,
+    ) -> Result<Result<(), Stop>, LiveError> {
+        tokio::time::sleep_until(*next).await;
+        let now = Instant::now();
+        let second = now.saturating_duration_since(ctx.start).as_secs() as usize;
+        let wanted = ctx.rates.get(second).map_or(0, |&r| traces::users_in(r));
+        if self.id >= wanted {
+            return Ok(Err(Stop::Retired));
+        }
+        let req = ctx.sender.kinds[kind].build(&ctx.base, &mut self.rng, &self.vars)?;
+        let answer = ctx.sender.exchange(req, kind, now, second).await;
+        *next =
+            Instant::now() + Duration::from_secs_f64(traces::think(self.think_s, &mut self.rng));
+        Ok(match answer {
+            Some(vars) => {
+                self.vars.extend(&vars);
+                Ok(())
+            }
+            None => Err(Stop::Failed),
+        })
     }
 }
 
@@ -509,36 +846,6 @@ pub async fn serve_ok(listener: tokio::net::TcpListener, delay: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn templates_expand() {
-        let mut rng = Pcg64Mcg::seed_from_u64(1);
-        let p = expand(
-            "/hotels?lat={float:37.7..37.8}&n={int:1..3}&k={choice:a|b}",
-            &mut rng,
-        )
-        .unwrap();
-        assert!(p.starts_with("/hotels?lat=37.7"), "{p}");
-        assert!(
-            p.contains("&n=") && (p.ends_with("k=a") || p.ends_with("k=b")),
-            "{p}"
-        );
-        assert_eq!(expand("/plain", &mut rng).unwrap(), "/plain");
-        let body = expand(r#"{"n": {int:7..7}, "o": {}, "k": "{choice:x}"}"#, &mut rng).unwrap();
-        assert_eq!(
-            body, r#"{"n": 7, "o": {}, "k": "x"}"#,
-            "JSON braces are text"
-        );
-        for bad in [
-            "/x{int:3..1}",
-            "/x{int:a..b}",
-            "/x{nope:1}",
-            "/x{int:1..2",
-            "/x{float:2..1}",
-        ] {
-            assert!(expand(bad, &mut rng).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn arrivals_follow_the_rates() {

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use hyper::Method;
 use live::loadgen::{serve_ok, LoadConfig, LoadGen, RequestKind};
 use traces::Load;
 
@@ -12,24 +11,13 @@ fn config(base: String, rate: f64, seconds: usize, timeout_ms: u64) -> LoadConfi
         rates: vec![rate; seconds],
         load: Load::Poisson,
         mix: vec![
-            RequestKind {
-                name: "search".into(),
-                weight: 3.0,
-                method: Method::GET,
-                path: "/search?n={int:1..9}".into(),
-                body: None,
-            },
-            RequestKind {
-                name: "post".into(),
-                weight: 1.0,
-                method: Method::POST,
-                path: "/post".into(),
-                body: Some((
-                    r#"{"item": {int:1..5}, "kind": "{choice:a|b}"}"#.into(),
-                    "application/json".into(),
-                )),
-            },
+            RequestKind::new("search", 3.0, "GET", "/search?n={int:1..9}"),
+            RequestKind::new("post", 1.0, "POST", "/post").with_body(
+                r#"{"item": {int:1..5}, "kind": "{choice:a|b}"}"#,
+                "application/json",
+            ),
         ],
+        live: None,
         seed: 5,
         timeout: Duration::from_millis(timeout_ms),
         max_in_flight: 256,
@@ -190,16 +178,16 @@ fn bad_configs_are_refused() {
     c.base = "ftp://x".into();
     assert!(LoadGen::new(c.clone()).is_err());
     c.base = "http://127.0.0.1:1".into();
-    c.mix[0].path = "/x{int:9..1}".into();
+    c.mix[0].http.path = "/x{int:9..1}".into();
     assert!(LoadGen::new(c.clone())
         .unwrap_err()
         .to_string()
-        .contains("bad placeholder"));
-    c.mix[0].path = "/x".into();
-    c.mix[1].body = Some(("{\"a\": {int:1..}}".into(), "application/json".into()));
+        .contains("{int:9..1}: empty range"));
+    c.mix[0].http.path = "/x".into();
+    c.mix[1].http.body = Some("{\"a\": {int:1..}}".into());
     let e = LoadGen::new(c.clone()).unwrap_err().to_string();
     assert!(
-        e.contains("request type 'post'") && e.contains("bad placeholder"),
+        e.contains("request type 'post'") && e.contains("{int:1..}"),
         "{e}"
     );
     c.mix.clear();

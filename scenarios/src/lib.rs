@@ -42,4 +42,7 @@ mod schema;
 pub use dist::{Dist, DistSpec};
 pub use error::ScenarioError;
 pub use model::{call_rng, CallNode, RequestType, Runtime, Scenario, Service, BUILTIN};
-pub use schema::{CallDef, HttpDef, NodeDef, RequestDef, RuntimeDef, ScenarioFile, ServiceDef};
+pub use schema::{
+    CallDef, FlowDef, HttpDef, InitStep, LiveDef, NodeDef, RequestDef, RuntimeDef, ScenarioFile,
+    ServiceDef,
+};

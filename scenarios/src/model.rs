@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use crate::{Dist, DistSpec, RuntimeDef, ScenarioError, ScenarioFile};
+use crate::{Dist, DistSpec, HttpDef, LiveDef, RuntimeDef, ScenarioError, ScenarioFile};
 
 /// The built-in scenarios.
 pub const BUILTIN: [&str; 4] = [
@@ -289,6 +289,9 @@ impl Scenario {
         let (service_index, services) = check.services(&f, &node_index)?;
         check.calls(&f, &service_index)?;
         let requests = check.requests(&f, &service_index)?;
+        if let Some(live) = &f.live {
+            check.live(&f, live)?;
+        }
         Ok(Scenario {
             name: f.name.clone(),
             description: f.description.clone(),
@@ -309,7 +312,13 @@ impl Scenario {
     /// layout): two runs with the same digest ran the same application, so a resumed sweep
     /// can tell a run of an older version of a built-in scenario from a current one.
     pub fn digest(&self) -> String {
-        let text = toml::to_string(&self.file).unwrap_or_default();
+        // How a live load sends requests is not part of the model.
+        let mut model = self.file.clone();
+        model.live = None;
+        for r in &mut model.requests {
+            r.http = None;
+        }
+        let text = toml::to_string(&model).unwrap_or_default();
         // FNV-1a, 64 bits: stable across Rust versions, unlike `DefaultHasher`.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in text.bytes() {
@@ -570,25 +579,7 @@ impl Check<'_> {
             }
             self.positive(&format!("requests[{i}].weight"), r.weight)?;
             if let Some(h) = &r.http {
-                const METHODS: [&str; 5] = ["GET", "POST", "PUT", "DELETE", "PATCH"];
-                if !METHODS.contains(&h.method.as_str()) {
-                    return Err(self.invalid(
-                        format!("requests[{i}].http.method"),
-                        format!("'{}' is not one of {}", h.method, METHODS.join(", ")),
-                    ));
-                }
-                if !h.path.starts_with('/') {
-                    return Err(self.invalid(
-                        format!("requests[{i}].http.path"),
-                        format!("'{}' must start with '/'", h.path),
-                    ));
-                }
-                if h.content_type.is_some() && h.body.is_none() {
-                    return Err(self.invalid(
-                        format!("requests[{i}].http.content_type"),
-                        "a content type without a body".to_string(),
-                    ));
-                }
+                self.http(&format!("requests[{i}].http"), h)?;
             }
             if !f.calls.contains_key(&r.call) {
                 return Err(self.invalid(
@@ -606,6 +597,144 @@ impl Check<'_> {
             });
         }
         Ok(requests)
+    }
+}
+
+impl Check<'_> {
+    fn http(&self, at: &str, h: &HttpDef) -> Result<(), ScenarioError> {
+        const METHODS: [&str; 5] = ["GET", "POST", "PUT", "DELETE", "PATCH"];
+        if !METHODS.contains(&h.method.as_str()) {
+            return Err(self.invalid(
+                format!("{at}.method"),
+                format!("'{}' is not one of {}", h.method, METHODS.join(", ")),
+            ));
+        }
+        if !h.path.starts_with('/') {
+            return Err(self.invalid(
+                format!("{at}.path"),
+                format!("'{}' must start with '/'", h.path),
+            ));
+        }
+        if h.body.is_some() && !h.form.is_empty() {
+            return Err(self.invalid(
+                format!("{at}.form"),
+                "a form and a body: the form is the body".to_string(),
+            ));
+        }
+        if h.content_type.is_some() && h.body.is_none() {
+            return Err(self.invalid(
+                format!("{at}.content_type"),
+                "a content type without a body".to_string(),
+            ));
+        }
+        for (name, pointer) in &h.capture {
+            if !(pointer.is_empty() || pointer.starts_with('/')) {
+                return Err(self.invalid(
+                    format!("{at}.capture.{name}"),
+                    format!("'{pointer}' is not a JSON pointer (\"/data/token\", \"/items/0/id\")"),
+                ));
+            }
+        }
+        for name in h.headers.keys() {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(
+                    self.invalid(format!("{at}.headers"), format!("bad header name '{name}'"))
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The live load's flows: known request types with `http`, and the same mix as the weights.
+    fn live(&self, f: &ScenarioFile, live: &LiveDef) -> Result<(), ScenarioError> {
+        for (i, step) in live.init.iter().enumerate() {
+            self.http(&format!("live.init[{i}].http"), &step.http)?;
+        }
+        if !(live.setup_reuse_s.is_finite() && live.setup_reuse_s >= 0.0) {
+            return Err(self.invalid(
+                "live.setup_reuse_s".into(),
+                format!(
+                    "must be a non-negative number of seconds, got {}",
+                    live.setup_reuse_s
+                ),
+            ));
+        }
+        let known = |at: String, name: &str| -> Result<(), ScenarioError> {
+            match f.requests.iter().find(|r| r.name == name) {
+                None => Err(self.invalid(at, format!("unknown request type '{name}'"))),
+                Some(r) if r.http.is_none() => Err(self.invalid(
+                    at,
+                    format!("request type '{name}' has no `http`, so it cannot be sent"),
+                )),
+                Some(_) => Ok(()),
+            }
+        };
+        for (i, name) in live.setup.iter().enumerate() {
+            known(format!("live.setup[{i}]"), name)?;
+        }
+        if live.flows.is_empty() {
+            if !live.setup.is_empty() {
+                return Err(self.invalid(
+                    "live.setup".into(),
+                    "a set-up without flows: users would send the mix regardless".into(),
+                ));
+            }
+            return Ok(());
+        }
+        let mut counts: HashMap<&str, f64> = HashMap::new();
+        let total_weight: f64 = live.flows.iter().map(|fl| fl.weight).sum();
+        for (i, flow) in live.flows.iter().enumerate() {
+            self.positive(&format!("live.flows[{i}].weight"), flow.weight)?;
+            if flow.steps.is_empty() {
+                return Err(self.invalid(format!("live.flows[{i}].steps"), "no steps".into()));
+            }
+            for (j, name) in flow.steps.iter().enumerate() {
+                known(format!("live.flows[{i}].steps[{j}]"), name)?;
+                *counts.entry(name.as_str()).or_default() += flow.weight / total_weight;
+            }
+        }
+        // The simulator sends the weights' mix; the flows must send the same one.
+        let in_flows: f64 = counts.values().sum();
+        let weights: f64 = f
+            .requests
+            .iter()
+            .filter(|r| counts.contains_key(r.name.as_str()))
+            .map(|r| r.weight)
+            .sum();
+        for (i, r) in f.requests.iter().enumerate() {
+            match counts.get(r.name.as_str()) {
+                Some(c) => {
+                    let (flow_share, weight_share) = (c / in_flows, r.weight / weights);
+                    if (flow_share - weight_share).abs() > 0.02 * flow_share {
+                        return Err(self.invalid(
+                            format!("requests[{i}].weight"),
+                            format!(
+                                "'{}' is {:.2}% of the requests the flows send but {:.2}% of the weights \
+                                 among the flows' request types (they must agree within 2%)",
+                                r.name,
+                                100.0 * flow_share,
+                                100.0 * weight_share
+                            ),
+                        ));
+                    }
+                }
+                None if live.setup.contains(&r.name) => {}
+                None => {
+                    return Err(self.invalid(
+                        format!("requests[{i}]"),
+                        format!(
+                            "'{}' is in no flow and not in the set-up: a live load never sends it",
+                            r.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -81,6 +81,10 @@ pub struct ScenarioFile {
     /// Call definitions by name; requests and other calls refer to them.
     #[serde(default)]
     pub calls: BTreeMap<String, CallDef>,
+    /// How a live load drives the app beyond independent requests (see [`LiveDef`]); the
+    /// simulator ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveDef>,
 }
 
 impl ScenarioFile {
@@ -175,8 +179,17 @@ pub struct RequestDef {
     pub http: Option<HttpDef>,
 }
 
-/// An HTTP request of the live load: method, path template and an optional body template
-/// (placeholders `{int:LO..HI}`, `{float:LO..HI}`, `{choice:a|b}` are filled per request).
+/// An HTTP request of the live load: method, path template and optionally headers, a body
+/// and values to capture from the answer. Templates are filled per request: `{int:LO..HI}`,
+/// `{float:LO..HI}`, `{choice:a|b}`, values bound and read by name (`{in=int:9..23}`,
+/// `{$in}`) and more (the `live` crate's `template` module lists them).
+///
+/// ```toml
+/// http = { method = "POST", path = "/api/login", body = '{"user": "{$username}"}',
+///          capture = { token = "/data/token" } }
+/// http = { method = "GET", path = "/orders", headers = { Authorization = "Bearer {$token}" } }
+/// http = { method = "POST", path = "/post", form = [["text", "hi @user_{int:1..962}"]] }
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpDef {
@@ -184,11 +197,76 @@ pub struct HttpDef {
     pub method: String,
     pub path: String,
     /// Sent as the request body, e.g. `'{"key": {int:1..1000}}'`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
     /// Content type of the body (default `application/json` when there is a body).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
+    /// A form body (`application/x-www-form-urlencoded`): `[name, value template]` pairs in
+    /// order, each value percent-encoded after it is filled. Not with `body`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub form: Vec<(String, String)>,
+    /// Header templates, e.g. `Authorization = "Bearer {$token}"`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Values the user keeps from the JSON answer for its later requests: name -> JSON pointer
+    /// (`/data/token`, `/data/0/id`). An answer without one of them is a failed request.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub capture: BTreeMap<String, String>,
+}
+
+/// How a live load drives an app whose requests depend on each other (a login whose token
+/// later requests carry, a booking that needs a contact id from an earlier answer). With
+/// `flows`, each closed-loop user repeatedly picks a flow by weight and sends its steps in
+/// order, thinking after every request; the values a step captures stay with the user. The
+/// simulator does not run flows: the request weights must give the same mix as the flows
+/// (checked, within 2%).
+///
+/// ```toml
+/// [live]
+/// init = [{ name = "admin", http = { method = "POST", path = "/login", body = "...", capture = { admin = "/token" } } }]
+/// setup = ["login"]          # request types each user sends before its first flow
+/// setup_reuse_s = 1800       # users share the newest set-up's captures this long
+/// flows = [{ name = "browse", weight = 9, steps = ["home", "search", "search"] },
+///          { name = "book", weight = 1, steps = ["home", "search", "search", "preserve"] }]
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveDef {
+    /// Requests the coordinator sends once, in order, before the load starts (not measured):
+    /// creating the account the users log in with, say. Their captures are every user's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init: Vec<InitStep>,
+    /// Request types a user sends, in order, before its first flow (a login), unless another
+    /// user's set-up is younger than `setup_reuse_s`; then it takes that one's captures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub setup: Vec<String>,
+    #[serde(default = "no_reuse")]
+    pub setup_reuse_s: f64,
+    /// The tasks users pick from, by weight.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flows: Vec<FlowDef>,
+}
+
+fn no_reuse() -> f64 {
+    0.0
+}
+
+/// A request sent once before a live run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitStep {
+    pub name: String,
+    pub http: HttpDef,
+}
+
+/// One task of a live user: request types sent in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowDef {
+    pub name: String,
+    pub weight: f64,
+    pub steps: Vec<String>,
 }
 
 fn get() -> String {

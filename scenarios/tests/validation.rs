@@ -66,6 +66,123 @@ fn request_mixes_are_the_originals() {
         social[3..],
         s(&[("read-home-timeline", 65.0), ("read-user-timeline", 15.0)])
     );
+    // train-ticket: the original script's task (home, two searches, one booking in ten) as
+    // flows, and weights giving the same mix (the file is refused otherwise).
+    let train = Scenario::builtin("train-ticket").unwrap();
+    let live = train.file.live.as_ref().unwrap();
+    assert_eq!(live.setup, vec!["login".to_string()]);
+    assert_eq!(live.setup_reuse_s, 1800.0);
+    let per_task: f64 = live
+        .flows
+        .iter()
+        .map(|f| f.weight * f.steps.len() as f64)
+        .sum::<f64>()
+        / live.flows.iter().map(|f| f.weight).sum::<f64>();
+    assert!((per_task - 3.4).abs() < 1e-9, "{per_task}");
+    assert_eq!(
+        mix("train-ticket"),
+        s(&[
+            ("home", 10.0),
+            ("search-departure", 10.0),
+            ("search-return", 10.0),
+            ("assurance-types", 1.0),
+            ("get-food", 1.0),
+            ("contacts", 1.0),
+            ("preserve", 1.0),
+            ("login", 0.01)
+        ])
+    );
+}
+
+/// `GOOD` with a second request type and live flows over both.
+fn with_flows(flows: &str) -> String {
+    GOOD.replace(
+        "[calls.\"a.x\"]",
+        &format!(
+            r#"http = {{ method = "GET", path = "/r", capture = {{ id = "/data/id" }} }}
+[[requests]]
+name = "q"
+weight = 2
+call = "a.x"
+http = {{ method = "POST", path = "/q/{{$id}}", body = "{{}}", headers = {{ X-Token = "{{$id}}" }} }}
+[live]
+{flows}
+[calls."a.x"]"#
+        ),
+    )
+}
+
+#[test]
+fn live_flows_must_send_the_weights_mix() {
+    let ok = with_flows(r#"flows = [{ name = "f", weight = 1, steps = ["r", "q", "q"] }]"#);
+    let s = Scenario::parse("flows.toml", &ok).unwrap();
+    assert_eq!(s.file.live.as_ref().unwrap().flows[0].steps.len(), 3);
+    for (flows, expected) in [
+        (
+            r#"flows = [{ name = "f", weight = 1, steps = ["r", "q"] }]"#,
+            "'r' is 50.00% of the requests the flows send but 33.33% of the weights",
+        ),
+        (
+            r#"flows = [{ name = "f", weight = 1, steps = ["q", "q"] }]"#,
+            "'r' is in no flow and not in the set-up",
+        ),
+        (
+            r#"flows = [{ name = "f", weight = 1, steps = ["r", "nope"] }]"#,
+            "live.flows[0].steps[1]: unknown request type 'nope'",
+        ),
+        (
+            r#"flows = [{ name = "f", weight = 0, steps = ["r", "q", "q"] }]"#,
+            "live.flows[0].weight",
+        ),
+        (
+            r#"flows = [{ name = "f", weight = 1, steps = [] }]"#,
+            "live.flows[0].steps: no steps",
+        ),
+        (r#"setup = ["r"]"#, "a set-up without flows"),
+        (
+            r#"setup_reuse_s = -1
+flows = [{ name = "f", weight = 1, steps = ["r", "q", "q"] }]"#,
+            "live.setup_reuse_s",
+        ),
+    ] {
+        let e = err(&with_flows(flows));
+        assert!(e.contains(expected), "{flows}: {e}");
+    }
+    // A set-up type needs no flow; an http-less type cannot be a step.
+    let setup = with_flows(
+        r#"setup = ["r"]
+flows = [{ name = "f", weight = 1, steps = ["q"] }]"#,
+    );
+    Scenario::parse("setup.toml", &setup).unwrap();
+    let no_http = with_flows(r#"flows = [{ name = "f", weight = 1, steps = ["r", "q", "q"] }]"#)
+        .replace(
+            r#"http = { method = "GET", path = "/r", capture = { id = "/data/id" } }"#,
+            "",
+        );
+    assert!(err(&no_http).contains("has no `http`"), "{}", err(&no_http));
+}
+
+#[test]
+fn http_definitions_are_checked() {
+    let base = with_flows("");
+    for (from, to, expected) in [
+        (
+            r#"capture = { id = "/data/id" }"#,
+            r#"capture = { id = "data.id" }"#,
+            "is not a JSON pointer",
+        ),
+        (
+            r#"body = "{}","#,
+            r#"body = "{}", form = [["a", "b"]],"#,
+            "a form and a body",
+        ),
+        ("X-Token", r#""X Token""#, "bad header name"),
+        (r#"method = "GET""#, r#"method = "FETCH""#, "is not one of"),
+    ] {
+        assert!(base.contains(from), "{from}");
+        let e = err(&base.replace(from, to));
+        assert!(e.contains(expected), "{to}: {e}");
+    }
 }
 
 /// The calibration the scenario descriptions state: CPU per request on the mix, in ms.
@@ -480,6 +597,13 @@ fn digests_tell_models_apart_and_ignore_layout() {
     assert_eq!(Scenario::parse("b.toml", &spaced).unwrap().digest(), good);
     let changed = GOOD.replace("slo_ms = 50", "slo_ms = 51");
     assert_ne!(Scenario::parse("c.toml", &changed).unwrap().digest(), good);
+    // How a live load sends the requests is not the model.
+    let sent = GOOD.replace(
+        "call = \"a.x\"\n",
+        "call = \"a.x\"\nhttp = { method = \"GET\", path = \"/r\" }\n",
+    );
+    assert_ne!(sent, GOOD);
+    assert_eq!(Scenario::parse("d.toml", &sent).unwrap().digest(), good);
 }
 
 #[test]

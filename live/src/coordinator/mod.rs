@@ -76,7 +76,7 @@ pub async fn run(
 ) -> Result<Outcome, LiveError> {
     // Everything that can fail before a quota is written, first.
     spec.validate()?;
-    let load = Arc::new(LoadGen::new(spec.load_config()?)?);
+    let mut load = LoadGen::new(spec.load_config()?)?;
     let mut tower = spec.plan.tower.build(
         spec.plan.scenario.slo_ms,
         spec.plan.scenario.aggregate_rps,
@@ -85,6 +85,8 @@ pub async fn run(
         spec.plan.seed,
     )?;
     probe_app(&spec.url, spec.agent_timeout.max(Duration::from_secs(3))).await?;
+    load.init().await?;
+    let load = Arc::new(load);
     let (agents, containers) = discover(spec).await?;
     let mut r = RunState::new(spec, agents, containers, writer);
     r.start_everywhere().await?;

@@ -63,27 +63,16 @@ impl RunSpec {
         let plan = &self.plan;
         let mut mix = Vec::new();
         for r in &plan.scenario.file.requests {
-            let http = r.http.as_ref().ok_or_else(|| {
+            let http = r.http.clone().ok_or_else(|| {
                 LiveError::Config(format!(
                     "{}: requests.{}: no `http` method and path, so it cannot be sent to a live app",
                     plan.scenario.source, r.name
                 ))
             })?;
-            let method = http.method.parse().map_err(|_| {
-                LiveError::Config(format!(
-                    "{}: requests.{}.http.method: bad method {:?}",
-                    plan.scenario.source, r.name, http.method
-                ))
-            })?;
             mix.push(RequestKind {
                 name: r.name.clone(),
                 weight: r.weight,
-                method,
-                path: http.path.clone(),
-                body: http.body.clone().map(|b| {
-                    let ct = http.content_type.as_deref().unwrap_or("application/json");
-                    (b, ct.to_string())
-                }),
+                http,
             });
         }
         Ok(LoadConfig {
@@ -91,6 +80,7 @@ impl RunSpec {
             rates: plan.rates(),
             load: plan.load,
             mix,
+            live: plan.scenario.file.live.clone(),
             seed: plan.seed,
             timeout: self.request_timeout,
             max_in_flight: self.max_in_flight,
@@ -145,10 +135,10 @@ pub(crate) mod tests {
         assert_eq!(s.agents["local"], "127.0.0.1:7070");
         let lc = s.load_config().unwrap();
         assert_eq!(lc.mix.len(), 2);
-        assert_eq!(lc.mix[1].method, hyper::Method::POST);
-        let (body, content_type) = lc.mix[1].body.clone().unwrap();
-        assert!(body.contains("{int:1..64}") && content_type == "application/json");
-        assert_eq!(lc.mix[0].body, None);
+        assert_eq!(lc.mix[1].http.method, "POST");
+        let body = lc.mix[1].http.body.clone().unwrap();
+        assert!(body.contains("{int:1..64}"));
+        assert_eq!(lc.mix[0].http.body, None);
         assert_eq!(lc.rates.len(), 180 + 60);
         assert_eq!(lc.measure_from_s, 180);
         s.validate().unwrap();
