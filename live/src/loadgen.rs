@@ -220,10 +220,11 @@ impl Kind {
     }
 
     fn templates(&self) -> impl Iterator<Item = &Template> {
+        // The order `build_in` fills them in.
         std::iter::once(&self.path)
+            .chain(self.headers.iter().map(|h| &h.1))
             .chain(self.body.iter().map(|b| &b.0))
             .chain(self.form.iter().map(|f| &f.1))
-            .chain(self.headers.iter().map(|h| &h.1))
     }
 
     /// The request with its templates filled from `vars` (plus what they bind themselves).
@@ -407,19 +408,25 @@ impl LoadGen {
             stand_in.set(name, "1".into());
         }
         for k in init.iter().chain(&kinds) {
+            // A request's templates share one scope, filled in this order.
+            let mut bound_here: Vec<String> = Vec::new();
             for t in k.templates() {
-                if let Some(v) = t
+                let unknown = t
                     .free_vars()
-                    .iter()
-                    .find(|v| !captured.contains(v.as_str()))
-                {
+                    .into_iter()
+                    .find(|v| !captured.contains(v.as_str()) && !bound_here.contains(v));
+                if let Some(v) = unknown {
                     return Err(LiveError::Config(format!(
                         "request type '{}' reads {{${v}}}, which no request captures (nor an init request binds)",
                         k.name
                     )));
                 }
-                for _ in 0..8 {
-                    t.fill(&mut probe, &mut stand_in.clone()).map_err(|e| {
+                bound_here.extend(t.bound_vars());
+            }
+            for _ in 0..8 {
+                let mut scope = stand_in.clone();
+                for t in k.templates() {
+                    t.fill(&mut probe, &mut scope).map_err(|e| {
                         LiveError::Config(format!("request type '{}': {e}", k.name))
                     })?;
                 }

@@ -4,6 +4,8 @@
 //! machine cannot do what they need.
 #![allow(dead_code)] // each test binary uses part of it
 
+pub mod stubs;
+
 use std::path::Path;
 use std::process::Child;
 use std::sync::{Mutex, MutexGuard};
