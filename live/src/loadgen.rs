@@ -763,6 +763,8 @@ impl User {
         flows: &Flows,
         next: &mut Instant,
     ) -> Result<Result<(), Stop>, LiveError> {
+        // Look for a set-up to reuse when this user starts, not when its task was spawned.
+        tokio::time::sleep_until(*next).await;
         let reuse = ctx
             .shared_setup
             .lock()

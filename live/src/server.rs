@@ -524,6 +524,7 @@ where
                 unauthenticated()
             };
             reply(&mut w, &r).await?;
+            linger(&mut w, &mut reader).await;
             return Ok(());
         }
         let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
@@ -551,9 +552,34 @@ where
         };
         reply(&mut w, &response).await?;
         if matches!(response.code(), Some(Code::BadToken | Code::TooLarge)) {
+            linger(&mut w, &mut reader).await;
             return Ok(());
         }
     }
+}
+
+/// After the last reply of a connection the agent closes: ends the agent's side and reads and
+/// discards what the peer still sends (at most twice the largest message, for at most a
+/// second). Closing a socket with unread input resets the connection, and the reset can
+/// destroy the reply before the peer reads it (a peer still writing a huge first message would
+/// never learn why it was cut off).
+async fn linger(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+) {
+    use tokio::io::AsyncReadExt;
+    let _ = w.shutdown().await;
+    let mut sink = [0u8; 8192];
+    let mut left = 2 * MAX_MESSAGE;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while left > 0 {
+            match reader.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 /// The one reply a peer gets before it has shown the token.

@@ -515,3 +515,158 @@ fn bad_input_and_lost_agents_are_handled() {
     drop(demo_proc);
     assert!(!root.cpu.join(&group).exists(), "groups removed");
 }
+
+/// One of the paper's apps live: its scenario's services as a demo (each in its own group,
+/// under an agent), a stub of its API in front that checks every request and runs its calls
+/// on the demo, and `live run` with the app's own request definitions and flows.
+fn app_live(app: support::stubs::App, dir: &Path, users: u32) -> support::stubs::Report {
+    use support::stubs::{self, Forward};
+    let scenario = std::sync::Arc::new(scenarios::Scenario::builtin(app.scenario()).unwrap());
+    let names: Vec<String> = scenario.services.iter().map(|s| s.name.clone()).collect();
+    let root = cgroup_root();
+    let group = fresh_name(app.scenario());
+    let port = support::free_ports(names.len() as u16);
+    let demo = Proc(
+        Command::new(exe())
+            .args([
+                "demo",
+                "--scenario",
+                app.scenario(),
+                "--port",
+                &port.to_string(),
+            ])
+            .args(["--group", &group])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let last = format!("127.0.0.1:{}", port + names.len() as u16 - 1);
+    wait_for(
+        || std::net::TcpStream::connect(&last).is_ok(),
+        "the demo's last service",
+    );
+    let stub = stubs::start(
+        app,
+        Some(Forward {
+            scenario: scenario.clone(),
+            base_port: port,
+        }),
+    );
+    let services: Vec<&str> = names.iter().map(String::as_str).collect();
+    let before: Vec<Quota> = names.iter().map(|s| quota(&root, &group, s)).collect();
+    let tag = app.scenario();
+    let (agent_proc, addr) = agent(dir, tag, &group, &services, "127.0.0.1:0", true);
+    let trace = dir.join(format!("{tag}.trace"));
+    std::fs::write(&trace, format!("{users}\n").repeat(50)).unwrap();
+    let out_dir = dir.join(format!("{tag}-run"));
+    let agent_arg = format!("{}={addr}", scenario.file.nodes[0].name);
+    let out = live_run(
+        &[
+            "--scenario",
+            tag,
+            "--trace",
+            trace.to_str().unwrap(),
+            "--multiplier",
+            "1",
+            "--load",
+            "users",
+            "--ramp",
+            "10",
+            "--url",
+            &stub.url(),
+            "--agent",
+            &agent_arg,
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        Duration::from_secs(180),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{tag}: live run failed:\n{stderr}");
+    let r = Record::read(&out_dir).unwrap();
+    assert!(r.info.complete, "{tag}");
+    assert!(r.info.gaps.is_empty(), "{tag}: {:?}", r.info.gaps);
+    let rows = service_rows(&r);
+    assert_eq!(
+        rows.len(),
+        names.len(),
+        "{tag}: every service in services.csv"
+    );
+    let requests = r.requests().unwrap().expect("requests.csv");
+    assert_eq!(requests.len(), 60 * scenario.requests.len(), "{tag}");
+    let sent: u64 = requests.iter().map(|q| q.sent).sum();
+    let answered: u64 = requests.iter().map(|q| q.completed).sum();
+    assert!(
+        answered as f64 > 0.98 * sent as f64 && sent > 0,
+        "{tag}: {answered} of {sent} answered ({stderr})"
+    );
+    assert_eq!(
+        names
+            .iter()
+            .map(|s| quota(&root, &group, s))
+            .collect::<Vec<_>>(),
+        before,
+        "{tag}: original quotas restored"
+    );
+    drop(agent_proc);
+    drop(demo);
+    let report = stub.report();
+    assert_eq!(report.malformed, 0, "{tag}: {:?}", report.problems);
+    let seen: u64 = report
+        .counts
+        .iter()
+        .filter(|(k, _)| !k.starts_with("init:"))
+        .map(|(_, v)| v)
+        .sum();
+    // Answers that come after the run's last second are not in the record.
+    assert!(
+        (answered..=sent).contains(&seen),
+        "{tag}: the stub saw {seen}, the record counts {answered} answered of {sent}"
+    );
+    eprintln!("{tag}: {report:?}");
+    report
+}
+
+#[test]
+#[ignore = "needs root and writable cgroup v1/v2"]
+fn the_papers_three_apps_run_live_against_stubs_of_their_apis() {
+    use support::stubs::App;
+    let _one = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // All three at once (115 demo processes): a minute each, about 40 requests a second in
+    // all, a third of a core of request CPU.
+    let (hotel, social, train) = std::thread::scope(|s| {
+        let d = dir.path();
+        let h = s.spawn(move || app_live(App::Hotel, d, 16));
+        let so = s.spawn(move || app_live(App::Social, d, 8));
+        let t = s.spawn(move || app_live(App::Train, d, 8));
+        (h.join(), so.join(), t.join())
+    });
+    let (hotel, social, train) = (hotel.unwrap(), social.unwrap(), train.unwrap());
+    // Every request type of each mix was sent; the exact mix is checked on many more
+    // requests by the stub tests without root (tests/apps.rs).
+    for (report, kinds) in [
+        (&hotel, &["search", "recommend"][..]),
+        (
+            &social,
+            &["compose-post", "read-home-timeline", "read-user-timeline"][..],
+        ),
+        (
+            &train,
+            &["login", "home", "search-departure", "search-return"][..],
+        ),
+    ] {
+        for k in kinds {
+            assert!(
+                report.counts.get(*k).copied().unwrap_or(0) > 0,
+                "no {k}: {report:?}"
+            );
+        }
+    }
+    assert_eq!(train.counts.get("init:create-user"), Some(&1));
+    assert!(train.counts["login"] <= 2, "users share a login: {train:?}");
+    let shares = hotel.shares();
+    assert!((shares["search"] - 0.6).abs() < 0.08, "{shares:?}");
+    let shares = train.shares();
+    assert!((shares["home"] - 10.0 / 34.0).abs() < 0.08, "{shares:?}");
+}

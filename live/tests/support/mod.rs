@@ -79,10 +79,15 @@ impl Drop for Proc {
 
 /// A port for a demo app's first service; the two after it are free as well.
 pub fn free_port() -> u16 {
+    free_ports(3)
+}
+
+/// The first of `n` consecutive free ports (a demo app's services listen on them).
+pub fn free_ports(n: u16) -> u16 {
     loop {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let p = l.local_addr().unwrap().port();
-        if p < 60_000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+        if p < 60_000 && (1..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
             return p;
         }
     }
