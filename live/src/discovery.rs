@@ -118,6 +118,71 @@ pub fn containers(pods: &[Pod], driver: Driver) -> (BTreeMap<String, PathBuf>, V
     (map, skipped)
 }
 
+/// The port an agent pod listens on for the coordinator when its container declares none
+/// named `control`.
+pub const AGENT_PORT: u16 = 7070;
+
+/// Where the agents of a cluster are, for a coordinator running in it (`live run
+/// --agents-from-kube`): the running pods `selector` picks in `namespace`, by node name, each
+/// at its pod IP and the port of its container port named `control`. Pods not yet running or
+/// without an IP are left out (they are named in the error when none is left).
+pub async fn agents(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+) -> Result<BTreeMap<String, String>, LiveError> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pods = api
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(|e| LiveError::Kube(e.to_string()))?;
+    let mut found = BTreeMap::new();
+    let mut skipped = Vec::new();
+    for pod in &pods.items {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        let status = pod.status.as_ref();
+        let ip = status.and_then(|s| s.pod_ip.clone());
+        let running = status.and_then(|s| s.phase.as_deref()) == Some("Running");
+        let port = pod
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some("control"))
+            .map_or(AGENT_PORT as i32, |p| p.container_port);
+        match (node, ip, running) {
+            (Some(node), Some(ip), true) => {
+                let addr = if ip.contains(':') {
+                    format!("[{ip}]:{port}")
+                } else {
+                    format!("{ip}:{port}")
+                };
+                if let Some((_, other)) = found.insert(node.clone(), (addr, name.clone())) {
+                    return Err(LiveError::Config(format!(
+                        "two agent pods on node {node} ({other} and {name}): one agent per node"
+                    )));
+                }
+            }
+            _ => skipped.push(format!("{name} (not running or no IP yet)")),
+        }
+    }
+    if found.is_empty() {
+        return Err(LiveError::Config(format!(
+            "no running agent pod in namespace {namespace} matches {selector}{}",
+            if skipped.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", skipped.join(", "))
+            }
+        )));
+    }
+    Ok(found
+        .into_iter()
+        .map(|(node, (addr, _))| (node, addr))
+        .collect())
+}
+
 /// Exponential backoff between failed API calls: 1 s, 2 s, 4 s ... up to `max`.
 #[derive(Debug, Clone)]
 pub struct Backoff {

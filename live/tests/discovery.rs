@@ -163,3 +163,73 @@ async fn lists_pods_remaps_restarts_and_rides_out_api_errors() {
     );
     server.await.unwrap();
 }
+
+/// An agent pod of the DaemonSet: on `node` at `ip`, in `phase`.
+fn agent_pod(name: &str, node: &str, ip: Option<&str>, phase: &str) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": "autothrottle-agent"}},
+        "spec": {"nodeName": node, "containers": [{"name": "agent", "ports": [
+            {"name": "metrics", "containerPort": 9102},
+            {"name": "control", "containerPort": 7171}
+        ]}]},
+        "status": {"phase": phase, "podIP": ip}
+    })
+}
+
+#[tokio::test]
+async fn a_coordinator_in_the_cluster_finds_the_agents() {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(async move {
+        let mut handle = pin!(handle);
+        let (req, send) = handle.next_request().await.expect("list");
+        let uri = req.uri().to_string();
+        assert!(
+            uri.starts_with("/api/v1/namespaces/autothrottle/pods?"),
+            "{uri}"
+        );
+        assert!(
+            uri.contains("labelSelector=app%3Dautothrottle-agent"),
+            "{uri}"
+        );
+        send.send_response(Response::new(Body::from(pod_list(vec![
+            agent_pod("agent-a", "worker-1", Some("10.1.0.5"), "Running"),
+            agent_pod("agent-b", "worker-2", Some("fd00::7"), "Running"),
+            agent_pod("agent-c", "worker-3", None, "Pending"),
+        ]))));
+        // Then nothing runs yet; then two agents on one node.
+        let (_, send) = handle.next_request().await.expect("second list");
+        send.send_response(Response::new(Body::from(pod_list(vec![agent_pod(
+            "agent-c", "worker-3", None, "Pending",
+        )]))));
+        let (_, send) = handle.next_request().await.expect("third list");
+        send.send_response(Response::new(Body::from(pod_list(vec![
+            agent_pod("agent-a", "worker-1", Some("10.1.0.5"), "Running"),
+            agent_pod("agent-z", "worker-1", Some("10.1.0.6"), "Running"),
+        ]))));
+    });
+    let client = Client::new(service, "default");
+    let found = discovery::agents(&client, "autothrottle", "app=autothrottle-agent")
+        .await
+        .unwrap();
+    assert_eq!(
+        found,
+        BTreeMap::from([
+            ("worker-1".to_string(), "10.1.0.5:7171".to_string()),
+            ("worker-2".to_string(), "[fd00::7]:7171".to_string()),
+        ])
+    );
+    let e = discovery::agents(&client, "autothrottle", "app=autothrottle-agent")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no running agent pod") && e.contains("agent-c"),
+        "{e}"
+    );
+    let e = discovery::agents(&client, "autothrottle", "app=autothrottle-agent")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("two agent pods on node worker-1"), "{e}");
+    server.await.unwrap();
+}

@@ -38,6 +38,10 @@ enum Command {
     Scenario {
         /// Built-in name or .toml path.
         scenario: String,
+        /// Print only where each service runs, `SERVICE NODE` per line (the placement to give
+        /// a real deployment, e.g. as nodeSelectors).
+        #[arg(long)]
+        placement: bool,
     },
     /// Tune scalers over their target grids on one workload and report each one's best target
     /// (lowest allocation that meets the SLO); Autothrottle runs its warm-up protocol first.
@@ -61,7 +65,10 @@ fn main() {
         Command::ReplayScaler(a) => cli::replay::cmd(a),
         Command::Bench(a) => cli::bench::cmd(a),
         Command::Trace(c) => cli::trace::cmd(c),
-        Command::Scenario { scenario } => cli::scenario::cmd(&scenario),
+        Command::Scenario {
+            scenario,
+            placement,
+        } => cli::scenario::cmd(&scenario, placement),
         Command::Sweep(a) => cli::sweep::cmd(a),
         Command::Evaluate(a) => cli::evaluate::cmd(a),
         Command::Merge(a) => cli::evaluate::merge(a),

@@ -440,3 +440,20 @@ fn a_per_second_plot_needs_per_second_rows() {
         "no services.csv to draw per second",
     );
 }
+
+#[test]
+fn scenario_placement_lists_every_service_on_its_node() {
+    let out = sim(&["scenario", "train-ticket", "--placement"], None);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let s = scenarios::Scenario::builtin("train-ticket").unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), s.services.len());
+    for (line, svc) in lines.iter().zip(&s.file.services) {
+        assert_eq!(*line, format!("{} {}", svc.name, svc.node));
+    }
+    assert!(lines.iter().all(|l| l.ends_with(" worker-1")
+        || l.ends_with(" worker-2")
+        || l.ends_with(" worker-3")
+        || l.ends_with(" worker-4")));
+}

@@ -41,6 +41,19 @@ pub struct RunArgs {
     /// An agent address for a node: NODE=HOST:PORT (overrides the scenario's).
     #[arg(long = "agent", value_name = "NODE=HOST:PORT")]
     pub agents: Vec<String>,
+    /// Find the agents through the Kubernetes API (a coordinator running in the cluster, or
+    /// with a kubeconfig): the running pods --agents-selector picks in --agents-namespace, at
+    /// their pod IPs, named by their nodes. --agent entries still win.
+    #[arg(long)]
+    pub agents_from_kube: bool,
+    #[arg(long, default_value = "autothrottle", requires = "agents_from_kube")]
+    pub agents_namespace: String,
+    #[arg(
+        long,
+        default_value = "app=autothrottle-agent",
+        requires = "agents_from_kube"
+    )]
+    pub agents_selector: String,
     /// File holding the agents' shared token (else the AUTOTHROTTLE_TOKEN environment variable).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
@@ -118,6 +131,20 @@ pub fn cmd(a: RunArgs) -> Result<()> {
         services_csv: !a.output.no_services,
         ..plan
     };
+    if a.agents_from_kube {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let found = rt.block_on(async {
+            let client = kube::Client::try_default()
+                .await
+                .context("--agents-from-kube: cannot reach the Kubernetes API")?;
+            live::discovery::agents(&client, &a.agents_namespace, &a.agents_selector)
+                .await
+                .context("--agents-from-kube")
+        })?;
+        spec.agents.extend(found);
+    }
     for s in &a.agents {
         let (node, addr) = s
             .split_once('=')
@@ -160,7 +187,7 @@ pub fn cmd(a: RunArgs) -> Result<()> {
     spec.dead_app_s = a.give_up_after;
     if spec.agents.is_empty() {
         bail!(
-            "no agent addresses: give the nodes of {} `agent = \"host:port\"` or pass --agent NODE=HOST:PORT",
+            "no agent addresses: give the nodes of {} `agent = \"host:port\"`, pass --agent NODE=HOST:PORT or --agents-from-kube",
             scenario.source
         );
     }

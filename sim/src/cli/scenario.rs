@@ -6,10 +6,17 @@ use std::io::Write as _;
 use anyhow::Result;
 use scenarios::Scenario;
 
-pub fn cmd(name: &str) -> Result<()> {
+pub fn cmd(name: &str, placement: bool) -> Result<()> {
     let s = Scenario::load(name)?;
     // Written at once, so that a reader that stops early (`| head`) ends the command quietly.
     let mut out = String::new();
+    if placement {
+        for svc in &s.file.services {
+            writeln!(out, "{} {}", svc.name, svc.node)?;
+        }
+        std::io::stdout().write_all(out.as_bytes())?;
+        return Ok(());
+    }
     let per = s.mean_cpu_per_request();
     let total: f64 = per.iter().sum();
     writeln!(
