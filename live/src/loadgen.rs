@@ -42,6 +42,8 @@ use tokio::time::Instant;
 use scenarios::{HttpDef, LiveDef};
 use traces::Load;
 
+use record::arrivals::ArrivalsWriter;
+
 use crate::template::{Template, Vars};
 use crate::LiveError;
 
@@ -99,6 +101,9 @@ pub struct LoadConfig {
     /// Requests scheduled from this second on go into [`Stats::overall`] (the ramp before it
     /// is not judged).
     pub measure_from_s: usize,
+    /// Write every request's send time and type here (a record's `arrivals.csv.gz`, which
+    /// `sim` replays).
+    pub arrivals_log: Option<std::path::PathBuf>,
 }
 
 use record::latency::{histogram, MAX_LATENCY_US as MAX_US};
@@ -315,6 +320,28 @@ struct Flows {
     flows: Vec<Vec<usize>>,
 }
 
+/// The request log being written, and the first error writing it.
+#[derive(Debug)]
+struct RequestLog {
+    writer: Option<ArrivalsWriter>,
+    error: Option<String>,
+}
+
+impl RequestLog {
+    fn write(&mut self, t: f64, name: &str) {
+        if self.error.is_some() {
+            return;
+        }
+        if let Some(w) = &mut self.writer {
+            if let Err(e) = w.write(t, name) {
+                self.error = Some(e.to_string());
+            }
+        }
+    }
+}
+
+type SharedLog = Arc<Mutex<RequestLog>>;
+
 /// The generator; `stats()` can be read while `run` goes on.
 #[derive(Debug)]
 pub struct LoadGen {
@@ -325,6 +352,7 @@ pub struct LoadGen {
     /// What the init requests captured: every user starts with these.
     base_vars: Vars,
     stats: Arc<Mutex<Stats>>,
+    log: Mutex<Option<SharedLog>>,
 }
 
 impl LoadGen {
@@ -443,6 +471,7 @@ impl LoadGen {
             init,
             flows,
             base_vars: Vars::default(),
+            log: Mutex::new(None),
             stats: Arc::new(Mutex::new(Stats {
                 seconds,
                 minutes,
@@ -493,6 +522,35 @@ impl LoadGen {
 
     /// Sends the whole schedule and waits for the last answers (or their timeouts).
     pub async fn run(&self) -> Result<(), LiveError> {
+        let c = &self.config;
+        let log = match &c.arrivals_log {
+            Some(path) => Some(Arc::new(Mutex::new(RequestLog {
+                writer: Some(
+                    ArrivalsWriter::create(path)
+                        .map_err(|e| LiveError::Config(format!("request log: {e}")))?,
+                ),
+                error: None,
+            }))),
+            None => None,
+        };
+        *self.log.lock().expect("log lock") = log.clone();
+        let result = self.send_all().await;
+        if let Some(log) = log {
+            let mut l = log.lock().expect("log lock");
+            if let Some(w) = l.writer.take() {
+                if let Err(e) = w.finish() {
+                    l.error.get_or_insert(e.to_string());
+                }
+            }
+            if let Some(e) = &l.error {
+                // The run itself went on; its log is incomplete and must not be replayed.
+                return Err(LiveError::Config(format!("request log: {e}")));
+            }
+        }
+        result
+    }
+
+    async fn send_all(&self) -> Result<(), LiveError> {
         let c = &self.config;
         let client: HttpClient = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(c.max_in_flight)
@@ -598,6 +656,7 @@ impl LoadGen {
 
     fn sender(&self, client: HttpClient, start: Instant) -> Sender {
         Sender {
+            log: self.log.lock().expect("log lock").clone(),
             kinds: self.kinds.clone(),
             client,
             start,
@@ -611,6 +670,7 @@ type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Ful
 
 /// Sends requests and records how they went, for both loads.
 struct Sender {
+    log: Option<SharedLog>,
     kinds: Arc<Vec<Kind>>,
     client: HttpClient,
     /// When the schedule started (second 0).
@@ -632,6 +692,12 @@ impl Sender {
         second: usize,
     ) -> Option<Vars> {
         let (client, stats, timeout) = (&self.client, &self.stats, self.timeout);
+        if let Some(log) = &self.log {
+            let t = from.saturating_duration_since(self.start).as_secs_f64();
+            log.lock()
+                .expect("log lock")
+                .write(t, &self.kinds[kind].name);
+        }
         {
             let mut s = stats.lock().expect("stats lock");
             s.seconds[second].sent += 1;

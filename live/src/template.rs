@@ -241,7 +241,11 @@ fn int_bound(s: &str) -> Result<i64, String> {
     let s = s.trim();
     let bad = || format!("bad integer {s:?}");
     // A leading minus belongs to the number.
-    let split = s[1..].find(['+', '-']).map(|i| i + 1);
+    let split = s
+        .char_indices()
+        .skip(1)
+        .find(|&(_, c)| c == '+' || c == '-')
+        .map(|(i, _)| i);
     match split {
         Some(i) => {
             let (a, b) = (&s[..i], &s[i + 1..]);
@@ -275,7 +279,10 @@ fn draw(inside: &str, rng: &mut impl Rng, vars: &Vars) -> Result<String, String>
     match kind {
         "int" => {
             let (spec, pad) = match arg.split_once("%0") {
-                Some((s, w)) => (s, Some(w.parse::<usize>().map_err(|_| bad("bad %0W"))?)),
+                Some((s, w)) => match w.parse::<usize>() {
+                    Ok(w) if w <= 64 => (s, Some(w)),
+                    _ => return Err(bad("%0W pads to W <= 64 digits")),
+                },
                 None => (arg, None),
             };
             let (lo, hi) = range(spec, "int")?;
@@ -291,7 +298,10 @@ fn draw(inside: &str, rng: &mut impl Rng, vars: &Vars) -> Result<String, String>
         }
         "float" => {
             let (spec, digits) = match arg.split_once('%') {
-                Some((s, p)) => (s, p.parse::<usize>().map_err(|_| bad("bad %P"))?),
+                Some((s, p)) => match p.parse::<usize>() {
+                    Ok(p) if p <= 17 => (s, p),
+                    _ => return Err(bad("%P keeps P <= 17 decimals")),
+                },
                 None => (arg, 4),
             };
             let (lo, hi) = range(spec, "float")?;
@@ -515,6 +525,60 @@ mod tests {
         assert!(out.ends_with("TBB"), "{out}");
     }
 
+    /// Whatever a scenario file says, parsing and filling answer with a value or an error,
+    /// never a panic.
+    #[test]
+    fn arbitrary_templates_never_panic() {
+        let pieces = [
+            "{",
+            "}",
+            "$",
+            "=",
+            ":",
+            "..",
+            "|",
+            "*",
+            "%",
+            "%0",
+            "+",
+            "-",
+            "int",
+            "float",
+            "choice",
+            "text",
+            "digits",
+            "uuid",
+            "date",
+            "repeat",
+            "url",
+            "json",
+            "png",
+            "a",
+            "x",
+            "1",
+            "0",
+            "99999999999999999999",
+            "-5",
+            "é",
+            " ",
+            "{$a}",
+            "{int:1..3}",
+            "\u{1F600}",
+        ];
+        let mut rng = Pcg64Mcg::seed_from_u64(7);
+        for _ in 0..20_000 {
+            let n = rng.random_range(1..12);
+            let t: String = (0..n)
+                .map(|_| pieces[rng.random_range(0..pieces.len())])
+                .collect();
+            if let Ok(parsed) = Template::parse(&t) {
+                let mut vars = Vars::default();
+                vars.set("a", "5".into());
+                let _ = parsed.fill(&mut rng, &mut vars);
+            }
+        }
+    }
+
     #[test]
     fn bad_templates_are_refused_with_the_reason() {
         for bad in ["/x{int:1..2", "/x{nope:1}", "/x{int}"] {
@@ -529,6 +593,11 @@ mod tests {
             "{png:0..600}",
             "{text:5..1}",
             "{int:1..2%0x}",
+            "{int:1..}",
+            "{int:é..2}",
+            "{text:1..-}",
+            "{int:1..2%0100000000000}",
+            "{float:1..2%100000000000}",
         ] {
             let t = Template::parse(bad).unwrap();
             let err = t.fill(&mut rng, &mut Vars::default()).unwrap_err();

@@ -114,6 +114,7 @@ fn live(text: &str, tag: &str) -> f64 {
         timeout: Duration::from_secs(5),
         max_in_flight: 256,
         measure_from_s: 0,
+        arrivals_log: None,
     })
     .unwrap();
     tokio::runtime::Builder::new_current_thread()

@@ -239,6 +239,33 @@ fn captains_and_the_bandit_tower_run_the_demo_app_on_real_cgroups() {
         );
     }
 
+    // The request log holds every request sent, and a re-simulation of the record replays
+    // exactly those: the same requests of each type in every second.
+    let log = r.arrivals().unwrap().expect("arrivals.csv.gz");
+    assert_eq!(log.len() as u64, gets + puts);
+    let plan = sim::calibrate::replan(&demo, &r).unwrap();
+    assert!(plan.arrivals.is_some(), "the re-simulation replays the log");
+    let resim_dir = dir.path().join("resim");
+    let mut plan = plan;
+    plan.services_csv = true;
+    sim::run::run(
+        &plan,
+        Some(record::RecordWriter::create(&resim_dir, false, true).unwrap()),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let resim = Record::read(&resim_dir)
+        .unwrap()
+        .requests()
+        .unwrap()
+        .unwrap();
+    let sent = |rows: &[record::RequestRow]| -> Vec<(u32, String, u64)> {
+        rows.iter()
+            .map(|q| (q.t, q.request.clone(), q.sent))
+            .collect()
+    };
+    assert_eq!(sent(&resim), sent(&requests), "per second, per type");
+
     // Every second of every service is in services.csv, and each service's throttle ratio
     // tracks the target in force (after the first minute, once the Captains have settled).
     let rows = service_rows(&r);

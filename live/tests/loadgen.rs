@@ -22,6 +22,7 @@ fn config(base: String, rate: f64, seconds: usize, timeout_ms: u64) -> LoadConfi
         timeout: Duration::from_millis(timeout_ms),
         max_in_flight: 256,
         measure_from_s: 0,
+        arrivals_log: None,
     }
 }
 
@@ -237,4 +238,35 @@ async fn users_retire_and_come_back() {
     eprintln!("users 10/2/10: {sent:?}");
     assert!(sent[1] * 2 < sent[0], "{sent:?}");
     assert!(sent[1] * 2 < sent[2], "{sent:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_sent_is_in_the_request_log() {
+    let (base, srv) = server(Duration::from_millis(1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(record::arrivals::FILE);
+    let mut c = config(base, 200.0, 2, 1000);
+    c.arrivals_log = Some(path.clone());
+    let g = LoadGen::new(c).unwrap();
+    g.run().await.unwrap();
+    srv.abort();
+    let log = record::arrivals::Arrivals::read(&path).unwrap();
+    let s = g.stats();
+    let s = s.lock().unwrap();
+    let sent: u64 = s.seconds.iter().map(|x| x.sent).sum();
+    assert_eq!(log.len() as u64, sent);
+    for (k, name) in ["search", "post"].iter().enumerate() {
+        let logged = log
+            .kind
+            .iter()
+            .filter(|&&i| log.names[i as usize] == *name)
+            .count() as u64;
+        let counted: u64 = s.seconds.iter().map(|x| x.sent_by_kind[k]).sum();
+        assert_eq!(logged, counted, "{name}");
+    }
+    // Each logged request in the second its send was counted in.
+    let per_second = log.per_second();
+    for (i, second) in s.seconds.iter().enumerate() {
+        assert_eq!(per_second.get(i).copied().unwrap_or(0) as u64, second.sent);
+    }
 }

@@ -8,6 +8,7 @@
 //! | `minutes.csv` | one [`MinuteRow`] per minute: RPS, latency percentiles, allocation, Tower targets |
 //! | `services.csv` | one [`ServiceRow`] per second per service: limit, usage, CFS periods (optional) |
 //! | `requests.csv` | one [`RequestRow`] per second per request type: sent and answered (with `services.csv`; what `sim calibrate` fits CPU costs against) |
+//! | `arrivals.csv.gz` | every request's send time and type ([`arrivals`]; live runs write it, so a re-simulation replays exactly the requests the app saw) |
 //! | `tower.json` | the Tower's memory after the run (when a learning Tower ran) |
 //!
 //! The writers stream rows as the run goes, so memory does not grow with the run's length, and
@@ -35,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use traces::Load;
 
+pub mod arrivals;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod latency;
@@ -583,6 +585,16 @@ impl Record {
             return Ok(None);
         }
         read_csv(&path).map(Some)
+    }
+
+    /// The request log (every request's send time and type), if the run wrote one (live
+    /// runs do).
+    pub fn arrivals(&self) -> Result<Option<arrivals::Arrivals>, RecordError> {
+        let path = self.dir.join(arrivals::FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        arrivals::Arrivals::read(&path).map(Some)
     }
 
     /// The per-second request rows, if the run wrote them (records from before they existed

@@ -35,6 +35,10 @@ pub struct RunPlan {
     pub seed: u64,
     /// Also write services.csv (one row per second per service).
     pub services_csv: bool,
+    /// Replay this request log (send times and types, ramp included) instead of drawing
+    /// arrivals from the trace: a re-simulation of a recorded run sees exactly its requests.
+    /// The trace then only names the workload and gives the Tower its context.
+    pub arrivals: Option<Arc<crate::arrivals::Arrivals>>,
 }
 
 impl RunPlan {
@@ -59,6 +63,7 @@ impl RunPlan {
             memory: TowerMemory::default(),
             seed: 1,
             services_csv: false,
+            arrivals: None,
         }
     }
 
@@ -71,6 +76,22 @@ impl RunPlan {
     pub fn validate(&self) -> Result<(), RecordError> {
         let bad = |m: String| Err(RecordError::Invalid(m));
         controller::check_setup(self.scaler, self.targets, self.tower)?;
+        if let Some(log) = &self.arrivals {
+            let names: Vec<&str> = self
+                .scenario
+                .requests
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect();
+            log.kinds_in(&names)?;
+            let seconds = self.rates().len();
+            if log.t.last().is_some_and(|&t| t >= seconds as f64) {
+                return bad(format!(
+                    "the request log runs to {:.1} s, past the run's {seconds} s (ramp and trace)",
+                    log.t.last().copied().unwrap_or(0.0)
+                ));
+            }
+        }
         if let Some(l) = self.initial_limit {
             if !positive(l) {
                 return bad(format!(

@@ -14,8 +14,9 @@
 //! can only say that. A service's collector (its runtime) keeps its settings: the usage it
 //! adds is counted as its runtime says (`work` per `trigger_cpu` of the calls' CPU).
 //!
-//! The network delay per hop is fitted last, by re-simulating each record (its per-second
-//! request counts as the workload, its scaler and limits) with the fitted costs and moving
+//! The network delay per hop is fitted last, by re-simulating each record (its request log
+//! replayed when it has one, as live records do, else its per-second request counts as the
+//! workload; its scaler and limits) with the fitted costs and moving
 //! the delay until the simulated median latency is the measured one: what a real hop costs
 //! (HTTP, serialisation, the kernel's network path) is invisible to CPU counters but not to
 //! latency.
@@ -495,7 +496,8 @@ fn gauss_jordan(m: &mut [Vec<f64>], n: usize) -> Vec<bool> {
 /// The run `record` made, as the simulator would make it with `scenario`: its requests per
 /// second (after the ramp) as the workload at multiplier 1, its request mix (a measurement
 /// run may have had another than the scenario's), the same ramp, load, scaler, targets,
-/// initial limits and seed.
+/// initial limits and seed; with the record's request log (live records have one), exactly
+/// its requests, each at its time with its type.
 pub fn replan(scenario: &Scenario, record: &Record) -> Result<RunPlan> {
     let bad = |why: String| SimError::Config(format!("{}: {why}", record.dir.display()));
     let info = &record.info;
@@ -541,6 +543,10 @@ pub fn replan(scenario: &Scenario, record: &Record) -> Result<RunPlan> {
     plan.ramp_s = info.ramp_s;
     plan.load = info.load;
     plan.seed = info.seed;
+    // A live record's request log: the very requests the app saw, at their times.
+    if let Some(log) = record.arrivals()? {
+        plan.arrivals = Some(Arc::new(log));
+    }
     if !info.initial_limits.is_empty() {
         plan.initial_limits = Some(info.initial_limits.clone());
     }

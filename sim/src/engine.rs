@@ -138,7 +138,16 @@ pub struct Engine<'a> {
     users_wanted: usize,
     /// Requests sent so far, per request type.
     sent: Vec<u64>,
+    /// A request log being replayed instead of drawn arrivals.
+    replay: Option<Replay>,
     pub stats: EngineStats,
+}
+
+/// A request log: send times and request types, and the next one to send.
+struct Replay {
+    times: Vec<f64>,
+    kinds: Vec<u16>,
+    next: usize,
 }
 
 impl<'a> Engine<'a> {
@@ -186,6 +195,7 @@ impl<'a> Engine<'a> {
             user_of: Vec::new(),
             users_wanted: 0,
             sent: vec![0; scenario.requests.len()],
+            replay: None,
             stats: EngineStats::default(),
         };
         match load {
@@ -201,6 +211,25 @@ impl<'a> Engine<'a> {
             }
         }
         e
+    }
+
+    /// The same idle application, sent exactly the requests of a log (open loop: each at its
+    /// time, of its type) instead of arrivals drawn from the rates. `times` are sorted;
+    /// `kinds` index the scenario's request types. What each request does inside the app is
+    /// still drawn from the run's seed.
+    pub fn with_arrivals(mut self, times: Vec<f64>, kinds: Vec<u16>) -> Self {
+        debug_assert_eq!(times.len(), kinds.len());
+        self.events.clear();
+        self.load = Load::Poisson;
+        if let Some(&t) = times.first() {
+            self.push(t, Kind::Arrival);
+        }
+        self.replay = Some(Replay {
+            times,
+            kinds,
+            next: 0,
+        });
+        self
     }
 
     /// Requests that arrived and have not been answered.
@@ -290,6 +319,16 @@ impl<'a> Engine<'a> {
     }
 
     fn arrive(&mut self) {
+        if let Some(r) = &mut self.replay {
+            let kind = r.kinds[r.next];
+            r.next += 1;
+            let next = r.times.get(r.next).copied();
+            self.send_kind(NONE, kind);
+            if let Some(t) = next {
+                self.push(t, Kind::Arrival);
+            }
+            return;
+        }
         self.send(NONE);
         if let Some(t) = traces::next_arrival(&self.rates, self.now, &mut self.arrivals_rng) {
             self.push(t, Kind::Arrival);
@@ -298,8 +337,13 @@ impl<'a> Engine<'a> {
 
     /// A request leaves the client now (on behalf of `user`, or `NONE` for open loop).
     fn send(&mut self, user: u32) {
-        let now = self.now;
         let rtype = self.mix.sample(&mut self.arrivals_rng) as u16;
+        self.send_kind(user, rtype);
+    }
+
+    /// A request of type `rtype` leaves the client now.
+    fn send_kind(&mut self, user: u32, rtype: u16) {
+        let now = self.now;
         let seed = self.arrivals_rng.next_u64();
         self.stats.arrivals += 1;
         self.sent[rtype as usize] += 1;

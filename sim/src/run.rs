@@ -49,6 +49,10 @@ pub fn run(
     let n = scenario.services.len();
     let mut control = Control::new(cfg)?;
     let mut engine = Engine::new(scenario, rates, cfg.load, &control.limits, cfg.seed);
+    if let Some(log) = &cfg.arrivals {
+        let names: Vec<&str> = scenario.requests.iter().map(|r| r.name.as_str()).collect();
+        engine = engine.with_arrivals(log.t.clone(), log.kinds_in(&names)?);
+    }
     let mut latency = Latency::new(cfg.ramp_s as f64, scenario.requests.len());
     let mut requests_prev = (
         vec![0u64; scenario.requests.len()],

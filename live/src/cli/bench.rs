@@ -120,6 +120,7 @@ pub fn load_bench(rps: f64, seconds: usize) -> Result<()> {
             timeout: Duration::from_secs(2),
             max_in_flight: 512,
             measure_from_s: 0,
+            arrivals_log: None,
         })?;
         let start = Instant::now();
         gen.run().await?;

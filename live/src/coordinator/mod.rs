@@ -76,7 +76,9 @@ pub async fn run(
 ) -> Result<Outcome, LiveError> {
     // Everything that can fail before a quota is written, first.
     spec.validate()?;
-    let mut load = LoadGen::new(spec.load_config()?)?;
+    let mut config = spec.load_config()?;
+    config.arrivals_log = Some(writer.dir().join(record::arrivals::FILE));
+    let mut load = LoadGen::new(config)?;
     let mut tower = spec.plan.tower.build(
         spec.plan.scenario.slo_ms,
         spec.plan.scenario.aggregate_rps,

@@ -85,6 +85,7 @@ impl RunSpec {
             timeout: self.request_timeout,
             max_in_flight: self.max_in_flight,
             measure_from_s: plan.ramp_s,
+            arrivals_log: None,
         })
     }
 
