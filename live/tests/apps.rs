@@ -63,6 +63,7 @@ fn drive(app: App, users: f64, seconds: usize, think_s: f64, reuse_s: Option<f64
         .map(|(_, v)| v)
         .sum();
     assert_eq!(seen, ok, "every answered request reached the stub once");
+    eprintln!("{}: {:?}", app.scenario(), report.counts);
     report
 }
 
