@@ -2,8 +2,12 @@
 //!
 //! Each service is one [`serve`] loop (one process per service in `live demo`, each in its own
 //! cgroup, so that the agent controls them like containers). A request enters at the root
-//! service through the path of its request type (`http.path` in the scenario, e.g. `/get`);
-//! every call of its tree then travels as `GET /call/<request type>/<call index>` with the
+//! service through the method and path of its request type (`http` in the scenario: the path
+//! template's part before the query, each placeholder standing for one path segment's worth
+//! of text, so `/foods/{date:1..150}/D1345` routes); an answer carries a fresh value at every
+//! JSON pointer the load captures from it, and the load's init requests are answered the same
+//! way without burning CPU, so flows such as train-ticket's run against the demo as against
+//! the real app. Every call of its tree then travels as `GET /call/<request type>/<call index>` with the
 //! request's seed in `x-autothrottle-seed`. Each call burns the CPU the scenario's distribution
 //! gives it (measured on the thread's own CPU clock, so a throttled service really takes
 //! longer), calls its children stage by stage (parallel within a stage, detached ones not
@@ -41,9 +45,28 @@ pub const SEED_HEADER: &str = "x-autothrottle-seed";
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
+/// What an entry request is: a request type's root call, or one of the load's init requests
+/// (answered at once, burning nothing).
+#[derive(Debug, Clone, Copy)]
+enum Entry {
+    Request(usize),
+    Init,
+}
+
+/// How the entry service recognises a request: method and path template, and the values its
+/// answer must carry (JSON pointers the load captures).
+struct Route {
+    method: String,
+    path: crate::template::Template,
+    entry: Entry,
+    capture: Vec<String>,
+}
+
 /// One service of a scenario and where its peers are.
 pub struct Service {
     scenario: Arc<Scenario>,
+    routes: Vec<Route>,
+    answers: AtomicU64,
     index: usize,
     /// Address of every service, by scenario index.
     peers: Vec<SocketAddr>,
@@ -157,7 +180,26 @@ impl Service {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let mut routes = Vec::new();
+        let init = scenario.file.live.iter().flat_map(|l| &l.init);
+        let sources = scenario
+            .file
+            .requests
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.http.as_ref().map(|h| (Entry::Request(i), h)))
+            .chain(init.map(|i| (Entry::Init, &i.http)));
+        for (entry, h) in sources {
+            routes.push(Route {
+                method: h.method.clone(),
+                path: crate::template::Template::parse(&h.path)?,
+                entry,
+                capture: h.capture.values().cloned().collect(),
+            });
+        }
         Ok(Service {
+            routes,
+            answers: AtomicU64::new(0),
             index,
             peers,
             client: Client::builder(TokioExecutor::new()).build_http(),
@@ -195,6 +237,7 @@ impl Service {
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path().to_string();
+        let method = req.method().to_string();
         let seed = req
             .headers()
             .get(SEED_HEADER)
@@ -214,17 +257,30 @@ impl Service {
                 _ => None,
             }
         } else {
-            // An entry request: find the request type whose HTTP path this is.
-            self.scenario
-                .file
-                .requests
+            // An entry request: the request type (or init request) whose method and path
+            // template this is.
+            let Some(route) = self
+                .routes
                 .iter()
-                .position(|r| {
-                    r.http
-                        .as_ref()
-                        .is_some_and(|h| h.path.split('?').next() == Some(path.as_str()))
-                })
-                .map(|r| (r, 0))
+                .find(|r| r.method == method && r.path.path_matches(&path))
+            else {
+                return reply(StatusCode::NOT_FOUND, format!("no call at {method} {path}"));
+            };
+            let answer = self.answer(&route.capture);
+            let Entry::Request(rtype) = route.entry else {
+                return reply(StatusCode::OK, answer);
+            };
+            if self.scenario.requests[rtype].nodes[0].service != self.index {
+                return reply(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    format!("{method} {path} enters at another service"),
+                );
+            }
+            let seed = seed.unwrap_or_else(|| rand::rng().random());
+            return match self.clone().call(rtype, 0, seed).await {
+                Ok(()) => reply(StatusCode::OK, answer),
+                Err(e) => reply(StatusCode::BAD_GATEWAY, e),
+            };
         };
         let Some((rtype, node)) = target else {
             return reply(StatusCode::NOT_FOUND, format!("no call at {path}"));
@@ -248,6 +304,22 @@ impl Service {
             Ok(()) => reply(StatusCode::OK, "ok".into()),
             Err(e) => reply(StatusCode::BAD_GATEWAY, e),
         }
+    }
+
+    /// An entry request's answer: "ok", or, when the load captures values from it, a JSON
+    /// document holding a fresh value at each pointer (a token, an id), so that flows can run
+    /// against the demo as against the real app.
+    fn answer(&self, pointers: &[String]) -> String {
+        if pointers.is_empty() {
+            return "ok".into();
+        }
+        let n = self.answers.fetch_add(1, Ordering::Relaxed);
+        let mut doc = serde_json::Value::Null;
+        for p in pointers {
+            let value = format!("demo-{n}-{}", p.rsplit('/').next().unwrap_or(""));
+            set_pointer(&mut doc, p, serde_json::Value::String(value));
+        }
+        doc.to_string()
     }
 
     /// Runs call `node` of a request of type `rtype`: CPU, children, CPU after.
@@ -308,6 +380,38 @@ impl Service {
             Err(format!("{addr}: HTTP {status}"))
         }
     }
+}
+
+/// Puts `value` at JSON `pointer` in `doc`, making the objects and arrays on the way (a
+/// numeric token makes an array long enough).
+fn set_pointer(doc: &mut serde_json::Value, pointer: &str, value: serde_json::Value) {
+    use serde_json::Value;
+    let mut at = doc;
+    for token in pointer.split('/').skip(1) {
+        let token = token.replace("~1", "/").replace("~0", "~");
+        at = match token.parse::<usize>() {
+            Ok(i) if i < 1 << 16 => {
+                if !at.is_array() {
+                    *at = Value::Array(Vec::new());
+                }
+                let arr = at.as_array_mut().expect("made an array");
+                if arr.len() <= i {
+                    arr.resize(i + 1, Value::Null);
+                }
+                &mut arr[i]
+            }
+            _ => {
+                if !at.is_object() {
+                    *at = Value::Object(Default::default());
+                }
+                at.as_object_mut()
+                    .expect("made an object")
+                    .entry(token)
+                    .or_insert(Value::Null)
+            }
+        };
+    }
+    *at = value;
 }
 
 fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -157,6 +157,37 @@ impl Template {
         free
     }
 
+    /// Whether `path` is one this (path) template can produce, judged on the part before the
+    /// query: literal text must match exactly, each placeholder stands for one or more
+    /// characters other than `/`. The demo app routes requests with it.
+    pub fn path_matches(&self, path: &str) -> bool {
+        // The pattern: literal pieces and wildcards, up to the first literal '?'.
+        let mut pattern: Vec<Option<&str>> = Vec::new();
+        for p in &self.parts {
+            match p {
+                Part::Text(t) => match t.split_once('?') {
+                    Some((before, _)) => {
+                        pattern.push(Some(before));
+                        break;
+                    }
+                    None => pattern.push(Some(t)),
+                },
+                Part::Slot { .. } => pattern.push(None),
+            }
+        }
+        fn go(pattern: &[Option<&str>], s: &str) -> bool {
+            match pattern.split_first() {
+                None => s.is_empty(),
+                Some((Some(lit), rest)) => s.strip_prefix(lit).is_some_and(|s| go(rest, s)),
+                Some((None, rest)) => {
+                    let run = s.find('/').unwrap_or(s.len());
+                    (1..=run).any(|n| s.is_char_boundary(n) && go(rest, &s[n..]))
+                }
+            }
+        }
+        go(&pattern, path)
+    }
+
     /// The names this template binds (`{NAME=...}`).
     pub fn bound_vars(&self) -> Vec<String> {
         let mut bound = Vec::new();
@@ -509,6 +540,28 @@ mod tests {
             .count() as f64;
         assert!((heavy / n as f64 - 0.75).abs() < 0.03, "{heavy}");
         assert!((0..50).all(|s| fill("{choice:a*0|b}", s) == "b"));
+    }
+
+    #[test]
+    fn paths_match_their_templates() {
+        let t = |s: &str| Template::parse(s).unwrap();
+        let food = t("/api/foods/{date:1..150}/Shang%20Hai/D1345");
+        assert!(food.path_matches("/api/foods/2026-12-01/Shang%20Hai/D1345"));
+        assert!(
+            !food.path_matches("/api/foods//Shang%20Hai/D1345"),
+            "a value is not empty"
+        );
+        assert!(
+            !food.path_matches("/api/foods/a/b/Shang%20Hai/D1345"),
+            "nor holds a /"
+        );
+        assert!(!food.path_matches("/api/foods/2026-12-01/Su%20Zhou/D1345"));
+        let hotels = t("/hotels?inDate={int:1..9}&lat={float:1..2}");
+        assert!(hotels.path_matches("/hotels"));
+        assert!(!hotels.path_matches("/hotels/x"));
+        assert!(t("/u/{$id}").path_matches("/u/abc-1"));
+        assert!(t("/a{int:1..2}b").path_matches("/a12b"));
+        assert!(!t("/plain").path_matches("/plainer"));
     }
 
     #[test]

@@ -13,8 +13,12 @@ use scenarios::Scenario;
 
 use live::os::process_cpu_seconds as process_cpu;
 
+/// One test at a time: the first measures this process's CPU.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_walk_the_tree_and_burn_the_cpu_of_the_model() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let scenario = Arc::new(Scenario::builtin("demo").unwrap());
     let mut listeners = Vec::new();
     let mut peers = BTreeMap::new();
@@ -75,4 +79,98 @@ fn unknown_services_and_missing_peers_are_refused() {
         e.to_string().contains("no address for service 'auth'"),
         "{e}"
     );
+}
+
+/// train-ticket's flows (an init, a shared login, ids captured from answers) run against the
+/// demo app as against the real one: the entry service routes by method and path template and
+/// answers the values the load captures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn train_ticket_flows_run_against_the_demo() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let scenario = Arc::new(Scenario::builtin("train-ticket").unwrap());
+    let mut listeners = Vec::new();
+    let mut peers = BTreeMap::new();
+    for s in &scenario.services {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        peers.insert(s.name.clone(), l.local_addr().unwrap());
+        listeners.push((s.name.clone(), l));
+    }
+    let mut tasks = Vec::new();
+    for (name, l) in listeners {
+        let svc = Service::new(scenario.clone(), &name, &peers).unwrap();
+        tasks.push(tokio::spawn(serve(svc, l)));
+    }
+    let entry = peers["ts-ui-dashboard-service"];
+    let url = format!("http://{entry}");
+
+    // The answers carry what the flows capture.
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let send = |method: &str, path: &str| {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("{url}{path}"))
+            .body(Full::default())
+            .unwrap();
+        let client = client.clone();
+        async move {
+            let resp = client.request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        }
+    };
+    let (status, body) = send("POST", "/api/v1/users/login").await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(json.pointer("/data/token").unwrap().is_string(), "{json}");
+    assert!(json.pointer("/data/userId").unwrap().is_string(), "{json}");
+    let (status, body) = send("GET", "/api/v1/contactservice/contacts/account/u-1").await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(json.pointer("/data/0/id").unwrap().is_string(), "{json}");
+    assert_eq!(
+        send("GET", "/api/v1/foodservice/foods/2026-01-01/x/y/z")
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        send("DELETE", "/index.html").await.0,
+        404,
+        "the method counts"
+    );
+    assert_eq!(send("GET", "/index.html").await.0, 200);
+
+    // The whole load: init, a login, tasks.
+    let mut spec = live::coordinator::RunSpec::new(
+        scenario.clone(),
+        Arc::new(traces::Trace::constant(1, 1)),
+        &url,
+        "t",
+    );
+    spec.plan.load = traces::Load::Users { think_s: 0.2 };
+    let mut config = spec.load_config().unwrap();
+    config.rates = vec![3.0; 3];
+    config.measure_from_s = 0;
+    let mut gen = live::loadgen::LoadGen::new(config).unwrap();
+    gen.init().await.unwrap();
+    gen.run().await.unwrap();
+    let stats = gen.stats();
+    let s = stats.lock().unwrap();
+    let kinds = |name: &str| -> u64 {
+        let k = scenario
+            .requests
+            .iter()
+            .position(|r| r.name == name)
+            .unwrap();
+        s.seconds.iter().map(|x| x.sent_by_kind[k]).sum()
+    };
+    let errors: u64 = s.seconds.iter().map(|x| x.errors + x.timeouts).sum();
+    assert_eq!(errors, 0, "{:?}", s.last_error);
+    assert_eq!(kinds("login"), 1, "the users share one login");
+    assert!(kinds("home") >= 3 && kinds("search-return") >= 1);
+    drop(s);
+    for t in tasks {
+        t.abort();
+    }
 }
