@@ -497,23 +497,10 @@ impl LoadGen {
             let req = k.build_in(&self.config.base, &mut rng, &mut self.base_vars)?;
             let fail =
                 |why: String| LiveError::Config(format!("{} before the load: {why}", k.name));
-            let answer = tokio::time::timeout(self.config.timeout, async {
-                let resp = client.request(req).await.map_err(|e| e.to_string())?;
-                let status = resp.status();
-                let body = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if status.is_success() {
-                    Ok(body.to_bytes())
-                } else {
-                    Err(format!("HTTP {status}"))
-                }
-            })
-            .await
-            .map_err(|_| fail("no answer in time".into()))?
-            .map_err(fail)?;
+            let answer = tokio::time::timeout(self.config.timeout, fetch(&client, req))
+                .await
+                .map_err(|_| fail("no answer in time".into()))?
+                .map_err(fail)?;
             let vars = k.captured(&answer).map_err(fail)?;
             self.base_vars.extend(&vars);
         }
@@ -668,6 +655,23 @@ impl LoadGen {
 }
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
+/// Sends `req` and reads the whole answer; anything but a success status is an error.
+async fn fetch(client: &HttpClient, req: Request<Full<Bytes>>) -> Result<Bytes, String> {
+    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!("HTTP {status}"))
+    }
+}
+
 /// Sends requests and records how they went, for both loads.
 struct Sender {
     log: Option<SharedLog>,
@@ -704,19 +708,7 @@ impl Sender {
             s.seconds[second].sent_by_kind[kind] += 1;
         }
         let outcome = tokio::time::timeout(timeout, async {
-            let resp = client.request(req).await.map_err(|e| e.to_string())?;
-            let status = resp.status();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            if status.is_success() {
-                self.kinds[kind].captured(&body)
-            } else {
-                Err(format!("HTTP {status}"))
-            }
+            self.kinds[kind].captured(&fetch(client, req).await?)
         })
         .await;
         let now = Instant::now();

@@ -56,12 +56,7 @@ fn drive(app: App, users: f64, seconds: usize, think_s: f64, reuse_s: Option<f64
         report.problems
     );
     assert_eq!(errors, 0, "{}: {:?}", app.scenario(), s.last_error);
-    let seen: u64 = report
-        .counts
-        .iter()
-        .filter(|(k, _)| !k.starts_with("init:"))
-        .map(|(_, v)| v)
-        .sum();
+    let seen = report.requests();
     assert_eq!(seen, ok, "every answered request reached the stub once");
     eprintln!("{}: {:?}", app.scenario(), report.counts);
     report

@@ -16,10 +16,13 @@ use live::os::process_cpu_seconds as process_cpu;
 /// One test at a time: the first measures this process's CPU.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_walk_the_tree_and_burn_the_cpu_of_the_model() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let scenario = Arc::new(Scenario::builtin("demo").unwrap());
+/// Every service of `scenario` in this process, each on its own loopback port.
+async fn start(
+    scenario: &Arc<Scenario>,
+) -> (
+    BTreeMap<String, std::net::SocketAddr>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
     let mut listeners = Vec::new();
     let mut peers = BTreeMap::new();
     for s in &scenario.services {
@@ -32,6 +35,14 @@ async fn requests_walk_the_tree_and_burn_the_cpu_of_the_model() {
         let svc = Service::new(scenario.clone(), &name, &peers).unwrap();
         tasks.push(tokio::spawn(serve(svc, l)));
     }
+    (peers, tasks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_walk_the_tree_and_burn_the_cpu_of_the_model() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let scenario = Arc::new(Scenario::builtin("demo").unwrap());
+    let (peers, tasks) = start(&scenario).await;
     let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let gateway = peers["gateway"];
     let get = |path: String| {
@@ -88,18 +99,7 @@ fn unknown_services_and_missing_peers_are_refused() {
 async fn train_ticket_flows_run_against_the_demo() {
     let _one = ONE_AT_A_TIME.lock().await;
     let scenario = Arc::new(Scenario::builtin("train-ticket").unwrap());
-    let mut listeners = Vec::new();
-    let mut peers = BTreeMap::new();
-    for s in &scenario.services {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        peers.insert(s.name.clone(), l.local_addr().unwrap());
-        listeners.push((s.name.clone(), l));
-    }
-    let mut tasks = Vec::new();
-    for (name, l) in listeners {
-        let svc = Service::new(scenario.clone(), &name, &peers).unwrap();
-        tasks.push(tokio::spawn(serve(svc, l)));
-    }
+    let (peers, tasks) = start(&scenario).await;
     let entry = peers["ts-ui-dashboard-service"];
     let url = format!("http://{entry}");
 

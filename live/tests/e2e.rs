@@ -639,12 +639,7 @@ fn app_live(app: support::stubs::App, dir: &Path, users: u32) -> support::stubs:
     drop(demo);
     let report = stub.report();
     assert_eq!(report.malformed, 0, "{tag}: {:?}", report.problems);
-    let seen: u64 = report
-        .counts
-        .iter()
-        .filter(|(k, _)| !k.starts_with("init:"))
-        .map(|(_, v)| v)
-        .sum();
+    let seen = report.requests();
     // Answers that come after the run's last second are not in the record.
     assert!(
         (answered..=sent).contains(&seen),

@@ -57,14 +57,18 @@ pub struct Report {
 }
 
 impl Report {
-    /// Share of each request type among the well-formed ones, init requests left out.
-    pub fn shares(&self) -> BTreeMap<String, f64> {
-        let total: u64 = self
-            .counts
+    /// Well-formed requests of the load's request types (init requests left out).
+    pub fn requests(&self) -> u64 {
+        self.counts
             .iter()
             .filter(|(k, _)| !k.starts_with("init:"))
             .map(|(_, v)| v)
-            .sum();
+            .sum()
+    }
+
+    /// Share of each request type among the well-formed ones, init requests left out.
+    pub fn shares(&self) -> BTreeMap<String, f64> {
+        let total = self.requests();
         self.counts
             .iter()
             .filter(|(k, _)| !k.starts_with("init:"))
