@@ -15,8 +15,10 @@
 //! * [`coordinator`]: `live run`: starts the scalers on every agent, replays the workload,
 //!   runs the Tower each minute and writes the same run record as the simulator.
 //! * [`loadgen`]: an HTTP load generator that replays a trace as open-loop Poisson arrivals or
-//!   closed-loop Locust-like users (request mix, bounded in-flight, latency from the scheduled
-//!   send time).
+//!   closed-loop Locust-like users (request mix or user flows with captured values, bounded
+//!   in-flight, latency from the scheduled send time, a log of every request sent).
+//! * [`template`]: the request templates the load fills per request (ranges, choices, dates,
+//!   images, values bound and captured).
 //! * [`demo`]: `live demo`, a small real app built from a scenario: one HTTP server per
 //!   service, each in its own cgroup, burning the CPU the scenario's calls and collectors say.
 //! * [`os`]: the operating-system calls the std library lacks (CPU clocks, signals), each
