@@ -156,12 +156,22 @@ fn an_agent_out_of_file_descriptors_does_not_spin_and_keeps_serving() {
         dir.path().join("journal.json").display(),
         address.display()
     );
-    let mut child = Command::new("sh")
-        .args(["-c", &agent])
-        .env("AUTOTHROTTLE_TOKEN", "tok")
-        .env("RUST_LOG", "off")
-        .spawn()
-        .unwrap();
+    // Killed when dropped, so that a failed assertion leaves no agent behind.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Killed(
+        Command::new("sh")
+            .args(["-c", &agent])
+            .env("AUTOTHROTTLE_TOKEN", "tok")
+            .env("RUST_LOG", "off")
+            .spawn()
+            .unwrap(),
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let addr = loop {
         if let Ok(a) = std::fs::read_to_string(&address) {
@@ -193,16 +203,15 @@ fn an_agent_out_of_file_descriptors_does_not_spin_and_keeps_serving() {
         .filter_map(|_| std::net::TcpStream::connect(&addr).ok())
         .collect();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let open = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+    let open = std::fs::read_dir(format!("/proc/{}/fd", child.0.id()))
         .unwrap()
         .count();
-    let before = cpu_seconds(child.id());
+    let before = cpu_seconds(child.0.id());
     std::thread::sleep(std::time::Duration::from_secs(3));
-    let used = cpu_seconds(child.id()) - before;
+    let used = cpu_seconds(child.0.id()) - before;
     let reply = hello(&mut coordinator, 2);
     drop(flood);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert!(
         open >= 46,
         "the agent has {open} of 48 descriptors open: not exhausted"

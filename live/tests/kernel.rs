@@ -18,7 +18,7 @@ use live::journal::Journal;
 use live::protocol::{self, Call, Request};
 
 mod support;
-use support::{fresh_name, groups, http_get, serial, wait_for};
+use support::{fresh_name, groups, http_get, serial, wait_for, Proc};
 
 fn quota(root: &Root, g: &Groups, name: &str) -> live::cgroup::Quota {
     Cgroup::open(name, root, &g.rel(name)).unwrap().original()
@@ -143,12 +143,7 @@ fn connect(port: u16) -> TcpStream {
 }
 
 /// Starts `live agent` on group g0, lets it set a 0.3-core quota, and returns the process.
-fn agent_controlling(
-    root: &Root,
-    g: &Groups,
-    journal: &Path,
-    extra: &[&str],
-) -> (std::process::Child, u16) {
+fn agent_controlling(root: &Root, g: &Groups, journal: &Path, extra: &[&str]) -> (Proc, u16) {
     // Port 0 and an address file: no race with other processes for a "free" port.
     let address = journal.with_file_name(format!(
         "address-{}",
@@ -168,7 +163,8 @@ fn agent_controlling(
     .args(extra)
     .env("AUTOTHROTTLE_TOKEN", "tok")
     .stderr(Stdio::null());
-    let child = cmd.spawn().unwrap();
+    // Stopped even when the test fails, so that no agent outlives its test.
+    let child = Proc(cmd.spawn().unwrap());
     let port = listening_port(&address);
     let mut s = connect(port);
     let r = call(
@@ -311,19 +307,21 @@ fn the_demo_app_runs_each_service_in_its_own_group() {
     let (root, _probe) = groups("probe", 0);
     let group = fresh_name("demo");
     let port = 20_000 + (std::process::id() % 20_000) as u16;
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_live"))
-        .args([
-            "demo",
-            "--scenario",
-            "demo",
-            "--port",
-            &port.to_string(),
-            "--group",
-            &group,
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut demo = Proc(
+        Command::new(env!("CARGO_BIN_EXE_live"))
+            .args([
+                "demo",
+                "--scenario",
+                "demo",
+                "--port",
+                &port.to_string(),
+                "--group",
+                &group,
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let gateway = format!("127.0.0.1:{port}");
     wait_for(
         || http_get(&gateway, "/get?key=1") == Some(200),
@@ -384,7 +382,7 @@ fn the_agent_holds_up_under_hostile_connections() {
     for name in g.names() {
         cmd.args(["--cgroup", &format!("{name}={}", g.rel(&name).display())]);
     }
-    let mut agent = cmd.spawn().unwrap();
+    let mut agent = Proc(cmd.spawn().unwrap());
     let port = listening_port(&address);
     // The coordinator's connection comes first, then keeps the agent busy every second.
     let mut coordinator = connect(port);
