@@ -352,7 +352,6 @@ pub struct LoadGen {
     /// What the init requests captured: every user starts with these.
     base_vars: Vars,
     stats: Arc<Mutex<Stats>>,
-    log: Mutex<Option<SharedLog>>,
 }
 
 impl LoadGen {
@@ -471,7 +470,6 @@ impl LoadGen {
             init,
             flows,
             base_vars: Vars::default(),
-            log: Mutex::new(None),
             stats: Arc::new(Mutex::new(Stats {
                 seconds,
                 minutes,
@@ -520,8 +518,7 @@ impl LoadGen {
             }))),
             None => None,
         };
-        *self.log.lock().expect("log lock") = log.clone();
-        let result = self.send_all().await;
+        let result = self.send_all(log.clone()).await;
         if let Some(log) = log {
             let mut l = log.lock().expect("log lock");
             if let Some(w) = l.writer.take() {
@@ -537,7 +534,7 @@ impl LoadGen {
         result
     }
 
-    async fn send_all(&self) -> Result<(), LiveError> {
+    async fn send_all(&self, log: Option<SharedLog>) -> Result<(), LiveError> {
         let c = &self.config;
         let client: HttpClient = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(c.max_in_flight)
@@ -545,8 +542,8 @@ impl LoadGen {
         let weights = WeightedIndex::new(c.mix.iter().map(|k| k.weight))
             .map_err(|e| LiveError::Config(format!("request weights: {e}")))?;
         match c.load {
-            Load::Poisson => self.run_open(client, weights).await,
-            Load::Users { think_s } => self.run_users(client, weights, think_s).await,
+            Load::Poisson => self.run_open(client, weights, log).await,
+            Load::Users { think_s } => self.run_users(client, weights, think_s, log).await,
         }
     }
 
@@ -554,10 +551,11 @@ impl LoadGen {
         &self,
         client: HttpClient,
         weights: WeightedIndex<f64>,
+        log: Option<SharedLog>,
     ) -> Result<(), LiveError> {
         let c = &self.config;
         let start = Instant::now();
-        let sender = Arc::new(self.sender(client, start));
+        let sender = Arc::new(self.sender(client, start, log));
         let mut rng = Pcg64Mcg::seed_from_u64(c.seed ^ 0x5EED);
         let permits = Arc::new(Semaphore::new(c.max_in_flight.max(1)));
         for at in arrivals(&c.rates, c.seed) {
@@ -592,11 +590,12 @@ impl LoadGen {
         client: HttpClient,
         weights: WeightedIndex<f64>,
         think_s: f64,
+        log: Option<SharedLog>,
     ) -> Result<(), LiveError> {
         let c = &self.config;
         let start = Instant::now();
         let ctx = Arc::new(UserContext {
-            sender: self.sender(client, start),
+            sender: self.sender(client, start, log),
             weights,
             flows: self.flows.clone(),
             base_vars: self.base_vars.clone(),
@@ -641,9 +640,10 @@ impl LoadGen {
         Ok(())
     }
 
-    fn sender(&self, client: HttpClient, start: Instant) -> Sender {
+    /// What sends and records the requests of a schedule that started at `start`.
+    fn sender(&self, client: HttpClient, start: Instant, log: Option<SharedLog>) -> Sender {
         Sender {
-            log: self.log.lock().expect("log lock").clone(),
+            log,
             kinds: self.kinds.clone(),
             client,
             start,
