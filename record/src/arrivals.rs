@@ -62,6 +62,7 @@ impl Arrivals {
         };
         let mut log = Arrivals::default();
         let mut rows: Vec<(f64, u16)> = Vec::new();
+        let mut header = false;
         for (i, line) in BufReader::new(reader).lines().enumerate() {
             let n = i + 1;
             let line = line.map_err(|cause| RecordError::Io {
@@ -73,6 +74,7 @@ impl Arrivals {
                 if line != HEADER {
                     return Err(invalid(path, n, format!("expected the header {HEADER:?}")));
                 }
+                header = true;
                 continue;
             }
             let (t, name) = line
@@ -97,14 +99,10 @@ impl Arrivals {
             };
             rows.push((t, kind as u16));
         }
-        if log.names.is_empty() && rows.is_empty() {
-            // An empty file (not even the header) is no log.
-            let empty = std::fs::metadata(path)
-                .map(|m| m.len() == 0)
-                .unwrap_or(false);
-            if empty {
-                return Err(invalid(path, 1, "empty file".into()));
-            }
+        // A file without even the header (an empty one, or a log cut before its first line)
+        // is no log.
+        if !header {
+            return Err(invalid(path, 1, "empty file".into()));
         }
         // Senders race for the log's lock: a line may be a little out of order.
         rows.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -242,6 +240,15 @@ mod tests {
             let e = Arrivals::read(&p).unwrap_err().to_string();
             assert!(e.contains(expected), "{text:?}: {e}");
         }
+        // A compressed log with no line at all (not even the header) is empty too, though
+        // its file is not.
+        let p = dir.path().join("empty.csv.gz");
+        GzEncoder::new(File::create(&p).unwrap(), flate2::Compression::fast())
+            .finish()
+            .unwrap();
+        assert!(std::fs::metadata(&p).unwrap().len() > 0);
+        let e = Arrivals::read(&p).unwrap_err().to_string();
+        assert!(e.contains("empty file"), "{e}");
     }
 
     #[test]
