@@ -462,10 +462,19 @@ fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
 /// The JSON object has exactly these keys.
 fn keys(v: &Value, expected: &[&str]) -> Result<(), String> {
     let obj = v.as_object().ok_or("body is not a JSON object")?;
-    let got: HashSet<&str> = obj.keys().map(String::as_str).collect();
+    exactly(obj.keys(), expected, "body keys")
+}
+
+/// The names given are exactly `expected`, in any order.
+fn exactly<'a>(
+    got: impl Iterator<Item = &'a String>,
+    expected: &[&str],
+    what: &str,
+) -> Result<(), String> {
+    let got: HashSet<&str> = got.map(String::as_str).collect();
     let want: HashSet<&str> = expected.iter().copied().collect();
     if got != want {
-        return Err(format!("body keys {got:?}, expected {want:?}"));
+        return Err(format!("{what} {got:?}, expected {want:?}"));
     }
     Ok(())
 }
@@ -505,12 +514,7 @@ fn future_date(d: &str) -> Result<(), String> {
 
 /// The query has exactly these parameters.
 fn params(s: &Seen, expected: &[&str]) -> Result<(), String> {
-    let got: HashSet<&str> = s.query.keys().map(String::as_str).collect();
-    let want: HashSet<&str> = expected.iter().copied().collect();
-    if got != want {
-        return Err(format!("parameters {got:?}, expected {want:?}"));
-    }
-    Ok(())
+    exactly(s.query.keys(), expected, "parameters")
 }
 
 fn int_in(s: &str, lo: i64, hi: i64, what: &str) -> Result<i64, String> {
@@ -632,19 +636,18 @@ fn social(s: &Seen) -> Answer {
             }
             let form: BTreeMap<String, String> =
                 form_urlencoded::parse(&s.body).into_owned().collect();
-            let got: Vec<&str> = form.keys().map(String::as_str).collect();
-            let mut want = vec![
-                "username",
-                "user_id",
-                "text",
-                "medium",
-                "media_types",
-                "post_type",
-            ];
-            want.sort();
-            if got != want {
-                return Err(format!("form fields {got:?}"));
-            }
+            exactly(
+                form.keys(),
+                &[
+                    "username",
+                    "user_id",
+                    "text",
+                    "medium",
+                    "media_types",
+                    "post_type",
+                ],
+                "form fields",
+            )?;
             let id = int_in(&form["user_id"], 1, 962, "user_id")?;
             if form["username"] != format!("username_{id}") || form["post_type"] != "0" {
                 return Err("username or post type".into());
