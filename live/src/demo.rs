@@ -247,15 +247,17 @@ impl Service {
         if req.into_body().collect().await.is_err() {
             return reply(StatusCode::BAD_REQUEST, "unreadable body".into());
         }
-        let target = if let Some(rest) = path.strip_prefix("/call/") {
+        // The call to run and what to answer once it has run.
+        let (target, answer) = if let Some(rest) = path.strip_prefix("/call/") {
             let mut parts = rest.split('/');
-            match (
+            let target = match (
                 parts.next().and_then(|r| r.parse::<usize>().ok()),
                 parts.next().and_then(|n| n.parse::<u32>().ok()),
             ) {
                 (Some(r), Some(n)) => Some((r, n)),
                 _ => None,
-            }
+            };
+            (target, "ok".to_string())
         } else {
             // An entry request: the request type (or init request) whose method and path
             // template this is.
@@ -270,17 +272,7 @@ impl Service {
             let Entry::Request(rtype) = route.entry else {
                 return reply(StatusCode::OK, answer);
             };
-            if self.scenario.requests[rtype].nodes[0].service != self.index {
-                return reply(
-                    StatusCode::MISDIRECTED_REQUEST,
-                    format!("{method} {path} enters at another service"),
-                );
-            }
-            let seed = seed.unwrap_or_else(|| rand::rng().random());
-            return match self.clone().call(rtype, 0, seed).await {
-                Ok(()) => reply(StatusCode::OK, answer),
-                Err(e) => reply(StatusCode::BAD_GATEWAY, e),
-            };
+            (Some((rtype, 0)), answer)
         };
         let Some((rtype, node)) = target else {
             return reply(StatusCode::NOT_FOUND, format!("no call at {path}"));
@@ -301,7 +293,7 @@ impl Service {
         }
         let seed = seed.unwrap_or_else(|| rand::rng().random());
         match self.clone().call(rtype, node, seed).await {
-            Ok(()) => reply(StatusCode::OK, "ok".into()),
+            Ok(()) => reply(StatusCode::OK, answer),
             Err(e) => reply(StatusCode::BAD_GATEWAY, e),
         }
     }
