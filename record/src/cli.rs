@@ -63,6 +63,11 @@ pub struct ControlArgs {
     /// end, so that runs learn from each other.
     #[arg(long)]
     pub tower_memory: Option<PathBuf>,
+    /// CFS burst of every container, as a fraction of its quota (0 to 1): quota a period
+    /// leaves unused may be spent in later periods, up to this much above the quota
+    /// (`cpu.cfs_burst_us` / `cpu.max.burst`, Linux 5.14+). 0: none, as in the paper.
+    #[arg(long, default_value_t = 0.0)]
+    pub burst: f64,
     /// Seed of the arrivals, the request mix and the Tower.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -126,6 +131,7 @@ impl ControlArgs {
             tower: self.tower()?,
             memory,
             seed: self.seed,
+            burst: self.burst,
             ..RunPlan::new(
                 Arc::new(scenario),
                 Arc::new(trace),

@@ -101,6 +101,10 @@ pub struct RunInfo {
     /// Each service's limit at the start, cores (scenario order; empty in older records).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub initial_limits: Vec<f64>,
+    /// CFS burst of every container, as a fraction of its quota (0, and absent in older
+    /// records: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub burst: f64,
     /// Tower kind (`none`, `explore`, `bandit`).
     pub tower: String,
     pub explore: f64,
@@ -170,12 +174,19 @@ impl RunInfo {
             summary: Summary::default(),
             gaps: Vec::new(),
             initial_limits: scenario.services.iter().map(|s| s.initial_limit).collect(),
+            burst: 0.0,
         }
     }
 
     /// The limits the services started from, cores (scenario order).
     pub fn with_initial_limits(mut self, limits: Vec<f64>) -> RunInfo {
         self.initial_limits = limits;
+        self
+    }
+
+    /// The CFS burst every container had, as a fraction of its quota.
+    pub fn with_burst(mut self, fraction: f64) -> RunInfo {
+        self.burst = fraction;
         self
     }
 
@@ -254,6 +265,7 @@ impl RunInfo {
             summary: Summary::default(),
             gaps: Vec::new(),
             initial_limits: vec![4.0],
+            burst: 0.0,
         }
     }
 }
@@ -709,4 +721,10 @@ mod tests {
         let e = Record::read(dir.path()).unwrap_err().to_string();
         assert!(e.contains("minutes.csv"), "{e}");
     }
+}
+
+/// For `skip_serializing_if`: a field at its default of zero is left out of `run.json`, so
+/// records without the feature stay as they were.
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }

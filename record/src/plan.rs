@@ -39,6 +39,9 @@ pub struct RunPlan {
     /// arrivals from the trace: a re-simulation of a recorded run sees exactly its requests.
     /// The trace then only names the workload and gives the Tower its context.
     pub arrivals: Option<Arc<crate::arrivals::Arrivals>>,
+    /// CFS burst of every container as a fraction of its quota (0: none, the paper's
+    /// setting; at most 1, as the kernel requires `burst <= quota`).
+    pub burst: f64,
 }
 
 impl RunPlan {
@@ -64,6 +67,7 @@ impl RunPlan {
             seed: 1,
             services_csv: false,
             arrivals: None,
+            burst: 0.0,
         }
     }
 
@@ -91,6 +95,12 @@ impl RunPlan {
                     log.t.last().copied().unwrap_or(0.0)
                 ));
             }
+        }
+        if !(0.0..=1.0).contains(&self.burst) {
+            return bad(format!(
+                "burst must be a fraction of the quota from 0 to 1 (the kernel refuses a burst above the quota), got {}",
+                self.burst
+            ));
         }
         if let Some(l) = self.initial_limit {
             if !positive(l) {
@@ -162,6 +172,7 @@ impl RunPlan {
             .with_load(self.load)
             .with_control(self.scaler, self.targets, self.tower)
             .with_initial_limits(self.initial_limits())
+            .with_burst(self.burst)
     }
 }
 

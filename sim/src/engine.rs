@@ -232,6 +232,17 @@ impl<'a> Engine<'a> {
         self
     }
 
+    /// The same idle application with CFS burst on every container: each may carry up to
+    /// `fraction` of its quota over from a period to the next (0 to 1, as the kernel allows).
+    pub fn with_burst(mut self, fraction: f64) -> Self {
+        self.containers = self
+            .containers
+            .into_iter()
+            .map(|c| c.with_burst(fraction))
+            .collect();
+        self
+    }
+
     /// Requests that arrived and have not been answered.
     pub fn in_flight(&self) -> u64 {
         self.in_flight

@@ -53,6 +53,9 @@ pub fn run(
         let names: Vec<&str> = scenario.requests.iter().map(|r| r.name.as_str()).collect();
         engine = engine.with_arrivals(log.t.clone(), log.kinds_in(&names)?);
     }
+    if cfg.burst > 0.0 {
+        engine = engine.with_burst(cfg.burst);
+    }
     let mut latency = Latency::new(cfg.ramp_s as f64, scenario.requests.len());
     let mut requests_prev = (
         vec![0u64; scenario.requests.len()],
