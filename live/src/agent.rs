@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use controller::{CpuSample, Scaler, ScalerConfig};
 
-use crate::cgroup::{Cgroup, Quota, Root};
+use crate::cgroup::{Burst, Cgroup, Quota, Root};
 use crate::journal::{Entry, Journal};
 use crate::protocol::{
     token_matches, Call, Code, ContainerStats, HelloReply, Request, Response, StartReply, StatRow,
@@ -210,6 +210,7 @@ impl Agent {
                     dir: c.cgroup.dir.clone(),
                     original: c.cgroup.original(),
                     recent: Vec::new(),
+                    original_burst_us: c.cgroup.original_burst(),
                 };
                 if let Err(e) = self.journal.add(name, entry) {
                     // Without a journal entry a crash could strand this quota: do not write it.
@@ -229,7 +230,7 @@ impl Agent {
                     continue;
                 }
             };
-            let write = (want != c.cgroup.current()).then_some(want);
+            let write = c.cgroup.needs_write(want).then_some(want);
             if let Some(q) = write {
                 self.journal.note_write(name, c.cgroup.current(), q);
             }
@@ -370,7 +371,7 @@ impl Agent {
                     lost: self.lost.clone(),
                 },
             ),
-            Call::Start { scalers } => self.start(req.id, scalers),
+            Call::Start { scalers, bursts } => self.start(req.id, scalers, bursts),
             Call::UpdateTargets { targets } => {
                 for (name, t) in &targets {
                     if !self.controlled.contains_key(name) {
@@ -457,8 +458,25 @@ impl Agent {
         Ok(())
     }
 
-    fn start(&mut self, id: u64, scalers: BTreeMap<String, ScalerConfig>) -> Response {
+    fn start(
+        &mut self,
+        id: u64,
+        scalers: BTreeMap<String, ScalerConfig>,
+        bursts: BTreeMap<String, Burst>,
+    ) -> Response {
         // Validate everything before touching anything.
+        if let Some(name) = bursts.keys().find(|n| !scalers.contains_key(*n)) {
+            return Response::err(
+                id,
+                Code::BadConfig,
+                format!("a burst for '{name}', which this start gives no scaler"),
+            );
+        }
+        for (name, b) in &bursts {
+            if let Err(e) = b.validate() {
+                return Response::err(id, Code::BadConfig, format!("'{name}': {e}"));
+            }
+        }
         for (name, config) in &scalers {
             if !self.known.contains_key(name) {
                 return Response::err(
@@ -484,6 +502,19 @@ impl Agent {
                 Err(e) => return Response::err(id, Code::BadConfig, format!("'{name}': {e}")),
             }
         }
+        for name in bursts.keys() {
+            let supported = match self.controlled.get(name) {
+                Some(c) => c.cgroup.supports_burst(),
+                None => opened.iter().any(|(n, g)| n == name && g.supports_burst()),
+            };
+            if !supported {
+                return Response::err(
+                    id,
+                    Code::BadConfig,
+                    format!("'{name}': this kernel has no CFS burst (cpu.cfs_burst_us / cpu.max.burst, Linux 5.14+); start it without a burst"),
+                );
+            }
+        }
         for (name, cgroup) in opened {
             let scaler = scalers[&name]
                 .build_with_ceiling(self.ceiling)
@@ -500,6 +531,14 @@ impl Agent {
             if c.ticks > 0 {
                 c.scaler = config.build_with_ceiling(self.ceiling).expect("validated");
             }
+            // Without a burst in this start, a container that had one gets its own back.
+            let burst = match bursts.get(name) {
+                Some(b) => Some(*b),
+                None => c.cgroup.original_burst().map(Burst::Micros),
+            };
+            c.cgroup
+                .set_burst(burst)
+                .expect("validated, and the kernel has the file");
         }
         self.fault = None;
         for name in scalers.keys() {

@@ -4,6 +4,12 @@
 //! |---|---|---|
 //! | counters | `cpu.stat` (nr_periods, nr_throttled, throttled_time ns) + `cpuacct.usage` (ns) | `cpu.stat` (usage_usec, nr_periods, nr_throttled, throttled_usec) |
 //! | limit | `cpu.cfs_quota_us` (-1: none) with `cpu.cfs_period_us` | `cpu.max`: `QUOTA PERIOD` or `max PERIOD` |
+//! | burst (Linux 5.14+, optional) | `cpu.cfs_burst_us` | `cpu.max.burst` |
+//!
+//! A burst lets a period spend quota earlier periods left unused, up to the burst above the
+//! quota. The kernel refuses a burst above the quota, so when both change they are written
+//! in the order that keeps `burst <= quota` at every step: a smaller burst before the quota,
+//! a larger one after it.
 //!
 //! Files are opened once and re-read from offset 0 every sample (cgroup files regenerate their
 //! content on every read at offset 0), limits are written only when they change, a quota is never
@@ -21,6 +27,43 @@ use crate::LiveError;
 
 /// The kernel refuses quotas under 1 ms.
 pub const MIN_QUOTA_US: u64 = 1000;
+
+/// How big a container's CFS burst is.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Burst {
+    /// A fraction (0 to 1) of the quota in force, so that it follows the limit.
+    Fraction(f64),
+    /// Microseconds per period; held at the quota when the quota is smaller (the kernel
+    /// refuses more).
+    Micros(u64),
+}
+
+/// The longest burst accepted, microseconds (a second: ten periods of a whole core).
+pub const MAX_BURST_US: u64 = 1_000_000;
+
+impl Burst {
+    /// Refuses what the kernel could not take.
+    pub fn validate(&self) -> Result<(), String> {
+        match *self {
+            Burst::Fraction(f) if !(f.is_finite() && (0.0..=1.0).contains(&f)) => Err(format!(
+                "a burst fraction must be from 0 to 1 (the kernel refuses a burst above the quota), got {f}"
+            )),
+            Burst::Micros(us) if us > MAX_BURST_US => Err(format!(
+                "a burst of {us} us is over the limit of {MAX_BURST_US} us"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The burst for a quota of `quota_us`, microseconds.
+    pub fn for_quota(&self, quota_us: u64) -> u64 {
+        match *self {
+            Burst::Fraction(f) => ((quota_us as f64 * f).round() as u64).min(quota_us),
+            Burst::Micros(us) => us.min(quota_us),
+        }
+    }
+}
 
 /// Which cgroup hierarchy a root is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,9 +200,28 @@ pub struct Cgroup {
     usage: Option<File>,
     quota: File,
     period: Option<File>,
+    /// The burst file, where the kernel has one.
+    burst_file: Option<File>,
     original: Quota,
     current: Quota,
+    /// The burst found at open and the one in force, microseconds (`None`: no burst file).
+    original_burst: Option<u64>,
+    current_burst: Option<u64>,
+    /// The burst to keep with every quota written (`None`: the burst is left alone).
+    burst: Option<Burst>,
     buf: Vec<u8>,
+}
+
+/// Opens a control file for reading and writing if the kernel has it.
+fn open_if_exists(path: &Path) -> Result<Option<File>, LiveError> {
+    match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(LiveError::Cgroup {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+    }
 }
 
 fn open(path: &Path, write: bool) -> Result<File, LiveError> {
@@ -187,6 +249,7 @@ impl Cgroup {
                 acct_dir,
                 quota: open(&dir.join("cpu.cfs_quota_us"), true)?,
                 period: Some(open(&dir.join("cpu.cfs_period_us"), true)?),
+                burst_file: open_if_exists(&dir.join("cpu.cfs_burst_us"))?,
                 dir,
                 original: Quota {
                     quota_us: None,
@@ -196,6 +259,9 @@ impl Cgroup {
                     quota_us: None,
                     period_us: 100_000,
                 },
+                original_burst: None,
+                current_burst: None,
+                burst: None,
                 buf: Vec::with_capacity(512),
             },
             Version::V2 => Cgroup {
@@ -206,6 +272,7 @@ impl Cgroup {
                 acct_dir,
                 quota: open(&dir.join("cpu.max"), true)?,
                 period: None,
+                burst_file: open_if_exists(&dir.join("cpu.max.burst"))?,
                 dir,
                 original: Quota {
                     quota_us: None,
@@ -215,11 +282,16 @@ impl Cgroup {
                     quota_us: None,
                     period_us: 100_000,
                 },
+                original_burst: None,
+                current_burst: None,
+                burst: None,
                 buf: Vec::with_capacity(512),
             },
         };
         g.original = g.read_quota()?;
         g.current = g.original;
+        g.original_burst = g.read_burst()?;
+        g.current_burst = g.original_burst;
         Ok(g)
     }
 
@@ -237,6 +309,7 @@ impl Cgroup {
             CgroupFile::Usage => self.usage.as_ref().expect("v1 has cpuacct.usage"),
             CgroupFile::Quota => &self.quota,
             CgroupFile::Period => self.period.as_ref().expect("v1 has cpu.cfs_period_us"),
+            CgroupFile::Burst => self.burst_file.as_ref().expect("checked by the caller"),
         };
         self.buf.clear();
         self.buf.resize(4096, 0);
@@ -290,6 +363,63 @@ impl Cgroup {
         }
     }
 
+    /// The burst the kernel has now, microseconds (`None`: this kernel has no CFS burst).
+    pub fn read_burst(&mut self) -> Result<Option<u64>, LiveError> {
+        if self.burst_file.is_none() {
+            return Ok(None);
+        }
+        let text = self.read(CgroupFile::Burst)?.trim().to_string();
+        text.parse()
+            .map(Some)
+            .map_err(|_| self.bad(CgroupFile::Burst, &text))
+    }
+
+    /// Keeps `burst` with every quota written from now on (`None`: leaves the burst alone).
+    /// Refused where the kernel has no burst file (Linux before 5.14).
+    pub fn set_burst(&mut self, burst: Option<Burst>) -> Result<(), LiveError> {
+        if let Some(b) = burst {
+            b.validate().map_err(|reason| LiveError::Cgroup {
+                path: self.dir.clone(),
+                reason,
+            })?;
+            if self.burst_file.is_none() {
+                return Err(LiveError::Cgroup {
+                    path: self.path(CgroupFile::Burst),
+                    reason: "this kernel has no CFS burst (it needs Linux 5.14 or later); run without a burst".into(),
+                });
+            }
+        }
+        self.burst = burst;
+        Ok(())
+    }
+
+    /// Whether the kernel has a CFS burst for this group.
+    pub fn supports_burst(&self) -> bool {
+        self.burst_file.is_some()
+    }
+
+    /// The burst that goes with quota `q`, microseconds (`None`: left as it is).
+    fn burst_for(&self, q: Quota) -> Option<u64> {
+        match (self.burst, q.quota_us) {
+            (Some(b), Some(us)) => Some(b.for_quota(us)),
+            // No limit: the burst means nothing, so it stays as it is.
+            _ => None,
+        }
+    }
+
+    /// Whether writing `q` would change anything: the quota, or the burst that goes with it.
+    pub fn needs_write(&self, q: Quota) -> bool {
+        q != self.current
+            || self
+                .burst_for(q)
+                .is_some_and(|b| Some(b) != self.current_burst)
+    }
+
+    /// The burst in force, microseconds (`None`: no burst file).
+    pub fn current_burst(&self) -> Option<u64> {
+        self.current_burst
+    }
+
     /// The cumulative counters now, stamped `t`.
     pub fn sample(&mut self, t: f64) -> Result<CpuSample, LiveError> {
         let stat = self.read(CgroupFile::Stat)?.to_string();
@@ -337,7 +467,7 @@ impl Cgroup {
     /// whether it wrote.
     pub fn set_limit(&mut self, cores: f64) -> Result<bool, LiveError> {
         let want = self.quota_for(cores)?;
-        if want == self.current {
+        if !self.needs_write(want) {
             return Ok(false);
         }
         self.write_quota(want)?;
@@ -359,15 +489,52 @@ impl Cgroup {
     /// changed it), takes it as current and returns true, so the next write corrects it.
     pub fn check_drift(&mut self) -> Result<bool, LiveError> {
         let actual = self.read_quota()?;
-        if actual == self.current {
+        let burst = if self.burst.is_some() {
+            self.read_burst()?
+        } else {
+            self.current_burst
+        };
+        if actual == self.current && burst == self.current_burst {
             return Ok(false);
         }
         self.current = actual;
+        self.current_burst = burst;
         Ok(true)
     }
 
-    /// Writes `q` (a value from [`quota_for`](Self::quota_for)).
+    /// Writes `q` (a value from [`quota_for`](Self::quota_for)) and the burst that goes with
+    /// it.
     pub fn write_quota(&mut self, q: Quota) -> Result<(), LiveError> {
+        let burst = self.burst_for(q);
+        self.write_bandwidth(q, burst)
+    }
+
+    /// Writes quota `q` and, unless `None` or unchanged, burst `burst`, in the order that
+    /// keeps the burst within the quota at every step (the kernel refuses it otherwise).
+    fn write_bandwidth(&mut self, q: Quota, burst: Option<u64>) -> Result<(), LiveError> {
+        let Some(b) = burst.filter(|b| Some(*b) != self.current_burst) else {
+            return self.write_quota_only(q);
+        };
+        if b <= self.current_burst.unwrap_or(0) {
+            self.write_burst(b)?;
+            self.write_quota_only(q)
+        } else {
+            self.write_quota_only(q)?;
+            self.write_burst(b)
+        }
+    }
+
+    fn write_burst(&mut self, us: u64) -> Result<(), LiveError> {
+        let file = self.burst_file.as_ref().ok_or_else(|| LiveError::Cgroup {
+            path: self.path(CgroupFile::Burst),
+            reason: "this kernel has no CFS burst".into(),
+        })?;
+        write_all(file, &self.path(CgroupFile::Burst), &us.to_string())?;
+        self.current_burst = Some(us);
+        Ok(())
+    }
+
+    fn write_quota_only(&mut self, q: Quota) -> Result<(), LiveError> {
         let (file, text) = match self.version {
             Version::V1 => {
                 if q.period_us != self.current.period_us {
@@ -401,15 +568,24 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Puts back the limit found when the group was opened.
+    /// Puts back the limit (and burst) found when the group was opened.
     pub fn restore(&mut self) -> Result<(), LiveError> {
         let original = self.original;
-        // Write unconditionally: someone else may have changed it since.
-        self.write_quota(original)
+        // The burst as the kernel has it now (someone else may have changed it), so that the
+        // order of the two writes is right; the quota is written unconditionally.
+        if let Ok(now) = self.read_burst() {
+            self.current_burst = now;
+        }
+        self.write_bandwidth(original, self.original_burst)
     }
 
     pub fn original(&self) -> Quota {
         self.original
+    }
+
+    /// The burst found when the group was opened, microseconds (`None`: no burst file).
+    pub fn original_burst(&self) -> Option<u64> {
+        self.original_burst
     }
 
     pub fn current(&self) -> Quota {
@@ -462,6 +638,7 @@ enum CgroupFile {
     Usage,
     Quota,
     Period,
+    Burst,
 }
 
 impl CgroupFile {
@@ -472,6 +649,8 @@ impl CgroupFile {
             (CgroupFile::Quota, Version::V1) => "cpu.cfs_quota_us",
             (CgroupFile::Quota, Version::V2) => "cpu.max",
             (CgroupFile::Period, _) => "cpu.cfs_period_us",
+            (CgroupFile::Burst, Version::V1) => "cpu.cfs_burst_us",
+            (CgroupFile::Burst, Version::V2) => "cpu.max.burst",
         }
     }
 }
@@ -626,6 +805,44 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "max 100000\n");
         assert!(g.set_limit(f64::NAN).is_err());
         assert!(g.set_limit(0.0).is_err());
+    }
+
+    #[test]
+    fn a_burst_follows_the_quota_and_is_restored() {
+        let (d, root) = v2_fixture();
+        let mut g = Cgroup::open("web", &root, Path::new("app/web")).unwrap();
+        let err = g.set_burst(Some(Burst::Fraction(0.5))).unwrap_err();
+        assert!(
+            err.to_string().contains("cpu.max.burst") && err.to_string().contains("5.14"),
+            "{err}"
+        );
+        g.set_burst(None).unwrap();
+
+        let burst = d.path().join("app/web/cpu.max.burst");
+        std::fs::write(&burst, "0\n").unwrap();
+        let mut g = Cgroup::open("web", &root, Path::new("app/web")).unwrap();
+        assert_eq!(g.original_burst(), Some(0));
+        assert!(g.set_burst(Some(Burst::Fraction(1.5))).is_err());
+        g.set_burst(Some(Burst::Fraction(0.5))).unwrap();
+        assert!(g.set_limit(0.4).unwrap());
+        assert_eq!(std::fs::read_to_string(&burst).unwrap(), "20000\n");
+        // An absolute burst is held at the quota.
+        g.set_burst(Some(Burst::Micros(30_000))).unwrap();
+        assert!(g.set_limit(0.4).unwrap(), "the burst changed: written");
+        assert_eq!(std::fs::read_to_string(&burst).unwrap(), "30000\n");
+        g.set_limit(0.2).unwrap();
+        assert_eq!(std::fs::read_to_string(&burst).unwrap(), "20000\n");
+        // Changed from outside: seen as drift and set back at the next write.
+        std::fs::write(&burst, "5000\n").unwrap();
+        assert!(g.check_drift().unwrap());
+        assert!(g.set_limit(0.2).unwrap());
+        assert_eq!(std::fs::read_to_string(&burst).unwrap(), "20000\n");
+        g.restore().unwrap();
+        assert_eq!(std::fs::read_to_string(&burst).unwrap(), "0\n");
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("app/web/cpu.max")).unwrap(),
+            "max 100000\n"
+        );
     }
 
     #[test]

@@ -26,6 +26,10 @@ pub struct Entry {
     /// must not undo that. Empty in older journals (restored unconditionally).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent: Vec<Quota>,
+    /// The group's original CFS burst, microseconds (absent where the kernel has none, and
+    /// in older journals: the burst is then left alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_burst_us: Option<u64>,
 }
 
 /// The journal file and what it holds.
@@ -191,6 +195,32 @@ fn write_original(e: &Entry) -> Result<(), LiveError> {
                 reason: x.to_string(),
             })
     };
+    // The kernel refuses a burst above the quota: a smaller burst goes back before the quota,
+    // a larger one after it (the burst in force is within the quota in force).
+    let burst_file = match e.version {
+        Version::V1 => "cpu.cfs_burst_us",
+        Version::V2 => "cpu.max.burst",
+    };
+    let burst_now: Option<u64> = std::fs::read_to_string(e.dir.join(burst_file))
+        .ok()
+        .and_then(|t| t.trim().parse().ok());
+    let burst = e
+        .original_burst_us
+        .filter(|b| burst_now.is_some_and(|now| now != *b));
+    if let Some(b) = burst.filter(|b| burst_now.is_some_and(|now| *b <= now)) {
+        write(burst_file, b.to_string())?;
+    }
+    write_quota(e, &write)?;
+    if let Some(b) = burst.filter(|b| burst_now.is_some_and(|now| *b > now)) {
+        write(burst_file, b.to_string())?;
+    }
+    Ok(())
+}
+
+fn write_quota(
+    e: &Entry,
+    write: &dyn Fn(&str, String) -> Result<(), LiveError>,
+) -> Result<(), LiveError> {
     match e.version {
         Version::V1 => {
             write("cpu.cfs_period_us", e.original.period_us.to_string())?;
@@ -240,6 +270,7 @@ mod tests {
                 dir: g.clone(),
                 original,
                 recent: Vec::new(),
+                original_burst_us: None,
             },
         )
         .unwrap();
@@ -254,6 +285,7 @@ mod tests {
                     period_us: 1,
                 },
                 recent: Vec::new(),
+                original_burst_us: None,
             },
         )
         .unwrap();
@@ -264,6 +296,7 @@ mod tests {
                 dir: dir.path().join("nope"),
                 original,
                 recent: Vec::new(),
+                original_burst_us: None,
             },
         )
         .unwrap();
@@ -294,6 +327,7 @@ mod tests {
                 period_us: 100_000,
             },
             recent: Vec::new(),
+            original_burst_us: None,
         };
         j.add("a", e).unwrap();
         assert!(path.exists());
@@ -326,6 +360,7 @@ mod tests {
             dir: g.clone(),
             original: q(20_000),
             recent,
+            original_burst_us: None,
         };
         // The agent last wrote 30000 (after 40000); someone has set 70000 since.
         std::fs::write(g.join("cpu.max"), "70000 100000\n").unwrap();
@@ -365,6 +400,7 @@ mod tests {
                     period_us: 100_000,
                 },
                 recent: Vec::new(),
+                original_burst_us: None,
             },
         )
         .unwrap();

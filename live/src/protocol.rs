@@ -11,7 +11,7 @@
 //! | method | params | result |
 //! |---|---|---|
 //! | `hello` | none | [`HelloReply`] `{node, version, containers, controlling, fault, lost}`: what the agent can control, what it controls now, and why control last ended (if it did) |
-//! | `start` | `{scalers: {container: ScalerConfig}}` | [`StartReply`] `{controlling: [names]}`; containers not named are left alone |
+//! | `start` | `{scalers: {container: ScalerConfig}, bursts?: {container: {"fraction": f} or {"micros": us}}}` | [`StartReply`] `{controlling: [names]}`; containers not named are left alone; a burst is refused where the kernel has none |
 //! | `update_targets` | `{targets: {container: target}}` | [`UpdateReply`] `{updated: n}` |
 //! | `stats` | none | [`StatsReply`] `{now, containers: {name: {limit, target, rows: [StatRow], dropped}}, fault, lost: {name: why}}`: per-second rows since the last `stats`; `now` and each row's `t` are seconds on the agent's clock; `target` is null for a fixed limit |
 //! | `stop` | none | [`StopReply`] `{restored: [names]}`: original limits are back |
@@ -24,6 +24,8 @@
 use std::collections::BTreeMap;
 
 use controller::ScalerConfig;
+
+use crate::cgroup::Burst;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -47,6 +49,10 @@ pub enum Call {
     Hello,
     Start {
         scalers: BTreeMap<String, ScalerConfig>,
+        /// CFS bursts, by container (each must be in `scalers`); a container left out keeps
+        /// the burst it had when the agent opened it.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        bursts: BTreeMap<String, Burst>,
     },
     UpdateTargets {
         targets: BTreeMap<String, f64>,

@@ -54,6 +54,7 @@ fn start(f: &mut Fixture, name: &str, config: ScalerConfig) -> protocol::Respons
     f.agent.handle(
         req(Call::Start {
             scalers: [(name.to_string(), config)].into(),
+            bursts: Default::default(),
         }),
         0.0,
     )
@@ -126,6 +127,7 @@ fn bad_requests_change_nothing() {
     let unknown = f.agent.handle(
         req(Call::Start {
             scalers: [("db".to_string(), ScalerKind::Const.config(0.0, 1.0))].into(),
+            bursts: Default::default(),
         }),
         0.2,
     );
@@ -154,6 +156,7 @@ fn bad_requests_change_nothing() {
     let infinite = f.agent.handle(
         req(Call::Start {
             scalers: [("web".to_string(), ScalerConfig::Const { limit: f64::NAN })].into(),
+            bursts: Default::default(),
         }),
         0.2,
     );
@@ -270,6 +273,7 @@ fn a_journal_that_cannot_be_written_is_a_fault_and_the_container_is_reported_los
     let r = f.agent.handle(
         req(Call::Start {
             scalers: [("web".to_string(), ScalerKind::Const.config(0.0, 1.5))].into(),
+            bursts: Default::default(),
         }),
         0.15,
     );

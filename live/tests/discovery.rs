@@ -119,6 +119,7 @@ async fn lists_pods_remaps_restarts_and_rides_out_api_errors() {
                         controller::ScalerKind::Const.config(0.0, 1.5),
                     )]
                     .into(),
+                    bursts: Default::default(),
                 },
             },
             0.0,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use controller::ScalerKind;
 use live::agent::Agent;
-use live::cgroup::{Cgroup, Root};
+use live::cgroup::{Burst, Cgroup, Root};
 use live::groups::Groups;
 use live::journal::Journal;
 use live::protocol::{self, Call, Request};
@@ -47,6 +47,7 @@ fn the_kernel_throttles_what_the_captain_allows() {
             token: "t".into(),
             call: Call::Start {
                 scalers: [("g0".to_string(), ScalerKind::Const.config(0.0, 0.5))].into(),
+                bursts: Default::default(),
             },
         },
         0.0,
@@ -82,6 +83,7 @@ fn the_kernel_throttles_what_the_captain_allows() {
             token: "t".into(),
             call: Call::Start {
                 scalers: [("g0".to_string(), ScalerKind::Captain.config(0.05, 0.5))].into(),
+                bursts: Default::default(),
             },
         },
         start.elapsed().as_secs_f64(),
@@ -172,6 +174,7 @@ fn agent_controlling(root: &Root, g: &Groups, journal: &Path, extra: &[&str]) ->
         1,
         &Call::Start {
             scalers: [("g0".to_string(), ScalerKind::Const.config(0.0, 0.3))].into(),
+            bursts: Default::default(),
         },
     );
     assert_eq!(r["ok"], true, "{r}");
@@ -392,7 +395,14 @@ fn the_agent_holds_up_under_hostile_connections() {
         .map(|n| (n, ScalerKind::Captain.config(0.1, 1.0)))
         .collect();
     assert_eq!(
-        call(&mut coordinator, 1, &Call::Start { scalers })["ok"],
+        call(
+            &mut coordinator,
+            1,
+            &Call::Start {
+                scalers,
+                bursts: Default::default()
+            }
+        )["ok"],
         true
     );
 
@@ -575,4 +585,74 @@ fn live_restore(journal: &Path) -> std::process::Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// The group's quota and burst as the kernel has them, microseconds (-1: no quota).
+fn bandwidth(root: &Root, g: &Groups, name: &str) -> (i64, u64) {
+    let dir = root.cpu.join(g.rel(name));
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    (
+        read("cpu.cfs_quota_us").trim().parse().unwrap(),
+        read("cpu.cfs_burst_us").trim().parse().unwrap(),
+    )
+}
+
+#[test]
+#[ignore = "needs root and writable cgroup v1 with cpu.cfs_burst_us (Linux 5.14+)"]
+fn bursts_are_written_in_an_order_the_kernel_accepts_and_restored() {
+    let _one_at_a_time = serial();
+    let (root, g) = groups("burst", 1);
+    assert_eq!(bandwidth(&root, &g, "g0"), (-1, 0));
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("j.json");
+    let mut agent = Agent::new("n", "t", root.clone(), Journal::new(&journal), 60.0);
+    agent.set_known(g.known());
+    let mut t = 0.0;
+    let mut start = |agent: &mut Agent, limit: f64, burst: Option<Burst>| {
+        t += 0.1;
+        let r = agent.handle(
+            Request {
+                id: 1,
+                token: "t".into(),
+                call: Call::Start {
+                    scalers: [("g0".to_string(), ScalerKind::Const.config(0.0, limit))].into(),
+                    bursts: burst.map(|b| ("g0".to_string(), b)).into_iter().collect(),
+                },
+            },
+            t,
+        );
+        t += 0.1;
+        agent.tick(t);
+        r
+    };
+    assert!(start(&mut agent, 0.5, Some(Burst::Fraction(1.0))).ok);
+    assert_eq!(bandwidth(&root, &g, "g0"), (50_000, 50_000));
+    // Down: the burst must shrink before the quota (20 ms of quota under a 50-ms burst is
+    // refused by the kernel).
+    assert!(start(&mut agent, 0.2, Some(Burst::Fraction(1.0))).ok);
+    assert_eq!(bandwidth(&root, &g, "g0"), (20_000, 20_000));
+    // Up: the quota must grow before the burst.
+    assert!(start(&mut agent, 0.8, Some(Burst::Fraction(0.5))).ok);
+    assert_eq!(bandwidth(&root, &g, "g0"), (80_000, 40_000));
+    // Refused, changing nothing: a burst above the quota, a burst for a container without a
+    // scaler.
+    let r = start(&mut agent, 0.8, Some(Burst::Fraction(2.0)));
+    assert!(!r.ok, "{r:?}");
+    assert_eq!(bandwidth(&root, &g, "g0"), (80_000, 40_000));
+    // A start without a burst gives the container its own back.
+    assert!(start(&mut agent, 0.3, None).ok);
+    assert_eq!(bandwidth(&root, &g, "g0"), (30_000, 0));
+    assert!(start(&mut agent, 0.6, Some(Burst::Micros(100_000))).ok);
+    assert_eq!(
+        bandwidth(&root, &g, "g0"),
+        (60_000, 60_000),
+        "held at the quota"
+    );
+
+    // The agent dies holding quota and burst: the journal puts both back.
+    std::mem::forget(agent);
+    assert!(journal.exists());
+    let restored = Journal::restore_file(&journal, &root).unwrap();
+    assert_eq!(restored, vec!["g0".to_string()]);
+    assert_eq!(bandwidth(&root, &g, "g0"), (-1, 0));
 }

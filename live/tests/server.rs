@@ -30,6 +30,7 @@ async fn serves_the_protocol_and_metrics_and_restores_on_shutdown() {
         "tok",
         &Call::Start {
             scalers: [("web".to_string(), ScalerKind::Const.config(0.0, 0.25))].into(),
+            bursts: Default::default(),
         },
     );
     s.get_mut().write_all(line.as_bytes()).await.unwrap();

@@ -49,7 +49,10 @@ pub fn bench(b: BenchArgs) -> Result<()> {
         Request {
             id: 1,
             token: "t".into(),
-            call: Call::Start { scalers },
+            call: Call::Start {
+                scalers,
+                bursts: Default::default(),
+            },
         },
         0.0,
     );

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::connection::AgentConnection;
 use super::{RunSpec, MINUTE_GRACE_S, RETRY_S};
+use crate::cgroup::Burst;
 use crate::loadgen::Stats;
 use crate::protocol::{Call, HelloReply, StatsReply, StopReply};
 use crate::LiveError;
@@ -170,7 +171,22 @@ impl<'a> RunState<'a> {
                 (s.container.clone(), self.scaler_config(s, initial))
             })
             .collect();
-        self.call(agent, &Call::Start { scalers })
+        // The plan's burst, as a fraction of each container's quota (none: kernels without
+        // CFS burst still run the paper's setting).
+        let bursts = if self.spec.plan.burst > 0.0 {
+            picked
+                .iter()
+                .map(|&i| {
+                    (
+                        self.containers[i].container.clone(),
+                        Burst::Fraction(self.spec.plan.burst),
+                    )
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        self.call(agent, &Call::Start { scalers, bursts })
             .await
             .ok_or_else(|| "not connected".to_string())??;
         Ok(picked)
