@@ -633,6 +633,12 @@ fn read_csv<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, RecordE
         })
 }
 
+/// For `skip_serializing_if`: a field at its default of zero is left out of `run.json`, so
+/// records without the feature stay as they were.
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -721,10 +727,4 @@ mod tests {
         let e = Record::read(dir.path()).unwrap_err().to_string();
         assert!(e.contains("minutes.csv"), "{e}");
     }
-}
-
-/// For `skip_serializing_if`: a field at its default of zero is left out of `run.json`, so
-/// records without the feature stay as they were.
-fn is_zero(x: &f64) -> bool {
-    *x == 0.0
 }
