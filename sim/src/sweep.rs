@@ -35,7 +35,8 @@ pub struct Workload {
 }
 
 /// Something to compare: a baseline tuned over a grid, Captains with fixed targets, or the
-/// full Autothrottle protocol.
+/// full Autothrottle protocol; each also with a CFS burst on every container (beyond the
+/// paper: [`Settings::burst`] times the quota).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case")]
 pub enum Contender {
@@ -44,14 +45,22 @@ pub enum Contender {
     /// Captains with one fixed target pair, swept over the Tower's grid diagonal.
     Captain,
     Autothrottle,
+    K8sCpuBurst,
+    K8sCpuFastBurst,
+    CaptainBurst,
+    AutothrottleBurst,
 }
 
 impl Contender {
-    pub const ALL: [Contender; 4] = [
+    pub const ALL: [Contender; 8] = [
         Contender::K8sCpu,
         Contender::K8sCpuFast,
         Contender::Captain,
         Contender::Autothrottle,
+        Contender::K8sCpuBurst,
+        Contender::K8sCpuFastBurst,
+        Contender::CaptainBurst,
+        Contender::AutothrottleBurst,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +69,10 @@ impl Contender {
             Contender::K8sCpuFast => "k8s-cpu-fast",
             Contender::Captain => "captain",
             Contender::Autothrottle => "autothrottle",
+            Contender::K8sCpuBurst => "k8s-cpu+burst",
+            Contender::K8sCpuFastBurst => "k8s-cpu-fast+burst",
+            Contender::CaptainBurst => "captain+burst",
+            Contender::AutothrottleBurst => "autothrottle+burst",
         }
     }
 
@@ -70,11 +83,46 @@ impl Contender {
             Contender::K8sCpuFast => "K8s-CPU-Fast",
             Contender::Captain => "Captain (fixed)",
             Contender::Autothrottle => "Autothrottle",
+            Contender::K8sCpuBurst => "K8s-CPU + burst",
+            Contender::K8sCpuFastBurst => "K8s-CPU-Fast + burst",
+            Contender::CaptainBurst => "Captain (fixed) + burst",
+            Contender::AutothrottleBurst => "Autothrottle + burst",
+        }
+    }
+
+    /// The same contender without a burst.
+    pub fn base(self) -> Contender {
+        match self {
+            Contender::K8sCpuBurst => Contender::K8sCpu,
+            Contender::K8sCpuFastBurst => Contender::K8sCpuFast,
+            Contender::CaptainBurst => Contender::Captain,
+            Contender::AutothrottleBurst => Contender::Autothrottle,
+            c => c,
+        }
+    }
+
+    /// Whether its containers have a CFS burst.
+    pub fn has_burst(self) -> bool {
+        self.base() != self
+    }
+
+    /// The same contender with a burst.
+    pub fn with_burst(self) -> Contender {
+        match self.base() {
+            Contender::K8sCpu => Contender::K8sCpuBurst,
+            Contender::K8sCpuFast => Contender::K8sCpuFastBurst,
+            Contender::Captain => Contender::CaptainBurst,
+            _ => Contender::AutothrottleBurst,
         }
     }
 
     pub fn is_baseline(self) -> bool {
         matches!(self, Contender::K8sCpu | Contender::K8sCpuFast)
+    }
+
+    /// Whether it is the Autothrottle protocol (a warm-up chain, not a grid).
+    pub fn is_autothrottle(self) -> bool {
+        self.base() == Contender::Autothrottle
     }
 }
 
@@ -85,7 +133,7 @@ impl std::str::FromStr for Contender {
             .into_iter()
             .find(|c| c.name() == s)
             .ok_or_else(|| {
-                format!("unknown scaler '{s}' (expected k8s-cpu, k8s-cpu-fast, captain or autothrottle)")
+                format!("unknown scaler '{s}' (expected k8s-cpu, k8s-cpu-fast, captain or autothrottle, each also with +burst)")
             })
     }
 }
@@ -136,6 +184,8 @@ pub enum Unit {
         app: Arc<Scenario>,
         warmup: Workload,
         evals: Vec<Workload>,
+        /// [`Contender::Autothrottle`] or [`Contender::AutothrottleBurst`].
+        contender: Contender,
     },
 }
 
@@ -167,7 +217,9 @@ impl Unit {
                 ),
                 _ => format!("{}/{}/{}", app.name, workload.name, contender.name()),
             },
-            Unit::Autothrottle { app, .. } => format!("{}/autothrottle", app.name),
+            Unit::Autothrottle { app, contender, .. } => {
+                format!("{}/{}", app.name, contender.name())
+            }
         }
     }
 }
@@ -215,19 +267,19 @@ pub struct Settings {
     pub services_csv: bool,
     /// Reuse runs already on disk when their configuration matches.
     pub resume: bool,
+    /// The CFS burst of the `+burst` contenders, as a fraction of each container's quota.
+    pub burst: f64,
 }
 
 /// The targets of a contender's grid.
 pub fn grid(contender: Contender) -> Vec<Targets> {
     match contender {
-        Contender::K8sCpu | Contender::K8sCpuFast => {
-            BASELINE_GRID.iter().map(|&t| Targets::new(t, t)).collect()
-        }
-        Contender::Captain => controller::TARGET_GRID
+        c if c.base().is_baseline() => BASELINE_GRID.iter().map(|&t| Targets::new(t, t)).collect(),
+        c if c.base() == Contender::Captain => controller::TARGET_GRID
             .iter()
             .map(|&t| Targets::new(t, t))
             .collect(),
-        Contender::Autothrottle => Vec::new(),
+        _ => Vec::new(),
     }
 }
 
@@ -329,13 +381,11 @@ fn run_unit(
             targets,
             descending,
         } => {
-            let scaler = match contender {
+            let scaler = match contender.base() {
                 Contender::K8sCpu => ScalerKind::K8sCpu,
                 Contender::K8sCpuFast => ScalerKind::K8sCpuFast,
                 Contender::Captain => ScalerKind::Captain,
-                Contender::Autothrottle => {
-                    return Err(SimError::Config("autothrottle is not a grid".into()))
-                }
+                _ => return Err(SimError::Config("autothrottle is not a grid".into())),
             };
             for (i, t) in targets.iter().enumerate() {
                 let mut cfg = RunPlan::new(app.clone(), workload.trace.clone(), scaler, *t);
@@ -343,6 +393,7 @@ fn run_unit(
                 cfg.ramp_s = settings.ramp_s;
                 cfg.load = settings.load;
                 cfg.services_csv = settings.services_csv;
+                cfg.burst = burst_of(*contender, settings);
                 let dir = format!(
                     "runs/{}/{}/{}-{}",
                     app.name,
@@ -360,7 +411,13 @@ fn run_unit(
                 }
             }
         }
-        Unit::Autothrottle { app, warmup, evals } => {
+        Unit::Autothrottle {
+            app,
+            warmup,
+            evals,
+            contender,
+        } => {
+            let name = contender.name();
             let mut memory = TowerMemory::default();
             let phases = (0..EXPLORE_RUNS)
                 .map(|i| ("warmup-explore", i, TowerKind::Explore))
@@ -376,28 +433,39 @@ fn run_unit(
             for (n, (phase, i, tower)) in phases.enumerate() {
                 let mut cfg = captain_config(app, &warmup.trace, settings, tower, memory.clone());
                 cfg.seed = settings.seed + 1 + n as u64;
-                let dir = format!("runs/{}/autothrottle/{phase}-{}", app.name, i + 1);
+                cfg.burst = burst_of(*contender, settings);
+                let dir = format!("runs/{}/{name}/{phase}-{}", app.name, i + 1);
                 let (info, learnt) = run_or_resume(&cfg, settings, &dir)?;
                 memory = learnt;
                 tick(1);
-                rows.push(row(&info, &warmup.name, "autothrottle", phase, &dir));
+                rows.push(row(&info, &warmup.name, name, phase, &dir));
             }
             for w in evals {
-                let cfg = captain_config(
+                let mut cfg = captain_config(
                     app,
                     &w.trace,
                     settings,
                     TowerKind::Bandit { explore: 0.0 },
                     memory.clone(),
                 );
-                let dir = format!("runs/{}/autothrottle/eval-{}", app.name, w.name);
+                cfg.burst = burst_of(*contender, settings);
+                let dir = format!("runs/{}/{name}/eval-{}", app.name, w.name);
                 let (info, _) = run_or_resume(&cfg, settings, &dir)?;
                 tick(1);
-                rows.push(row(&info, &w.name, "autothrottle", "eval", &dir));
+                rows.push(row(&info, &w.name, name, "eval", &dir));
             }
         }
     }
     Ok(rows)
+}
+
+/// The burst a contender's runs have.
+fn burst_of(contender: Contender, settings: &Settings) -> f64 {
+    if contender.has_burst() {
+        settings.burst
+    } else {
+        0.0
+    }
 }
 
 fn captain_config(
@@ -699,6 +767,58 @@ pub fn table_markdown(rows: &[TableRow]) -> String {
             cell(r.autothrottle),
             r.saving_pct.map_or("-".into(), |p| format!("{p:.1}%"))
         ));
+    }
+    s
+}
+
+/// Beyond the paper: each contender with and without a CFS burst, in cores, with its saving
+/// over the best baseline without a burst (the paper's reference) in brackets.
+pub fn burst_table_markdown(best: &[Best]) -> String {
+    const COLUMNS: [Contender; 5] = [
+        Contender::K8sCpuBurst,
+        Contender::K8sCpuFastBurst,
+        Contender::Autothrottle,
+        Contender::AutothrottleBurst,
+        Contender::CaptainBurst,
+    ];
+    let present: Vec<Contender> = COLUMNS
+        .into_iter()
+        .filter(|c| best.iter().any(|b| b.scaler == c.name()))
+        .collect();
+    let mut s = String::from("| App | Workload | best baseline |");
+    for c in &present {
+        s.push_str(&format!(" {} |", c.title()));
+    }
+    s.push_str("\n|---|---|---:|");
+    for _ in &present {
+        s.push_str("---:|");
+    }
+    s.push('\n');
+    for r in table(best) {
+        let get = |c: Contender| {
+            best.iter()
+                .find(|b| b.app == r.app && b.workload == r.workload && b.scaler == c.name())
+                .and_then(|b| b.allocation)
+        };
+        let baseline = [r.k8s_cpu, r.k8s_cpu_fast]
+            .into_iter()
+            .flatten()
+            .reduce(f64::min);
+        let cell = |v: Option<f64>| match (v, baseline) {
+            (Some(v), Some(b)) if b > 0.0 => format!("{v:.2} ({:+.1}%)", 100.0 * (b - v) / b),
+            (Some(v), _) => format!("{v:.2}"),
+            (None, _) => "N/A".into(),
+        };
+        s.push_str(&format!(
+            "| {} | {} | {} |",
+            r.app,
+            r.workload,
+            baseline.map_or("N/A".into(), |b| format!("{b:.2}"))
+        ));
+        for &c in &present {
+            s.push_str(&format!(" {} |", cell(get(c))));
+        }
+        s.push('\n');
     }
     s
 }

@@ -18,9 +18,14 @@ fn units() -> Vec<Unit> {
         app: app.clone(),
         warmup: w("diurnal-2", Trace::builtin("diurnal-2").unwrap()),
         evals: vec![diurnal.clone(), bursty.clone()],
+        contender: Contender::Autothrottle,
     }];
     for workload in [diurnal, bursty] {
-        for (contender, descending) in [(Contender::K8sCpu, false), (Contender::K8sCpuFast, true)] {
+        for (contender, descending) in [
+            (Contender::K8sCpu, false),
+            (Contender::K8sCpuFast, true),
+            (Contender::K8sCpuFastBurst, true),
+        ] {
             let mut targets = sweep::grid(contender);
             if descending {
                 targets.reverse();
@@ -46,7 +51,45 @@ fn settings(dir: &std::path::Path, jobs: usize) -> Settings {
         jobs,
         services_csv: false,
         resume: true,
+        burst: 0.5,
     }
+}
+
+#[test]
+fn burst_contenders_run_with_their_burst_and_get_their_own_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = sweep::execute(&units(), &settings(dir.path(), 2), &|_| {}).unwrap();
+    let bursting: Vec<&ResultRow> = rows
+        .iter()
+        .filter(|r| r.scaler == "k8s-cpu-fast+burst")
+        .collect();
+    assert!(!bursting.is_empty());
+    for r in &rows {
+        let info = record::Record::read(&dir.path().join(&r.run)).unwrap().info;
+        let want = if r.scaler.ends_with("+burst") {
+            0.5
+        } else {
+            0.0
+        };
+        assert_eq!(info.burst, want, "{}", r.run);
+        if let Some(base) = r.scaler.strip_suffix("+burst") {
+            assert_eq!(info.scaler, base, "a burst contender runs its base scaler");
+        }
+    }
+    let best = sweep::best(&rows);
+    let md = sweep::burst_table_markdown(&best);
+    assert!(
+        md.starts_with("| App | Workload | best baseline | K8s-CPU-Fast + burst | Autothrottle |"),
+        "{md}"
+    );
+    assert_eq!(md.lines().count(), 2 + 2, "two cells: {md}");
+    // The paper's table is the same with or without the burst contenders.
+    let plain: Vec<_> = best
+        .iter()
+        .filter(|b| !b.scaler.ends_with("+burst"))
+        .cloned()
+        .collect();
+    assert_eq!(sweep::table(&best), sweep::table(&plain));
 }
 
 #[test]

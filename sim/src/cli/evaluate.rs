@@ -38,6 +38,11 @@ pub struct EvaluateArgs {
     /// Do not draw the comparison PNGs.
     #[arg(long)]
     pub no_plots: bool,
+    /// Also run every contender with a CFS burst (K8s-CPU, K8s-CPU-Fast and Autothrottle,
+    /// each container bursting up to --burst-fraction of its quota) and write table-burst.md
+    /// beside the paper's table.
+    #[arg(long)]
+    pub with_burst: bool,
     #[command(flatten)]
     pub many: ManyArgs,
     /// Output directory: results.csv, best.csv, table.csv, table.md, plots/ and run records.
@@ -68,16 +73,34 @@ pub fn cmd(a: EvaluateArgs) -> Result<()> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        chains.push(Unit::Autothrottle {
-            app: app.clone(),
-            warmup: Workload {
-                name: "diurnal-2".into(),
-                trace: trace("diurnal-2", &app)?,
-            },
-            evals: workloads.clone(),
-        });
+        let contenders: &[Contender] = if a.with_burst {
+            &[Contender::Autothrottle, Contender::AutothrottleBurst]
+        } else {
+            &[Contender::Autothrottle]
+        };
+        for &contender in contenders {
+            chains.push(Unit::Autothrottle {
+                app: app.clone(),
+                warmup: Workload {
+                    name: "diurnal-2".into(),
+                    trace: trace("diurnal-2", &app)?,
+                },
+                evals: workloads.clone(),
+                contender,
+            });
+        }
+        let baselines: &[Contender] = if a.with_burst {
+            &[
+                Contender::K8sCpu,
+                Contender::K8sCpuFast,
+                Contender::K8sCpuBurst,
+                Contender::K8sCpuFastBurst,
+            ]
+        } else {
+            &[Contender::K8sCpu, Contender::K8sCpuFast]
+        };
         for w in &workloads {
-            for c in [Contender::K8sCpu, Contender::K8sCpuFast] {
+            for &c in baselines {
                 grids.push(Unit::Grid {
                     app: app.clone(),
                     workload: w.clone(),
@@ -112,6 +135,12 @@ fn finish_evaluation(
     std::fs::write(out.join("table.md"), &md)
         .with_context(|| format!("{}: cannot write table.md", out.display()))?;
     print!("{md}");
+    if best.iter().any(|b| b.scaler.ends_with("+burst")) {
+        let md = sweep::burst_table_markdown(&best);
+        std::fs::write(out.join("table-burst.md"), &md)
+            .with_context(|| format!("{}: cannot write table-burst.md", out.display()))?;
+        print!("\n{md}");
+    }
     if plots {
         let dir = out.join("plots");
         std::fs::create_dir_all(&dir)?;

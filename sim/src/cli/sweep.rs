@@ -45,6 +45,10 @@ pub struct ManyArgs {
     /// Mean think time of a user, seconds (users load).
     #[arg(long, default_value_t = traces::THINK_S)]
     pub think_time: f64,
+    /// CFS burst of the `+burst` contenders, as a fraction of each container's quota (0 to 1;
+    /// the kernel refuses a burst above the quota).
+    #[arg(long, default_value_t = 1.0)]
+    pub burst_fraction: f64,
 }
 
 impl ManyArgs {
@@ -54,7 +58,14 @@ impl ManyArgs {
             .unwrap_or(default_load)
             .with_think(self.think_time)
             .map_err(|e| anyhow::anyhow!("--think-time: {e}"))?;
+        if !(self.burst_fraction > 0.0 && self.burst_fraction <= 1.0) {
+            bail!(
+                "--burst-fraction must be above 0 and at most 1 (the kernel refuses a burst above the quota), got {}",
+                self.burst_fraction
+            );
+        }
         Ok(Settings {
+            burst: self.burst_fraction,
             load,
             out: out.to_path_buf(),
             seed: self.seed,
@@ -94,7 +105,9 @@ pub struct SweepArgs {
     /// Workload: built-in trace, constant-N, `constant` (the scenario's) or a trace file.
     #[arg(long, default_value = "diurnal")]
     pub trace: String,
-    /// Comma-separated: k8s-cpu, k8s-cpu-fast, captain (fixed targets), autothrottle.
+    /// Comma-separated: k8s-cpu, k8s-cpu-fast, captain (fixed targets), autothrottle; each
+    /// also as NAME+burst (every container with a CFS burst of --burst-fraction times its
+    /// quota).
     #[arg(
         long,
         default_value = "k8s-cpu,k8s-cpu-fast,autothrottle",
@@ -131,7 +144,7 @@ pub fn cmd(a: SweepArgs) -> Result<()> {
     };
     let mut units = Vec::new();
     for c in &a.scalers {
-        if *c == Contender::Autothrottle {
+        if c.is_autothrottle() {
             let warmup = Workload {
                 name: workload_name(&a.warmup_trace),
                 trace: a.many.trim(app.workload(&a.warmup_trace)?)?,
@@ -143,6 +156,7 @@ pub fn cmd(a: SweepArgs) -> Result<()> {
                     app: app.clone(),
                     warmup,
                     evals: vec![workload.clone()],
+                    contender: *c,
                 },
             );
         } else {
