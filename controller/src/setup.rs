@@ -40,12 +40,15 @@ pub enum TowerKind {
     Explore,
     /// The contextual bandit, exploring neighbours with probability `explore`.
     Bandit { explore: f64 },
+    /// The artifact's learner ([`OriginalTower`](crate::OriginalTower)), exploring as
+    /// `Bandit` does.
+    Original { explore: f64 },
 }
 
 impl TowerKind {
     /// Refuses an exploration rate outside 0..1.
     pub fn validate(&self) -> Result<(), ControllerError> {
-        if let TowerKind::Bandit { explore } = *self {
+        if let TowerKind::Bandit { explore } | TowerKind::Original { explore } = *self {
             if !(0.0..=1.0).contains(&explore) {
                 return Err(ControllerError::BadTower(format!(
                     "explore must be within 0..1, got {explore}"
@@ -60,12 +63,13 @@ impl TowerKind {
             TowerKind::None => "none",
             TowerKind::Explore => "explore",
             TowerKind::Bandit { .. } => "bandit",
+            TowerKind::Original { .. } => "original",
         }
     }
 
     pub fn explore(&self) -> f64 {
         match self {
-            TowerKind::Bandit { explore } => *explore,
+            TowerKind::Bandit { explore } | TowerKind::Original { explore } => *explore,
             TowerKind::Explore => 1.0,
             TowerKind::None => 0.0,
         }
@@ -92,6 +96,14 @@ impl TowerKind {
             TowerKind::None => Box::new(NoTower::default()),
             TowerKind::Explore => Box::new(ExploreTower::new(memory, drop_samples, seed)),
             TowerKind::Bandit { explore } => Box::new(BanditTower::try_new(
+                BanditConfig {
+                    drop_samples,
+                    ..BanditConfig::new(slo_ms, aggregate_rps).with_explore(explore)
+                },
+                memory,
+                seed,
+            )?),
+            TowerKind::Original { explore } => Box::new(crate::OriginalTower::try_new(
                 BanditConfig {
                     drop_samples,
                     ..BanditConfig::new(slo_ms, aggregate_rps).with_explore(explore)

@@ -270,7 +270,11 @@ pub(crate) struct Recorder {
     pub inherited: usize,
     minutes: usize,
     drop_samples: usize,
-    pending: Option<(Action, f64)>,
+    /// The pending decision: action, probability, and the RPS it was made at.
+    pending: Option<(Action, f64, f64)>,
+    /// Label samples with the RPS the decision was made at (the original's way) instead of
+    /// the RPS the action served.
+    at_decision: bool,
 }
 
 impl Recorder {
@@ -281,16 +285,28 @@ impl Recorder {
             minutes: 0,
             drop_samples,
             pending: None,
+            at_decision: false,
         }
+    }
+
+    /// Labels samples as the original did: with the RPS of the minute the decision was made
+    /// at (see [`TowerSample::rps`] for why this project does not).
+    pub fn labelled_at_decision(mut self) -> Self {
+        self.at_decision = true;
+        self
     }
 
     /// Records the outcome of the pending decision; returns the minute number (1-based).
     pub fn record(&mut self, minute: &MinuteObservation) -> usize {
         self.minutes += 1;
-        if let Some((action, probability)) = self.pending.take() {
+        if let Some((action, probability, decided_rps)) = self.pending.take() {
             if self.minutes > self.drop_samples {
                 self.memory.samples.push(TowerSample {
-                    rps: minute.rps,
+                    rps: if self.at_decision {
+                        decided_rps
+                    } else {
+                        minute.rps
+                    },
                     action,
                     probability,
                     p99_ms: minute.p99_ms,
@@ -302,7 +318,12 @@ impl Recorder {
     }
 
     pub fn decided(&mut self, action: Action, probability: f64) {
-        self.pending = Some((action, probability));
+        self.pending = Some((action, probability, f64::NAN));
+    }
+
+    /// A decision made at a minute of `rps`.
+    pub fn decided_at(&mut self, action: Action, probability: f64, rps: f64) {
+        self.pending = Some((action, probability, rps));
     }
 }
 

@@ -20,6 +20,8 @@ pub enum TowerChoice {
     Explore,
     /// The contextual bandit.
     Bandit,
+    /// The artifact's learner (Vowpal Wabbit's `--cb_explore 81 --nn 3`, ported), to compare.
+    Original,
 }
 
 /// How the run replays its workload and which controllers it runs: everything of a
@@ -95,6 +97,9 @@ impl ControlArgs {
             TowerChoice::None => TowerKind::None,
             TowerChoice::Explore => TowerKind::Explore,
             TowerChoice::Bandit => TowerKind::Bandit {
+                explore: self.explore,
+            },
+            TowerChoice::Original => TowerKind::Original {
                 explore: self.explore,
             },
         };

@@ -49,10 +49,13 @@ pub enum Contender {
     K8sCpuFastBurst,
     CaptainBurst,
     AutothrottleBurst,
+    /// The Autothrottle protocol with the artifact's learner as its Tower
+    /// ([`controller::OriginalTower`]) instead of the project's.
+    AutothrottleOriginal,
 }
 
 impl Contender {
-    pub const ALL: [Contender; 8] = [
+    pub const ALL: [Contender; 9] = [
         Contender::K8sCpu,
         Contender::K8sCpuFast,
         Contender::Captain,
@@ -61,6 +64,7 @@ impl Contender {
         Contender::K8sCpuFastBurst,
         Contender::CaptainBurst,
         Contender::AutothrottleBurst,
+        Contender::AutothrottleOriginal,
     ];
 
     pub fn name(self) -> &'static str {
@@ -73,6 +77,7 @@ impl Contender {
             Contender::K8sCpuFastBurst => "k8s-cpu-fast+burst",
             Contender::CaptainBurst => "captain+burst",
             Contender::AutothrottleBurst => "autothrottle+burst",
+            Contender::AutothrottleOriginal => "autothrottle-original",
         }
     }
 
@@ -87,6 +92,7 @@ impl Contender {
             Contender::K8sCpuFastBurst => "K8s-CPU-Fast + burst",
             Contender::CaptainBurst => "Captain (fixed) + burst",
             Contender::AutothrottleBurst => "Autothrottle + burst",
+            Contender::AutothrottleOriginal => "Autothrottle (original Tower)",
         }
     }
 
@@ -122,7 +128,10 @@ impl Contender {
 
     /// Whether it is the Autothrottle protocol (a warm-up chain, not a grid).
     pub fn is_autothrottle(self) -> bool {
-        self.base() == Contender::Autothrottle
+        matches!(
+            self.base(),
+            Contender::Autothrottle | Contender::AutothrottleOriginal
+        )
     }
 }
 
@@ -133,7 +142,7 @@ impl std::str::FromStr for Contender {
             .into_iter()
             .find(|c| c.name() == s)
             .ok_or_else(|| {
-                format!("unknown scaler '{s}' (expected k8s-cpu, k8s-cpu-fast, captain or autothrottle, each also with +burst)")
+                format!("unknown scaler '{s}' (expected k8s-cpu, k8s-cpu-fast, captain or autothrottle, each also with +burst, or autothrottle-original)")
             })
     }
 }
@@ -418,18 +427,17 @@ fn run_unit(
             contender,
         } => {
             let name = contender.name();
+            let learner = |explore: f64| {
+                if *contender == Contender::AutothrottleOriginal {
+                    TowerKind::Original { explore }
+                } else {
+                    TowerKind::Bandit { explore }
+                }
+            };
             let mut memory = TowerMemory::default();
             let phases = (0..EXPLORE_RUNS)
                 .map(|i| ("warmup-explore", i, TowerKind::Explore))
-                .chain((0..BANDIT_RUNS).map(|i| {
-                    (
-                        "warmup-bandit",
-                        i,
-                        TowerKind::Bandit {
-                            explore: WARMUP_EXPLORE,
-                        },
-                    )
-                }));
+                .chain((0..BANDIT_RUNS).map(|i| ("warmup-bandit", i, learner(WARMUP_EXPLORE))));
             for (n, (phase, i, tower)) in phases.enumerate() {
                 let mut cfg = captain_config(app, &warmup.trace, settings, tower, memory.clone());
                 cfg.seed = settings.seed + 1 + n as u64;
@@ -441,13 +449,7 @@ fn run_unit(
                 rows.push(row(&info, &warmup.name, name, phase, &dir));
             }
             for w in evals {
-                let mut cfg = captain_config(
-                    app,
-                    &w.trace,
-                    settings,
-                    TowerKind::Bandit { explore: 0.0 },
-                    memory.clone(),
-                );
+                let mut cfg = captain_config(app, &w.trace, settings, learner(0.0), memory.clone());
                 cfg.burst = burst_of(*contender, settings);
                 let dir = format!("runs/{}/{name}/eval-{}", app.name, w.name);
                 let (info, _) = run_or_resume(&cfg, settings, &dir)?;
@@ -684,7 +686,7 @@ pub fn canonical(rows: Vec<ResultRow>) -> Vec<ResultRow> {
 /// A plain-text table of best results.
 pub fn best_table(best: &[Best]) -> String {
     let mut s = format!(
-        "{:<20} {:<12} {:<16} {:>11} {:>12} {:>10} {:>8}\n",
+        "{:<20} {:<12} {:<22} {:>11} {:>12} {:>10} {:>8}\n",
         "app", "workload", "scaler", "targets", "allocation", "P99 ms", "SLO ms"
     );
     for b in best {
@@ -696,7 +698,7 @@ pub fn best_table(best: &[Best]) -> String {
         let alloc = b.allocation.map_or("N/A".into(), |a| format!("{a:.2}"));
         let p99 = b.p99_ms.map_or("-".into(), |p| format!("{p:.1}"));
         s.push_str(&format!(
-            "{:<20} {:<12} {:<16} {:>11} {:>12} {:>10} {:>8}\n",
+            "{:<20} {:<12} {:<22} {:>11} {:>12} {:>10} {:>8}\n",
             b.app, b.workload, b.scaler, targets, alloc, p99, b.slo_ms
         ));
     }
@@ -771,12 +773,14 @@ pub fn table_markdown(rows: &[TableRow]) -> String {
     s
 }
 
-/// Beyond the paper: each contender with and without a CFS burst, in cores, with its saving
-/// over the best baseline without a burst (the paper's reference) in brackets.
+/// Beyond the paper: the contenders with a CFS burst and the original Tower beside the
+/// project's Autothrottle, in cores, each with its saving over the best baseline without a
+/// burst (the paper's reference) in brackets.
 pub fn burst_table_markdown(best: &[Best]) -> String {
-    const COLUMNS: [Contender; 5] = [
+    const COLUMNS: [Contender; 6] = [
         Contender::K8sCpuBurst,
         Contender::K8sCpuFastBurst,
+        Contender::AutothrottleOriginal,
         Contender::Autothrottle,
         Contender::AutothrottleBurst,
         Contender::CaptainBurst,

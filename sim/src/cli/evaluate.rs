@@ -43,6 +43,10 @@ pub struct EvaluateArgs {
     /// beside the paper's table.
     #[arg(long)]
     pub with_burst: bool,
+    /// Also run the Autothrottle protocol with the artifact's learner as its Tower
+    /// (`autothrottle-original`), as a column of table-burst.md.
+    #[arg(long)]
+    pub with_original: bool,
     #[command(flatten)]
     pub many: ManyArgs,
     /// Output directory: results.csv, best.csv, table.csv, table.md, plots/ and run records.
@@ -73,12 +77,14 @@ pub fn cmd(a: EvaluateArgs) -> Result<()> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let contenders: &[Contender] = if a.with_burst {
-            &[Contender::Autothrottle, Contender::AutothrottleBurst]
-        } else {
-            &[Contender::Autothrottle]
-        };
-        for &contender in contenders {
+        let mut contenders = vec![Contender::Autothrottle];
+        if a.with_burst {
+            contenders.push(Contender::AutothrottleBurst);
+        }
+        if a.with_original {
+            contenders.push(Contender::AutothrottleOriginal);
+        }
+        for contender in contenders {
             chains.push(Unit::Autothrottle {
                 app: app.clone(),
                 warmup: Workload {
@@ -135,7 +141,10 @@ fn finish_evaluation(
     std::fs::write(out.join("table.md"), &md)
         .with_context(|| format!("{}: cannot write table.md", out.display()))?;
     print!("{md}");
-    if best.iter().any(|b| b.scaler.ends_with("+burst")) {
+    if best
+        .iter()
+        .any(|b| b.scaler.ends_with("+burst") || b.scaler == "autothrottle-original")
+    {
         let md = sweep::burst_table_markdown(&best);
         std::fs::write(out.join("table-burst.md"), &md)
             .with_context(|| format!("{}: cannot write table-burst.md", out.display()))?;
