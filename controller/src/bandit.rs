@@ -37,6 +37,11 @@ use serde::{Deserialize, Serialize};
 use crate::tower::{check_probability, Recorder};
 use crate::{Action, ControllerError, MinuteObservation, Targets, Tower, TowerMemory};
 
+/// Width of a variability bucket (coefficient of variation of per-second RPS over a minute):
+/// the original traces' minutes span 0.004-0.2 (diurnal about 0.01, bursty 0.03-0.05, noisy
+/// about 0.1), and Poisson arrivals add 1/sqrt(rps) (0.06 at 300 RPS).
+pub const CV_BUCKET: f64 = 0.05;
+
 /// Backfitting rounds; the fit settles in a handful.
 const BACKFIT_ROUNDS: usize = 12;
 
@@ -58,6 +63,11 @@ pub struct BanditConfig {
     /// An action counts as known safe at a load only where an action at least as loose kept
     /// P99 within `safety_margin * slo_ms` (1: just meeting the SLO is enough).
     pub safety_margin: f64,
+    /// Beyond the paper: the load's variability as a second context, in buckets of this width
+    /// of the minute's per-second RPS coefficient of variation (`None`: RPS only, the paper's
+    /// context). See [`BanditConfig::with_variability`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cv_bucket: Option<f64>,
 }
 
 impl BanditConfig {
@@ -72,7 +82,18 @@ impl BanditConfig {
             bandwidth_buckets: 2.0,
             initial: Action::new(3, 3),
             safety_margin: 1.0,
+            cv_bucket: None,
         }
+    }
+
+    /// The same, with the load's variability in the context: samples are grouped by RPS
+    /// bucket and by variability bucket (`width` of coefficient of variation). A miss rules an
+    /// action out only at loads at least as high *and* at least as jagged as the one it was
+    /// seen at, and only a minute at least as jagged (one bucket of slack) vouches for an
+    /// action, so a smooth warm-up neither vouches for a jagged minute nor is ruled out by one.
+    pub fn with_variability(mut self, width: f64) -> Self {
+        self.cv_bucket = Some(width);
+        self
     }
 
     /// The same, with exploration probability `explore`.
@@ -94,7 +115,11 @@ impl BanditConfig {
         };
         positive("slo_ms", self.slo_ms)?;
         positive("aggregate_rps", self.aggregate_rps)?;
-        positive("bandwidth_buckets", self.bandwidth_buckets)
+        positive("bandwidth_buckets", self.bandwidth_buckets)?;
+        if let Some(w) = self.cv_bucket {
+            positive("cv_bucket", w)?;
+        }
+        Ok(())
     }
 }
 
@@ -155,13 +180,20 @@ struct Point {
     p99: f64,
     /// Summarises this run's samples (not inherited ones).
     fresh: bool,
+    /// Variability bucket (always 0 without the variability context).
+    cvb: i64,
 }
 
 impl BanditTower {
     /// A Tower that starts from `memory` (empty for a fresh one) and explores with `seed`.
     pub fn new(config: BanditConfig, memory: TowerMemory, seed: u64) -> Self {
+        let recorder = Recorder::new(memory, config.drop_samples);
         BanditTower {
-            recorder: Recorder::new(memory, config.drop_samples),
+            recorder: if config.cv_bucket.is_some() {
+                recorder.with_variability()
+            } else {
+                recorder
+            },
             config,
             rng: Pcg64Mcg::seed_from_u64(seed),
         }
@@ -183,19 +215,20 @@ impl BanditTower {
         let costs = memory.costs(slo);
         // (alloc, cost, p99) of inherited samples, then of this run's.
         type Group = [(Vec<f64>, Vec<f64>, Vec<f64>); 2];
-        let mut groups: BTreeMap<(Action, i64), Group> = BTreeMap::new();
+        let mut groups: BTreeMap<(Action, i64, i64), Group> = BTreeMap::new();
         for (k, (s, c)) in memory.samples.iter().zip(costs).enumerate() {
             let bucket = (s.rps / self.config.aggregate_rps).round() as i64;
+            let cvb = self.cv_bucket_of(s.rps_cv);
             let alloc = s.allocation.max(1e-3).ln();
             let fresh = usize::from(k >= self.recorder.inherited);
-            let g = &mut groups.entry((s.action, bucket)).or_default()[fresh];
+            let g = &mut groups.entry((s.action, bucket, cvb)).or_default()[fresh];
             g.0.push(alloc);
             g.1.push(c);
             g.2.push(s.p99_ms);
         }
         groups
             .into_iter()
-            .map(|((action, bucket), [old, new])| {
+            .map(|((action, bucket, cvb), [old, new])| {
                 // What this run saw of an action at a load replaces what earlier runs saw:
                 // the deployment and workload of now are the ones that matter.
                 let fresh = !new.1.is_empty();
@@ -203,6 +236,7 @@ impl BanditTower {
                 Point {
                     action,
                     bucket,
+                    cvb,
                     n: cost.len(),
                     fresh,
                     alloc: median(&mut alloc),
@@ -277,6 +311,18 @@ impl BanditTower {
     /// least 2 for unsafe ones, `None` where the action was never tried or its safety at this
     /// load is unknown.
     pub fn predict(&self, rps: f64) -> Vec<Option<f64>> {
+        self.predict_at(rps, 0.0)
+    }
+
+    /// The variability bucket of a coefficient of variation (0 without that context).
+    fn cv_bucket_of(&self, cv: f64) -> i64 {
+        self.config.cv_bucket.map_or(0, |w| (cv / w).round() as i64)
+    }
+
+    /// [`predict`](Self::predict) at a minute of RPS variability `cv` (the same as `predict`
+    /// without the variability context).
+    pub fn predict_at(&self, rps: f64, cv: f64) -> Vec<Option<f64>> {
+        let here_cv = self.cv_bucket_of(cv);
         let points = self.points();
         let fit = self.fit(&points);
         let here = (rps / self.config.aggregate_rps).round() as i64;
@@ -302,6 +348,7 @@ impl BanditTower {
                     .filter(|p| {
                         p.cost >= 2.0
                             && p.bucket <= here
+                            && p.cvb <= here_cv
                             && (p.action == a
                                 || (p.n >= 2 && a.at_least(p.action))
                                 || (p.fresh && a.at_least(p.action.tighter())))
@@ -312,7 +359,11 @@ impl BanditTower {
                     return Some(c.max(2.0 + t.max(0.0)));
                 }
                 let known_safe = points.iter().any(|p| {
-                    p.cost < 2.0 && p.p99 <= safe_ms && p.bucket >= here - 1 && p.action.at_least(a)
+                    p.cost < 2.0
+                        && p.p99 <= safe_ms
+                        && p.bucket >= here - 1
+                        && p.cvb >= here_cv - 1
+                        && p.action.at_least(a)
                 });
                 known_safe.then_some(t)
             })
@@ -322,7 +373,12 @@ impl BanditTower {
     /// The greedy choice at `rps`: the cheapest known-safe action (the initial action when no
     /// action is known safe at this load).
     pub fn best(&self, rps: f64) -> Action {
-        let predicted = self.predict(rps);
+        self.best_at(rps, 0.0)
+    }
+
+    /// [`best`](Self::best) at a minute of RPS variability `cv`.
+    pub fn best_at(&self, rps: f64, cv: f64) -> Action {
+        let predicted = self.predict_at(rps, cv);
         let mut best: Option<(Action, f64)> = None;
         for (a, c) in Action::all().zip(predicted) {
             if let Some(c) = c.filter(|c| *c < 2.0) {
@@ -344,7 +400,7 @@ impl BanditTower {
 impl Tower for BanditTower {
     fn observe(&mut self, minute: &MinuteObservation) -> Option<Targets> {
         self.recorder.record(minute);
-        let greedy = self.best(minute.rps);
+        let greedy = self.best_at(minute.rps, minute.rps_cv);
         let (action, probability) =
             if self.config.explore > 0.0 && self.rng.random::<f64>() < self.config.explore {
                 let neighbours = greedy.neighbours();
@@ -417,6 +473,7 @@ mod tests {
             for a in Action::all() {
                 let (p99_ms, allocation) = world(rps, a);
                 samples.push(TowerSample {
+                    rps_cv: 0.0,
                     rps,
                     action: a,
                     probability: 1.0,
@@ -437,6 +494,60 @@ mod tests {
         assert_eq!(tower.best(LOW).targets(), Targets::new(0.3, 0.3));
     }
 
+    /// Every action at `rps` at two variabilities: smooth minutes (cv 0.01) where everything
+    /// meets the SLO, jagged ones (cv 0.2) where the targets above 0.1 miss it.
+    fn smooth_and_jagged() -> TowerMemory {
+        let mut samples = Vec::new();
+        for (cv, jagged) in [(0.01, false), (0.2, true)] {
+            for a in Action::all() {
+                let t = a.targets();
+                let miss = jagged && (t.group1 > 0.1 || t.group2 > 0.1);
+                samples.push(TowerSample {
+                    rps_cv: cv,
+                    rps: LOW,
+                    action: a,
+                    probability: 1.0,
+                    p99_ms: if miss { 150.0 } else { 50.0 },
+                    allocation: LOW / 20.0 * (1.5 - looseness(a)),
+                });
+            }
+        }
+        TowerMemory { samples }
+    }
+
+    #[test]
+    fn variability_in_the_context_keeps_jagged_misses_to_jagged_minutes() {
+        let config = BanditConfig::new(SLO, 20.0).with_variability(CV_BUCKET);
+        let tower = BanditTower::new(config, smooth_and_jagged(), 1);
+        assert_eq!(tower.best_at(LOW, 0.01).targets(), Targets::new(0.3, 0.3));
+        assert_eq!(tower.best_at(LOW, 0.2).targets(), Targets::new(0.1, 0.1));
+        // A minute more jagged than anything seen: nothing vouches for it.
+        assert_eq!(tower.best_at(LOW, 0.5), config_initial());
+        // Without the context the two kinds of minute share a group, whose medians hide the
+        // misses: the RPS-only Tower picks the loosest targets, which miss on jagged minutes.
+        let blind = BanditTower::new(BanditConfig::new(SLO, 20.0), smooth_and_jagged(), 1);
+        assert_eq!(blind.best(LOW).targets(), Targets::new(0.3, 0.3));
+        // And the context changes nothing for memories without variability.
+        let config = BanditConfig::new(SLO, 20.0).with_variability(CV_BUCKET);
+        let tower = BanditTower::new(config, memory_of_every_action(), 1);
+        let plain = BanditTower::new(BanditConfig::new(SLO, 20.0), memory_of_every_action(), 1);
+        for rps in [LOW, HIGH, 5000.0] {
+            assert_eq!(tower.best_at(rps, 0.0), plain.best(rps));
+        }
+    }
+
+    fn config_initial() -> Action {
+        BanditConfig::new(SLO, 20.0).initial
+    }
+
+    #[test]
+    fn the_coefficient_of_variation_of_a_minute() {
+        assert_eq!(crate::rps_cv(&[]), 0.0);
+        assert_eq!(crate::rps_cv(&[0.0, 0.0]), 0.0);
+        assert_eq!(crate::rps_cv(&[5.0; 60]), 0.0);
+        assert!((crate::rps_cv(&[1.0, 3.0]) - 0.5).abs() < 1e-12);
+    }
+
     #[test]
     fn untrusted_far_away_rps_falls_back_to_initial() {
         let tower = BanditTower::new(BanditConfig::new(SLO, 20.0), memory_of_every_action(), 1);
@@ -453,6 +564,7 @@ mod tests {
     fn misses_propagate_to_looser_actions_at_higher_rps() {
         // Only (0.15, 0.1) was tried at 400 RPS, and it missed; (0.3, 0.3) only at 100 RPS.
         let s = |rps, a, p99_ms, allocation| TowerSample {
+            rps_cv: 0.0,
             rps,
             action: a,
             probability: 1.0,
@@ -489,6 +601,7 @@ mod tests {
             for _ in 0..2 {
                 let (_, allocation) = world(LOW, a);
                 samples.push(TowerSample {
+                    rps_cv: 0.0,
                     rps: HIGH,
                     action: a,
                     probability: 1.0,
@@ -506,12 +619,14 @@ mod tests {
         assert_eq!(first, Action::new(8, 8));
         // Now, at the same load, the loosest action misses once.
         tower.observe(&MinuteObservation {
+            rps_cv: 0.0,
             rps: HIGH,
             p99_ms: 40.0,
             allocation: 5.0,
         });
         tower.recorder.decided(first, 1.0);
         tower.observe(&MinuteObservation {
+            rps_cv: 0.0,
             rps: HIGH,
             p99_ms: 500.0,
             allocation: 5.0,
@@ -538,6 +653,7 @@ mod tests {
                 .map(|i| {
                     let rps = if i % 2 == 0 { LOW } else { HIGH };
                     t.observe(&MinuteObservation {
+                        rps_cv: 0.0,
                         rps,
                         p99_ms: 50.0,
                         allocation: 5.0,
@@ -586,6 +702,7 @@ mod tests {
             let (p99_ms, allocation) = world(rps, action);
             let t = explore
                 .observe(&MinuteObservation {
+                    rps_cv: 0.0,
                     rps,
                     p99_ms,
                     allocation,
@@ -599,6 +716,7 @@ mod tests {
             let (p99_ms, allocation) = world(rps, action);
             let t = tower
                 .observe(&MinuteObservation {
+                    rps_cv: 0.0,
                     rps,
                     p99_ms,
                     allocation,

@@ -37,7 +37,7 @@
 //! use controller::{BanditTower, BanditConfig, MinuteObservation, Tower, TowerMemory};
 //!
 //! let mut tower = BanditTower::new(BanditConfig::new(100.0, 20.0), TowerMemory::default(), 7);
-//! let targets = tower.observe(&MinuteObservation { rps: 250.0, p99_ms: 40.0, allocation: 12.0 });
+//! let targets = tower.observe(&MinuteObservation { rps: 250.0, rps_cv: 0.0, p99_ms: 40.0, allocation: 12.0 });
 //! assert!(targets.is_some());
 //! ```
 
@@ -51,7 +51,7 @@ mod scaler;
 mod setup;
 mod tower;
 
-pub use bandit::{BanditConfig, BanditTower};
+pub use bandit::{BanditConfig, BanditTower, CV_BUCKET};
 pub use captain::Captain;
 pub use error::ControllerError;
 pub use k8s::K8sCpu;
@@ -59,6 +59,7 @@ pub use original::OriginalTower;
 pub use sample::{CpuSample, MIN_LIMIT};
 pub use scaler::{Const, Scaler, ScalerConfig, ScalerKind};
 pub use setup::{check_setup, TowerKind};
+pub use tower::rps_cv;
 pub use tower::{
     Action, ExploreTower, MinuteObservation, NoTower, Targets, Tower, TowerMemory, TowerSample,
     TARGET_GRID,

@@ -281,6 +281,7 @@ mod tests {
                 (1000.0, loose, 400.0, 25.0),
             ] {
                 samples.push(TowerSample {
+                    rps_cv: 0.0,
                     rps,
                     action: a,
                     probability: 1.0,
@@ -308,6 +309,7 @@ mod tests {
         );
         // Same memory, same seed: the same choice.
         let a = t.observe(&MinuteObservation {
+            rps_cv: 0.0,
             rps: 1000.0,
             p99_ms: 50.0,
             allocation: 40.0,
@@ -317,6 +319,7 @@ mod tests {
         assert_eq!(
             a,
             u.observe(&MinuteObservation {
+                rps_cv: 0.0,
                 rps: 1000.0,
                 p99_ms: 50.0,
                 allocation: 40.0
@@ -328,6 +331,7 @@ mod tests {
     fn samples_carry_the_rps_the_decision_was_made_at() {
         let mut t = tower(Vec::new());
         let obs = |rps| MinuteObservation {
+            rps_cv: 0.0,
             rps,
             p99_ms: 10.0,
             allocation: 5.0,

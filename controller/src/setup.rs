@@ -43,12 +43,20 @@ pub enum TowerKind {
     /// The artifact's learner ([`OriginalTower`](crate::OriginalTower)), exploring as
     /// `Bandit` does.
     Original { explore: f64 },
+    /// The warm-up explorer, also keeping each minute's RPS variability.
+    ExploreCv,
+    /// The contextual bandit with the load's variability as a second context
+    /// ([`BanditConfig::with_variability`]).
+    BanditCv { explore: f64 },
 }
 
 impl TowerKind {
     /// Refuses an exploration rate outside 0..1.
     pub fn validate(&self) -> Result<(), ControllerError> {
-        if let TowerKind::Bandit { explore } | TowerKind::Original { explore } = *self {
+        if let TowerKind::Bandit { explore }
+        | TowerKind::Original { explore }
+        | TowerKind::BanditCv { explore } = *self
+        {
             if !(0.0..=1.0).contains(&explore) {
                 return Err(ControllerError::BadTower(format!(
                     "explore must be within 0..1, got {explore}"
@@ -64,13 +72,17 @@ impl TowerKind {
             TowerKind::Explore => "explore",
             TowerKind::Bandit { .. } => "bandit",
             TowerKind::Original { .. } => "original",
+            TowerKind::ExploreCv => "explore-cv",
+            TowerKind::BanditCv { .. } => "bandit-cv",
         }
     }
 
     pub fn explore(&self) -> f64 {
         match self {
-            TowerKind::Bandit { explore } | TowerKind::Original { explore } => *explore,
-            TowerKind::Explore => 1.0,
+            TowerKind::Bandit { explore }
+            | TowerKind::Original { explore }
+            | TowerKind::BanditCv { explore } => *explore,
+            TowerKind::Explore | TowerKind::ExploreCv => 1.0,
             TowerKind::None => 0.0,
         }
     }
@@ -95,6 +107,19 @@ impl TowerKind {
         Ok(match *self {
             TowerKind::None => Box::new(NoTower::default()),
             TowerKind::Explore => Box::new(ExploreTower::new(memory, drop_samples, seed)),
+            TowerKind::ExploreCv => {
+                Box::new(ExploreTower::new(memory, drop_samples, seed).with_variability())
+            }
+            TowerKind::BanditCv { explore } => Box::new(BanditTower::try_new(
+                BanditConfig {
+                    drop_samples,
+                    ..BanditConfig::new(slo_ms, aggregate_rps)
+                        .with_explore(explore)
+                        .with_variability(crate::bandit::CV_BUCKET)
+                },
+                memory,
+                seed,
+            )?),
             TowerKind::Bandit { explore } => Box::new(BanditTower::try_new(
                 BanditConfig {
                     drop_samples,

@@ -155,6 +155,10 @@ impl Action {
 pub struct MinuteObservation {
     /// Requests per second over the minute.
     pub rps: f64,
+    /// Coefficient of variation of the minute's per-second request counts ([`rps_cv`]): how
+    /// jagged the load was at equal mean.
+    #[serde(default)]
+    pub rps_cv: f64,
     /// P99 end-to-end latency of the minute, in milliseconds.
     pub p99_ms: f64,
     /// Time-weighted mean of the summed CPU limits over the minute, in cores.
@@ -175,6 +179,26 @@ pub struct TowerSample {
     pub p99_ms: f64,
     /// Allocation of the minute the action was in force, in cores.
     pub allocation: f64,
+    /// The minute's [`MinuteObservation::rps_cv`], kept by Towers that use it (0 otherwise,
+    /// and in older memories).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rps_cv: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
+/// Coefficient of variation (population standard deviation over mean) of per-second request
+/// counts; 0 for an empty or idle minute.
+pub fn rps_cv(counts: &[f64]) -> f64 {
+    let n = counts.len() as f64;
+    let mean = counts.iter().sum::<f64>() / n.max(1.0);
+    if mean <= 0.0 {
+        return 0.0;
+    }
+    let var = counts.iter().map(|c| (c - mean).powi(2)).sum::<f64>() / n;
+    var.sqrt() / mean
 }
 
 /// Everything a Tower has learnt; kept across runs (the warm-up protocol chains runs).
@@ -275,6 +299,8 @@ pub(crate) struct Recorder {
     /// Label samples with the RPS the decision was made at (the original's way) instead of
     /// the RPS the action served.
     at_decision: bool,
+    /// Keep each minute's RPS variability in its sample.
+    variability: bool,
 }
 
 impl Recorder {
@@ -286,7 +312,14 @@ impl Recorder {
             drop_samples,
             pending: None,
             at_decision: false,
+            variability: false,
         }
+    }
+
+    /// Keeps each minute's [`MinuteObservation::rps_cv`] in its sample.
+    pub fn with_variability(mut self) -> Self {
+        self.variability = true;
+        self
     }
 
     /// Labels samples as the original did: with the RPS of the minute the decision was made
@@ -311,6 +344,7 @@ impl Recorder {
                     probability,
                     p99_ms: minute.p99_ms,
                     allocation: minute.allocation,
+                    rps_cv: if self.variability { minute.rps_cv } else { 0.0 },
                 });
             }
         }
@@ -354,6 +388,13 @@ impl ExploreTower {
             rng: Pcg64Mcg::seed_from_u64(seed),
             current: None,
         }
+    }
+
+    /// The same, keeping each minute's RPS variability in its samples (for a warm-up that a
+    /// Tower with the variability context learns from).
+    pub fn with_variability(mut self) -> Self {
+        self.recorder.variability = true;
+        self
     }
 }
 
@@ -399,6 +440,7 @@ mod tests {
 
     fn obs(rps: f64, p99_ms: f64, allocation: f64) -> MinuteObservation {
         MinuteObservation {
+            rps_cv: 0.0,
             rps,
             p99_ms,
             allocation,
@@ -438,6 +480,7 @@ mod tests {
     #[test]
     fn costs_normalise_allocation_and_penalise_slo_misses() {
         let s = |p99, alloc| TowerSample {
+            rps_cv: 0.0,
             rps: 100.0,
             action: Action::new(0, 0),
             probability: 1.0,

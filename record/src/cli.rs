@@ -22,6 +22,10 @@ pub enum TowerChoice {
     Bandit,
     /// The artifact's learner (Vowpal Wabbit's `--cb_explore 81 --nn 3`, ported), to compare.
     Original,
+    /// The warm-up explorer, keeping each minute's RPS variability for `bandit-cv`.
+    ExploreCv,
+    /// The contextual bandit with the load's variability as a second context.
+    BanditCv,
 }
 
 /// How the run replays its workload and which controllers it runs: everything of a
@@ -100,6 +104,10 @@ impl ControlArgs {
                 explore: self.explore,
             },
             TowerChoice::Original => TowerKind::Original {
+                explore: self.explore,
+            },
+            TowerChoice::ExploreCv => TowerKind::ExploreCv,
+            TowerChoice::BanditCv => TowerKind::BanditCv {
                 explore: self.explore,
             },
         };

@@ -78,6 +78,7 @@ pub fn run(
         engine.end_period(|i, counters| control.sample(i, &counters.sample(t)));
 
         if k % PERIODS_PER_SECOND == 0 {
+            minutes.second(totals(&engine, n).3);
             let second = k / PERIODS_PER_SECOND;
             if second as usize == cfg.ramp_s {
                 ramp_counters = Some(totals(&engine, n));
@@ -323,11 +324,21 @@ impl Allocation {
 struct Minutes {
     minute: u32,
     start_arrivals: u64,
+    /// Arrivals so far at the last second's end, and each second's arrivals this minute.
+    second_arrivals: u64,
+    per_second: Vec<f64>,
     start_usage: f64,
     targets: Vec<(u32, Targets)>,
 }
 
 impl Minutes {
+    /// Closes a second, given the arrivals so far.
+    fn second(&mut self, arrivals: u64) {
+        self.per_second
+            .push(arrivals.saturating_sub(self.second_arrivals) as f64);
+        self.second_arrivals = arrivals;
+    }
+
     /// Closes a minute: its row, then the Tower's decision for the next.
     fn end(
         &mut self,
@@ -368,6 +379,7 @@ impl Minutes {
             w.minute(&row)?;
         }
         control.observe(&MinuteObservation {
+            rps_cv: controller::rps_cv(&self.per_second),
             rps,
             p99_ms: p99,
             allocation: row.allocation,
@@ -377,6 +389,7 @@ impl Minutes {
         alloc.minute = [0.0; 3];
         self.start_arrivals = arrivals;
         self.start_usage = usage;
+        self.per_second.clear();
         Ok(())
     }
 }

@@ -52,10 +52,13 @@ pub enum Contender {
     /// The Autothrottle protocol with the artifact's learner as its Tower
     /// ([`controller::OriginalTower`]) instead of the project's.
     AutothrottleOriginal,
+    /// The Autothrottle protocol with the load's variability in the Tower's context
+    /// ([`controller::BanditConfig::with_variability`]).
+    AutothrottleCv,
 }
 
 impl Contender {
-    pub const ALL: [Contender; 9] = [
+    pub const ALL: [Contender; 10] = [
         Contender::K8sCpu,
         Contender::K8sCpuFast,
         Contender::Captain,
@@ -65,6 +68,7 @@ impl Contender {
         Contender::CaptainBurst,
         Contender::AutothrottleBurst,
         Contender::AutothrottleOriginal,
+        Contender::AutothrottleCv,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +82,7 @@ impl Contender {
             Contender::CaptainBurst => "captain+burst",
             Contender::AutothrottleBurst => "autothrottle+burst",
             Contender::AutothrottleOriginal => "autothrottle-original",
+            Contender::AutothrottleCv => "autothrottle+cv",
         }
     }
 
@@ -93,6 +98,7 @@ impl Contender {
             Contender::CaptainBurst => "Captain (fixed) + burst",
             Contender::AutothrottleBurst => "Autothrottle + burst",
             Contender::AutothrottleOriginal => "Autothrottle (original Tower)",
+            Contender::AutothrottleCv => "Autothrottle + variability",
         }
     }
 
@@ -130,7 +136,7 @@ impl Contender {
     pub fn is_autothrottle(self) -> bool {
         matches!(
             self.base(),
-            Contender::Autothrottle | Contender::AutothrottleOriginal
+            Contender::Autothrottle | Contender::AutothrottleOriginal | Contender::AutothrottleCv
         )
     }
 }
@@ -142,7 +148,7 @@ impl std::str::FromStr for Contender {
             .into_iter()
             .find(|c| c.name() == s)
             .ok_or_else(|| {
-                format!("unknown scaler '{s}' (expected k8s-cpu, k8s-cpu-fast, captain or autothrottle, each also with +burst, or autothrottle-original)")
+                format!("unknown scaler '{s}' (expected k8s-cpu, k8s-cpu-fast, captain or autothrottle, each also with +burst, autothrottle-original or autothrottle+cv)")
             })
     }
 }
@@ -427,16 +433,19 @@ fn run_unit(
             contender,
         } => {
             let name = contender.name();
-            let learner = |explore: f64| {
-                if *contender == Contender::AutothrottleOriginal {
-                    TowerKind::Original { explore }
-                } else {
-                    TowerKind::Bandit { explore }
-                }
+            let learner = |explore: f64| match contender {
+                Contender::AutothrottleOriginal => TowerKind::Original { explore },
+                Contender::AutothrottleCv => TowerKind::BanditCv { explore },
+                _ => TowerKind::Bandit { explore },
+            };
+            let explorer = if *contender == Contender::AutothrottleCv {
+                TowerKind::ExploreCv
+            } else {
+                TowerKind::Explore
             };
             let mut memory = TowerMemory::default();
             let phases = (0..EXPLORE_RUNS)
-                .map(|i| ("warmup-explore", i, TowerKind::Explore))
+                .map(|i| ("warmup-explore", i, explorer))
                 .chain((0..BANDIT_RUNS).map(|i| ("warmup-bandit", i, learner(WARMUP_EXPLORE))));
             for (n, (phase, i, tower)) in phases.enumerate() {
                 let mut cfg = captain_config(app, &warmup.trace, settings, tower, memory.clone());
@@ -777,11 +786,12 @@ pub fn table_markdown(rows: &[TableRow]) -> String {
 /// project's Autothrottle, in cores, each with its saving over the best baseline without a
 /// burst (the paper's reference) in brackets.
 pub fn burst_table_markdown(best: &[Best]) -> String {
-    const COLUMNS: [Contender; 6] = [
+    const COLUMNS: [Contender; 7] = [
         Contender::K8sCpuBurst,
         Contender::K8sCpuFastBurst,
         Contender::AutothrottleOriginal,
         Contender::Autothrottle,
+        Contender::AutothrottleCv,
         Contender::AutothrottleBurst,
         Contender::CaptainBurst,
     ];

@@ -14,15 +14,19 @@ fn units() -> Vec<Unit> {
     };
     let diurnal = w("diurnal", Trace::builtin("diurnal").unwrap());
     let bursty = w("bursty", Trace::builtin("bursty").unwrap());
-    let mut units: Vec<Unit> = [Contender::Autothrottle, Contender::AutothrottleOriginal]
-        .into_iter()
-        .map(|contender| Unit::Autothrottle {
-            app: app.clone(),
-            warmup: w("diurnal-2", Trace::builtin("diurnal-2").unwrap()),
-            evals: vec![diurnal.clone(), bursty.clone()],
-            contender,
-        })
-        .collect();
+    let mut units: Vec<Unit> = [
+        Contender::Autothrottle,
+        Contender::AutothrottleOriginal,
+        Contender::AutothrottleCv,
+    ]
+    .into_iter()
+    .map(|contender| Unit::Autothrottle {
+        app: app.clone(),
+        warmup: w("diurnal-2", Trace::builtin("diurnal-2").unwrap()),
+        evals: vec![diurnal.clone(), bursty.clone()],
+        contender,
+    })
+    .collect();
     for workload in [diurnal, bursty] {
         for (contender, descending) in [
             (Contender::K8sCpu, false),
@@ -79,6 +83,8 @@ fn extra_contenders_run_as_they_say_and_get_their_own_columns() {
             assert_eq!(info.scaler, base, "a burst contender runs its base scaler");
         }
         let tower = match (r.scaler.as_str(), r.phase.as_str()) {
+            ("autothrottle+cv", "warmup-explore") => "explore-cv",
+            ("autothrottle+cv", _) => "bandit-cv",
             (_, "warmup-explore") => "explore",
             ("autothrottle-original", _) => "original",
             ("autothrottle", _) => "bandit",
@@ -90,7 +96,7 @@ fn extra_contenders_run_as_they_say_and_get_their_own_columns() {
     let md = sweep::burst_table_markdown(&best);
     assert!(
         md.starts_with(
-            "| App | Workload | best baseline | K8s-CPU-Fast + burst | Autothrottle (original Tower) | Autothrottle |"
+            "| App | Workload | best baseline | K8s-CPU-Fast + burst | Autothrottle (original Tower) | Autothrottle | Autothrottle + variability |"
         ),
         "{md}"
     );
@@ -141,11 +147,11 @@ fn deterministic_across_threads_and_shards() {
 #[test]
 fn resume_reuses_finished_runs_and_reruns_changed_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let first = sweep::execute(&units()[2..3], &settings(dir.path(), 1), &|_| {}).unwrap();
+    let first = sweep::execute(&units()[3..4], &settings(dir.path(), 1), &|_| {}).unwrap();
     let marker = dir.path().join(&first[0].run).join("minutes.csv");
     let before = std::fs::metadata(&marker).unwrap().modified().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));
-    let again = sweep::execute(&units()[2..3], &settings(dir.path(), 1), &|_| {}).unwrap();
+    let again = sweep::execute(&units()[3..4], &settings(dir.path(), 1), &|_| {}).unwrap();
     assert_eq!(first, again);
     assert_eq!(
         std::fs::metadata(&marker).unwrap().modified().unwrap(),
@@ -155,12 +161,12 @@ fn resume_reuses_finished_runs_and_reruns_changed_ones() {
     // A different seed is a different run: it is redone in place.
     let mut other = settings(dir.path(), 1);
     other.seed = 4;
-    let changed = sweep::execute(&units()[2..3], &other, &|_| {}).unwrap();
+    let changed = sweep::execute(&units()[3..4], &other, &|_| {}).unwrap();
     assert!(changed.iter().all(|r| r.seed == 4));
     let after_seed = std::fs::metadata(&marker).unwrap().modified().unwrap();
     assert_ne!(after_seed, before);
     // The same app name with another model (a built-in recalibrated, say) is re-run too.
-    let mut units = units()[2..3].to_vec();
+    let mut units = units()[3..4].to_vec();
     let Unit::Grid { app, .. } = &mut units[0] else {
         panic!("a grid unit")
     };
@@ -189,7 +195,7 @@ fn shard_arguments_are_checked() {
 #[test]
 fn merge_refuses_the_same_run_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let rows = sweep::execute(&units()[2..3], &settings(dir.path(), 1), &|_| {}).unwrap();
+    let rows = sweep::execute(&units()[3..4], &settings(dir.path(), 1), &|_| {}).unwrap();
     let e = sweep::merge(vec![rows.clone(), rows]).unwrap_err();
     assert!(e.to_string().contains("more than one shard"), "{e}");
 }

@@ -498,7 +498,16 @@ impl<'a> RunState<'a> {
                 targets = %self.targets,
                 "minute"
             );
+            let rps_cv = {
+                let s = stats.lock().expect("stats lock");
+                let counts: Vec<f64> = s.seconds[m * 60..end]
+                    .iter()
+                    .map(|x| x.sent as f64)
+                    .collect();
+                controller::rps_cv(&counts)
+            };
             if let Some(new) = tower.observe(&MinuteObservation {
+                rps_cv,
                 rps: row.rps,
                 p99_ms: row.p99_ms,
                 allocation: row.allocation,

@@ -47,6 +47,10 @@ pub struct EvaluateArgs {
     /// (`autothrottle-original`), as a column of table-burst.md.
     #[arg(long)]
     pub with_original: bool,
+    /// Also run the Autothrottle protocol with the load's variability in the Tower's context
+    /// (`autothrottle+cv`), as a column of table-burst.md.
+    #[arg(long)]
+    pub with_variability: bool,
     #[command(flatten)]
     pub many: ManyArgs,
     /// Output directory: results.csv, best.csv, table.csv, table.md, plots/ and run records.
@@ -83,6 +87,9 @@ pub fn cmd(a: EvaluateArgs) -> Result<()> {
         }
         if a.with_original {
             contenders.push(Contender::AutothrottleOriginal);
+        }
+        if a.with_variability {
+            contenders.push(Contender::AutothrottleCv);
         }
         for contender in contenders {
             chains.push(Unit::Autothrottle {
@@ -141,10 +148,10 @@ fn finish_evaluation(
     std::fs::write(out.join("table.md"), &md)
         .with_context(|| format!("{}: cannot write table.md", out.display()))?;
     print!("{md}");
-    if best
-        .iter()
-        .any(|b| b.scaler.ends_with("+burst") || b.scaler == "autothrottle-original")
-    {
+    if best.iter().any(|b| {
+        b.scaler != "autothrottle" && b.scaler.starts_with("autothrottle")
+            || b.scaler.ends_with("+burst")
+    }) {
         let md = sweep::burst_table_markdown(&best);
         std::fs::write(out.join("table-burst.md"), &md)
             .with_context(|| format!("{}: cannot write table-burst.md", out.display()))?;
