@@ -29,12 +29,11 @@
 
 use std::collections::BTreeMap;
 
-use rand::seq::IndexedRandom;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
 
-use crate::tower::{check_probability, Recorder};
+use crate::tower::{check_probability, explore_around, Recorder};
 use crate::{Action, ControllerError, MinuteObservation, Targets, Tower, TowerMemory};
 
 /// Width of a variability bucket (coefficient of variation of per-second RPS over a minute):
@@ -401,16 +400,7 @@ impl Tower for BanditTower {
     fn observe(&mut self, minute: &MinuteObservation) -> Option<Targets> {
         self.recorder.record(minute);
         let greedy = self.best_at(minute.rps, minute.rps_cv);
-        let (action, probability) =
-            if self.config.explore > 0.0 && self.rng.random::<f64>() < self.config.explore {
-                let neighbours = greedy.neighbours();
-                let a = *neighbours
-                    .choose(&mut self.rng)
-                    .expect("every action has neighbours");
-                (a, self.config.explore / neighbours.len() as f64)
-            } else {
-                (greedy, 1.0 - self.config.explore)
-            };
+        let (action, probability) = explore_around(greedy, self.config.explore, &mut self.rng);
         self.recorder.decided(action, probability);
         Some(action.targets())
     }

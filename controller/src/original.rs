@@ -37,13 +37,13 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 
-use crate::tower::Recorder;
+use crate::tower::{explore_around, Recorder};
 use crate::{
     Action, BanditConfig, ControllerError, MinuteObservation, Targets, Tower, TowerMemory,
 };
 
 /// Draws from the medians per model, as the artifact made.
-pub const DRAWS: usize = 10_000;
+const DRAWS: usize = 10_000;
 /// Hidden units (`--nn 3`).
 const HIDDEN: usize = 3;
 /// Learning rate (`-l 0.5`).
@@ -170,7 +170,7 @@ impl OriginalTower {
             .collect()
     }
 
-    /// Predicted cost of every action at `rps` from a model freshly trained on [`DRAWS`]
+    /// Predicted cost of every action at `rps` from a model freshly trained on 10,000
     /// draws of the medians (drawn with `seed`).
     pub fn predict(&self, rps: f64, seed: u64) -> Vec<f64> {
         let points = self.points();
@@ -209,16 +209,7 @@ impl Tower for OriginalTower {
         self.minute += 1;
         let seed = self.seed ^ self.minute.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let greedy = self.best(minute.rps, seed);
-        let (action, probability) =
-            if self.config.explore > 0.0 && self.rng.random::<f64>() < self.config.explore {
-                let neighbours = greedy.neighbours();
-                let a = *neighbours
-                    .choose(&mut self.rng)
-                    .expect("every action has neighbours");
-                (a, self.config.explore / neighbours.len() as f64)
-            } else {
-                (greedy, 1.0 - self.config.explore)
-            };
+        let (action, probability) = explore_around(greedy, self.config.explore, &mut self.rng);
         self.recorder.decided_at(action, probability, minute.rps);
         Some(action.targets())
     }

@@ -104,6 +104,10 @@ impl TowerKind {
         seed: u64,
     ) -> Result<Box<dyn Tower>, ControllerError> {
         let drop_samples = Self::drop_samples(ramp_s);
+        let bandit = |explore: f64| BanditConfig {
+            drop_samples,
+            ..BanditConfig::new(slo_ms, aggregate_rps).with_explore(explore)
+        };
         Ok(match *self {
             TowerKind::None => Box::new(NoTower::default()),
             TowerKind::Explore => Box::new(ExploreTower::new(memory, drop_samples, seed)),
@@ -111,28 +115,15 @@ impl TowerKind {
                 Box::new(ExploreTower::new(memory, drop_samples, seed).with_variability())
             }
             TowerKind::BanditCv { explore } => Box::new(BanditTower::try_new(
-                BanditConfig {
-                    drop_samples,
-                    ..BanditConfig::new(slo_ms, aggregate_rps)
-                        .with_explore(explore)
-                        .with_variability(crate::bandit::CV_BUCKET)
-                },
+                bandit(explore).with_variability(crate::bandit::CV_BUCKET),
                 memory,
                 seed,
             )?),
-            TowerKind::Bandit { explore } => Box::new(BanditTower::try_new(
-                BanditConfig {
-                    drop_samples,
-                    ..BanditConfig::new(slo_ms, aggregate_rps).with_explore(explore)
-                },
-                memory,
-                seed,
-            )?),
+            TowerKind::Bandit { explore } => {
+                Box::new(BanditTower::try_new(bandit(explore), memory, seed)?)
+            }
             TowerKind::Original { explore } => Box::new(crate::OriginalTower::try_new(
-                BanditConfig {
-                    drop_samples,
-                    ..BanditConfig::new(slo_ms, aggregate_rps).with_explore(explore)
-                },
+                bandit(explore),
                 memory,
                 seed,
             )?),

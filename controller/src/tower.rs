@@ -361,6 +361,18 @@ impl Recorder {
     }
 }
 
+/// The learning Towers' exploration: with probability `explore` a random grid neighbour of
+/// the greedy choice, else the choice itself; with the probability it was taken at.
+pub(crate) fn explore_around(greedy: Action, explore: f64, rng: &mut Pcg64Mcg) -> (Action, f64) {
+    if explore > 0.0 && rand::Rng::random::<f64>(rng) < explore {
+        let neighbours = greedy.neighbours();
+        let a = *neighbours.choose(rng).expect("every action has neighbours");
+        (a, explore / neighbours.len() as f64)
+    } else {
+        (greedy, 1.0 - explore)
+    }
+}
+
 pub(crate) fn check_probability(name: &str, p: f64) -> Result<(), ControllerError> {
     if (0.0..=1.0).contains(&p) {
         Ok(())
