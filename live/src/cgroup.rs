@@ -378,10 +378,17 @@ impl Cgroup {
     /// Refused where the kernel has no burst file (Linux before 5.14).
     pub fn set_burst(&mut self, burst: Option<Burst>) -> Result<(), LiveError> {
         if let Some(b) = burst {
-            b.validate().map_err(|reason| LiveError::Cgroup {
-                path: self.dir.clone(),
-                reason,
-            })?;
+            // Only what would make the burst meaningless; the protocol's own limit on
+            // microseconds is checked where bursts come in ([`Burst::validate`]), not here,
+            // where a group's original burst (any size the kernel took) is put back.
+            if let Burst::Fraction(f) = b {
+                if !(f.is_finite() && (0.0..=1.0).contains(&f)) {
+                    return Err(LiveError::Cgroup {
+                        path: self.dir.clone(),
+                        reason: format!("a burst fraction must be from 0 to 1, got {f}"),
+                    });
+                }
+            }
             if self.burst_file.is_none() {
                 return Err(LiveError::Cgroup {
                     path: self.path(CgroupFile::Burst),
@@ -512,6 +519,12 @@ impl Cgroup {
     /// Writes quota `q` and, unless `None` or unchanged, burst `burst`, in the order that
     /// keeps the burst within the quota at every step (the kernel refuses it otherwise).
     fn write_bandwidth(&mut self, q: Quota, burst: Option<u64>) -> Result<(), LiveError> {
+        // A burst left alone must still fit under a smaller quota, or the kernel refuses the
+        // quota (the original burst is put back with the original quota).
+        let burst = burst.or(match (q.quota_us, self.current_burst) {
+            (Some(quota), Some(b)) if b > quota => Some(quota),
+            _ => None,
+        });
         let Some(b) = burst.filter(|b| Some(*b) != self.current_burst) else {
             return self.write_quota_only(q);
         };
@@ -823,6 +836,9 @@ mod tests {
         let mut g = Cgroup::open("web", &root, Path::new("app/web")).unwrap();
         assert_eq!(g.original_burst(), Some(0));
         assert!(g.set_burst(Some(Burst::Fraction(1.5))).is_err());
+        // A group's original burst goes back whatever its size (only the protocol caps it).
+        assert!(Burst::Micros(5 * MAX_BURST_US).validate().is_err());
+        g.set_burst(Some(Burst::Micros(5 * MAX_BURST_US))).unwrap();
         g.set_burst(Some(Burst::Fraction(0.5))).unwrap();
         assert!(g.set_limit(0.4).unwrap());
         assert_eq!(std::fs::read_to_string(&burst).unwrap(), "20000\n");
@@ -839,6 +855,20 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&burst).unwrap(), "20000\n");
         g.restore().unwrap();
         assert_eq!(std::fs::read_to_string(&burst).unwrap(), "0\n");
+
+        // A burst nobody manages is lowered with a quota below it, and comes back.
+        std::fs::write(&burst, "50000\n").unwrap();
+        let mut g = Cgroup::open("web", &root, Path::new("app/web")).unwrap();
+        g.set_limit(0.2).unwrap();
+        assert_eq!(std::fs::read_to_string(&burst).unwrap(), "20000\n");
+        g.set_limit(0.8).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&burst).unwrap(),
+            "20000\n",
+            "left alone"
+        );
+        g.restore().unwrap();
+        assert_eq!(std::fs::read_to_string(&burst).unwrap(), "50000\n");
         assert_eq!(
             std::fs::read_to_string(d.path().join("app/web/cpu.max")).unwrap(),
             "max 100000\n"

@@ -655,4 +655,24 @@ fn bursts_are_written_in_an_order_the_kernel_accepts_and_restored() {
     let restored = Journal::restore_file(&journal, &root).unwrap();
     assert_eq!(restored, vec!["g0".to_string()]);
     assert_eq!(bandwidth(&root, &g, "g0"), (-1, 0));
+
+    // A group that came with a burst of its own, and a start that does not manage bursts: a
+    // quota below that burst is still accepted (the burst is lowered with it), and both come
+    // back when control ends.
+    std::fs::write(root.cpu.join(g.rel("g0")).join("cpu.cfs_burst_us"), "30000").unwrap();
+    let mut agent = Agent::new("n", "t", root.clone(), Journal::new(&journal), 60.0);
+    agent.set_known(g.known());
+    assert!(start(&mut agent, 0.2, None).ok);
+    assert_eq!(bandwidth(&root, &g, "g0"), (20_000, 20_000));
+    let stop = agent.handle(
+        Request {
+            id: 9,
+            token: "t".into(),
+            call: Call::Stop,
+        },
+        5.0,
+    );
+    assert!(stop.ok, "{stop:?}");
+    assert_eq!(bandwidth(&root, &g, "g0"), (-1, 30_000));
+    std::fs::write(root.cpu.join(g.rel("g0")).join("cpu.cfs_burst_us"), "0").unwrap();
 }
