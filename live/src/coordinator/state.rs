@@ -456,10 +456,11 @@ impl<'a> RunState<'a> {
             if end > self.total_s || self.flushed < end || elapsed < end as f64 + MINUTE_GRACE_S {
                 return Ok(());
             }
-            let row = {
+            let (row, rps_cv) = {
                 let s = stats.lock().expect("stats lock");
                 let secs = &s.seconds[m * 60..end];
                 let sent: u64 = secs.iter().map(|x| x.sent).sum();
+                let per_second: Vec<f64> = secs.iter().map(|x| x.sent as f64).collect();
                 let done: u64 = secs.iter().map(|x| x.done()).sum();
                 let mut h = s.minutes[m].clone();
                 // Requests still out count at their age so far: a stalled app shows as one.
@@ -473,7 +474,7 @@ impl<'a> RunState<'a> {
                 let q = |q: f64| quantile_ms(&h, q);
                 let per = &self.per_second[m * 60..end];
                 let sum = |f: &dyn Fn(&AppSecond) -> f64| per.iter().map(f).sum::<f64>() / 60.0;
-                MinuteRow {
+                let row = MinuteRow {
                     minute: self.minute,
                     rps: sent as f64 / 60.0,
                     completed: done,
@@ -486,7 +487,8 @@ impl<'a> RunState<'a> {
                     usage: sum(&|p| p.usage),
                     target1: self.targets.group1,
                     target2: self.targets.group2,
-                }
+                };
+                (row, controller::rps_cv(&per_second))
             };
             self.writer.minute(&row)?;
             self.minute_targets.push((row.minute, self.targets));
@@ -498,14 +500,6 @@ impl<'a> RunState<'a> {
                 targets = %self.targets,
                 "minute"
             );
-            let rps_cv = {
-                let s = stats.lock().expect("stats lock");
-                let counts: Vec<f64> = s.seconds[m * 60..end]
-                    .iter()
-                    .map(|x| x.sent as f64)
-                    .collect();
-                controller::rps_cv(&counts)
-            };
             if let Some(new) = tower.observe(&MinuteObservation {
                 rps_cv,
                 rps: row.rps,
