@@ -326,3 +326,42 @@ fn token_sources() {
     std::fs::write(&p, "\n").unwrap();
     assert!(live::agent::load_token(Some(&p), None).is_err());
 }
+
+#[test]
+fn bursts_are_checked_before_anything_changes() {
+    use live::cgroup::Burst;
+    let mut f = fixture(&["web", "db"]);
+    let start_with = |f: &mut Fixture, name: &str, burst: Burst| {
+        f.agent.handle(
+            req(Call::Start {
+                scalers: [("web".to_string(), ScalerKind::Const.config(0.0, 0.5))].into(),
+                bursts: [(name.to_string(), burst)].into(),
+            }),
+            0.0,
+        )
+    };
+    // A burst for a container this start gives no scaler.
+    let r = start_with(&mut f, "db", Burst::Fraction(0.5));
+    assert_eq!(r.code(), Some(Code::BadConfig), "{r:?}");
+    // Out of range.
+    let r = start_with(&mut f, "web", Burst::Fraction(1.5));
+    assert_eq!(r.code(), Some(Code::BadConfig), "{r:?}");
+    let r = start_with(&mut f, "web", Burst::Micros(10_000_000));
+    assert_eq!(r.code(), Some(Code::BadConfig), "{r:?}");
+    // A kernel without CFS burst (no cpu.max.burst here).
+    let r = start_with(&mut f, "web", Burst::Fraction(0.5));
+    assert_eq!(r.code(), Some(Code::BadConfig), "{r:?}");
+    assert!(format!("{r:?}").contains("5.14"), "{r:?}");
+    assert!(f.agent.controlling().is_empty(), "nothing started");
+    assert_eq!(cpu_max(&f, "web"), "max 100000\n", "nothing written");
+    // With the file, the same start is taken and the burst follows the quota.
+    std::fs::write(f.dir.path().join("web/cpu.max.burst"), "0\n").unwrap();
+    let r = start_with(&mut f, "web", Burst::Fraction(0.5));
+    assert!(r.ok, "{r:?}");
+    f.agent.tick(0.1);
+    assert_eq!(cpu_max(&f, "web"), "50000 100000\n");
+    assert_eq!(
+        std::fs::read_to_string(f.dir.path().join("web/cpu.max.burst")).unwrap(),
+        "25000\n"
+    );
+}

@@ -204,6 +204,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("initial limit"));
+        for burst in [-0.1, 1.5, f64::NAN] {
+            let mut p = plan();
+            p.burst = burst;
+            assert!(p.validate().unwrap_err().to_string().contains("burst"));
+        }
         let mut p = plan();
         p.initial_limits = Some(vec![1.0]);
         assert!(p
