@@ -43,14 +43,22 @@ pub enum Burst {
 pub const MAX_BURST_US: u64 = 1_000_000;
 
 impl Burst {
-    /// Refuses what the kernel could not take.
+    /// Refuses what the kernel could not take, and bursts over the protocol's limit.
     pub fn validate(&self) -> Result<(), String> {
+        self.check_fraction()?;
+        match *self {
+            Burst::Micros(us) if us > MAX_BURST_US => Err(format!(
+                "a burst of {us} us is over the limit of {MAX_BURST_US} us"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a fraction outside 0 to 1, which would make the burst meaningless.
+    fn check_fraction(&self) -> Result<(), String> {
         match *self {
             Burst::Fraction(f) if !(f.is_finite() && (0.0..=1.0).contains(&f)) => Err(format!(
                 "a burst fraction must be from 0 to 1 (the kernel refuses a burst above the quota), got {f}"
-            )),
-            Burst::Micros(us) if us > MAX_BURST_US => Err(format!(
-                "a burst of {us} us is over the limit of {MAX_BURST_US} us"
             )),
             _ => Ok(()),
         }
@@ -381,14 +389,10 @@ impl Cgroup {
             // Only what would make the burst meaningless; the protocol's own limit on
             // microseconds is checked where bursts come in ([`Burst::validate`]), not here,
             // where a group's original burst (any size the kernel took) is put back.
-            if let Burst::Fraction(f) = b {
-                if !(f.is_finite() && (0.0..=1.0).contains(&f)) {
-                    return Err(LiveError::Cgroup {
-                        path: self.dir.clone(),
-                        reason: format!("a burst fraction must be from 0 to 1, got {f}"),
-                    });
-                }
-            }
+            b.check_fraction().map_err(|reason| LiveError::Cgroup {
+                path: self.dir.clone(),
+                reason,
+            })?;
             if self.burst_file.is_none() {
                 return Err(LiveError::Cgroup {
                     path: self.path(CgroupFile::Burst),

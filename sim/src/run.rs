@@ -78,7 +78,7 @@ pub fn run(
         engine.end_period(|i, counters| control.sample(i, &counters.sample(t)));
 
         if k % PERIODS_PER_SECOND == 0 {
-            minutes.second(totals(&engine, n).3);
+            minutes.second(engine.stats.arrivals);
             let second = k / PERIODS_PER_SECOND;
             if second as usize == cfg.ramp_s {
                 ramp_counters = Some(totals(&engine, n));
