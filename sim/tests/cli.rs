@@ -302,6 +302,35 @@ fn bad_load_options_are_refused() {
     );
 }
 
+#[test]
+fn bad_burst_and_tower_options_are_refused() {
+    fails_with(
+        &["run", "--burst", "1.5", "--duration", "5"],
+        None,
+        "burst must be a fraction of the quota from 0 to 1",
+    );
+    fails_with(
+        &["run", "--burst=-0.1", "--duration", "5"],
+        None,
+        "burst must be a fraction of the quota from 0 to 1",
+    );
+    fails_with(
+        &["sweep", "--burst-fraction", "0", "--duration", "5"],
+        None,
+        "--burst-fraction must be above 0 and at most 1",
+    );
+    fails_with(
+        &["sweep", "--scalers", "k8s-cpu+bust", "--duration", "5"],
+        None,
+        "unknown scaler 'k8s-cpu+bust'",
+    );
+    fails_with(
+        &["run", "--tower", "originl", "--duration", "5"],
+        None,
+        "invalid value 'originl' for '--tower",
+    );
+}
+
 /// `sim run` of the demo without a ramp into `out`, with `args`; it must succeed.
 fn demo_run(out: &std::path::Path, args: &[&str]) {
     let mut all = vec![
