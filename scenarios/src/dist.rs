@@ -32,7 +32,6 @@ impl DistSpec {
         }
     }
 
-    /// Checks the parameters; `allow_zero` is for delays (a CPU cost must be positive).
     /// The same shape with every time multiplied by `k` (the mean scales by `k`, the cv
     /// stays).
     pub fn scaled(&self, k: f64) -> DistSpec {
@@ -56,6 +55,63 @@ impl DistSpec {
         }
     }
 
+    /// The coefficient of variation (stdev / mean; 0 for a constant or a zero mean).
+    pub fn cv(&self) -> f64 {
+        match *self {
+            DistSpec::Const { .. } => 0.0,
+            DistSpec::Exp { mean_ms } => {
+                if mean_ms > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            DistSpec::Lognormal { cv, .. } | DistSpec::Gamma { cv, .. } => cv,
+            DistSpec::Uniform { min_ms, max_ms } => {
+                let mean = (min_ms + max_ms) / 2.0;
+                if mean > 0.0 {
+                    (max_ms - min_ms) / (2.0 * 3f64.sqrt() * mean)
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+
+    /// The same mean with the variability multiplied by `k` (what `sim calibrate` fits): a
+    /// log-normal's or a gamma's cv times `k`; an exponential becomes the gamma of cv `k`
+    /// (the exponential is the gamma of cv 1); a uniform's spread around its mean times `k`,
+    /// its low end kept at a hundredth of the mean at least (a CPU cost is positive); a constant stays constant (the scenario says it does not vary).
+    pub fn with_cv_scaled(&self, k: f64) -> DistSpec {
+        match *self {
+            DistSpec::Const { .. } => self.clone(),
+            DistSpec::Exp { mean_ms } => {
+                if k == 1.0 || mean_ms == 0.0 {
+                    self.clone()
+                } else {
+                    DistSpec::Gamma { mean_ms, cv: k }
+                }
+            }
+            DistSpec::Lognormal { mean_ms, cv } => DistSpec::Lognormal {
+                mean_ms,
+                cv: cv * k,
+            },
+            DistSpec::Gamma { mean_ms, cv } => DistSpec::Gamma {
+                mean_ms,
+                cv: cv * k,
+            },
+            DistSpec::Uniform { min_ms, max_ms } => {
+                let mean = (min_ms + max_ms) / 2.0;
+                let half = ((max_ms - min_ms) / 2.0 * k).min(0.99 * mean);
+                DistSpec::Uniform {
+                    min_ms: mean - half,
+                    max_ms: mean + half,
+                }
+            }
+        }
+    }
+
+    /// Checks the parameters; `allow_zero` is for delays (a CPU cost must be positive).
     pub(crate) fn check(&self, allow_zero: bool) -> Result<(), String> {
         let ok = |name: &str, v: f64| {
             if v.is_finite() && (v > 0.0 || (allow_zero && v == 0.0)) {
@@ -172,6 +228,69 @@ mod tests {
             let n = 200_000;
             let mean = (0..n).map(|_| d.sample(&mut rng)).sum::<f64>() / n as f64;
             assert!((mean * 1000.0 - 2.0).abs() < 0.05, "{spec:?}: {mean}");
+        }
+    }
+
+    #[test]
+    fn variability_scales_and_the_mean_stays() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        for (spec, k, cv) in [
+            (DistSpec::Exp { mean_ms: 2.0 }, 2.0, 2.0),
+            (DistSpec::Exp { mean_ms: 2.0 }, 1.0, 1.0),
+            (
+                DistSpec::Lognormal {
+                    mean_ms: 2.0,
+                    cv: 1.5,
+                },
+                0.5,
+                0.75,
+            ),
+            (
+                DistSpec::Gamma {
+                    mean_ms: 2.0,
+                    cv: 0.5,
+                },
+                3.0,
+                1.5,
+            ),
+            (
+                DistSpec::Uniform {
+                    min_ms: 1.5,
+                    max_ms: 2.5,
+                },
+                2.0,
+                1.0 / (2.0 * 3f64.sqrt()),
+            ),
+            // Clipped: the low end stays at a hundredth of the mean.
+            (
+                DistSpec::Uniform {
+                    min_ms: 1.0,
+                    max_ms: 3.0,
+                },
+                4.0,
+                0.99 / 3f64.sqrt(),
+            ),
+            (DistSpec::Const { ms: 2.0 }, 4.0, 0.0),
+        ] {
+            let scaled = spec.with_cv_scaled(k);
+            assert!((scaled.mean_ms() - 2.0).abs() < 1e-12, "{scaled:?}");
+            assert!(
+                (scaled.cv() - cv).abs() < 1e-12,
+                "{spec:?} x {k}: {scaled:?}"
+            );
+            // The sampler agrees with what the spec says.
+            scaled.check(false).unwrap();
+            let d = scaled.build();
+            let n = 400_000;
+            let xs: Vec<f64> = (0..n).map(|_| d.sample(&mut rng) * 1000.0).collect();
+            let mean = xs.iter().sum::<f64>() / n as f64;
+            let sd = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
+            assert!((mean - 2.0).abs() < 0.05, "{scaled:?}: mean {mean}");
+            assert!(
+                (sd / mean - cv).abs() < 0.05 * cv.max(0.2),
+                "{scaled:?}: cv {}",
+                sd / mean
+            );
         }
     }
 

@@ -110,6 +110,84 @@ fn the_fit_recovers_costs_the_topology_did_not_know() {
     );
 }
 
+/// A record of `app` under a varying load (30 to 90 RPS), with a 2-core quota per service.
+fn record_of(app: Scenario, dir: &std::path::Path) -> Record {
+    let rps: Vec<u32> = (0..1200)
+        .map(|t| (300.0 + 150.0 * (t as f64 / 90.0).sin()) as u32)
+        .collect();
+    let mut plan = RunPlan::new(
+        Arc::new(app),
+        Arc::new(Trace::new("varying", rps)),
+        ScalerKind::Const,
+        Targets::new(0.1, 0.1),
+    );
+    plan.ramp_s = 0;
+    plan.initial_limit = Some(2.0);
+    plan.services_csv = true;
+    let writer = RecordWriter::create(dir, false, true).unwrap();
+    run(&plan, Some(writer), &mut |_, _| {}).unwrap();
+    Record::read(dir).unwrap()
+}
+
+#[test]
+fn the_fit_recovers_how_much_each_service_s_calls_vary() {
+    // The real app: the gateway's calls twice as variable as the topology says (the gamma of
+    // cv 2 where it says exponential), the auth's half as variable, the store's as written.
+    let truth = [("gateway", 2.0), ("auth", 0.5), ("store", 1.0)];
+    let demo = Scenario::builtin("demo").unwrap();
+    let factors: Vec<f64> = demo
+        .services
+        .iter()
+        .map(|s| truth.iter().find(|t| t.0 == s.name).unwrap().1)
+        .collect();
+    let app = Scenario::compile(
+        "true-demo",
+        calibrate::with_variability(&demo.file, &demo, &factors),
+    )
+    .unwrap();
+    assert!(matches!(
+        app.file.calls["gateway.get"].cpu,
+        scenarios::DistSpec::Gamma { cv, .. } if cv == 2.0
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let record = record_of(app, dir.path());
+
+    let seconds = calibrate::observations(&demo, std::slice::from_ref(&record)).unwrap();
+    let costs = calibrate::fit(&demo, &seconds).unwrap().apply(&demo.file);
+    let work = tempfile::tempdir().unwrap();
+    let (fits, fitted) = calibrate::fit_variability(
+        &costs,
+        std::slice::from_ref(&record),
+        &work.path().join("s"),
+    )
+    .unwrap();
+    eprintln!("{}", calibrate::variability_report(&fits));
+    assert!(
+        !work.path().join("s").exists(),
+        "the search's records are removed"
+    );
+    for (f, (name, k)) in fits.iter().zip(truth) {
+        assert_eq!(f.service, name);
+        let got = f.factor.expect("every demo call varies");
+        assert!(
+            (got / k - 1.0).abs() < 0.15,
+            "{name}: fitted x{got:.2}, true x{k}"
+        );
+        assert!(!f.at_bound);
+        assert!(
+            (f.resimulated_sd / f.measured_sd - 1.0).abs() < 0.03,
+            "{name}: usage sd {:.4} re-simulated, {:.4} measured",
+            f.resimulated_sd,
+            f.measured_sd
+        );
+    }
+    // Written into the scenario: the gateway's exponential became a gamma of cv about 2.
+    match fitted.calls["gateway.get"].cpu {
+        scenarios::DistSpec::Gamma { cv, .. } => assert!((cv / 2.0 - 1.0).abs() < 0.15),
+        ref other => panic!("gateway.get: {other:?}"),
+    }
+}
+
 #[test]
 fn records_of_another_app_or_without_counts_are_refused() {
     let dir = tempfile::tempdir().unwrap();

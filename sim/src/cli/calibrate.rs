@@ -17,7 +17,8 @@ use sim::calibrate;
     The topology (services, calls, request mix, nodes, collectors) comes from --scenario; the \
     CPU of every call and each service's background CPU are fitted to the records' \
     per-second usage (services.csv) against the requests sent (requests.csv), then the network \
-    delay per hop to their median latency. A second run with another mix (--mix) tells apart \
+    delay per hop to their median latency, then each service's calls' variability to the scatter \
+    of its per-second usage. A second run with another mix (--mix) tells apart \
     calls the usual mix always sends together.")]
 pub struct CalibrateArgs {
     /// A run record to fit (repeat for several; sim or live, with per-second rows).
@@ -36,6 +37,10 @@ pub struct CalibrateArgs {
     /// Replace --out (and the re-simulated records beside it, `NAME.resim/`) if they exist.
     #[arg(long)]
     pub force: bool,
+    /// Keep the topology's variability: fit the costs and the delay only (the variability
+    /// search re-simulates the records ten times).
+    #[arg(long)]
+    pub keep_variability: bool,
 }
 
 pub fn cmd(a: CalibrateArgs) -> Result<()> {
@@ -69,6 +74,18 @@ pub fn cmd(a: CalibrateArgs) -> Result<()> {
             topology.file.network_delay.mean_ms()
         ),
     }
+    if !a.keep_variability {
+        let (fits, varied) =
+            calibrate::fit_variability(&file, &records, &resim_dir.join("search"))?;
+        println!("variability: each service's calls' cv, as a factor on the topology's");
+        print!("{}", calibrate::variability_report(&fits));
+        file = varied;
+        // A log-normal's median falls as its cv grows at the same mean: the delay again.
+        if let Some(ms) = calibrate::fit_network_delay(&file, &records)? {
+            println!("network delay per hop, with the fitted variability: {ms:.2} ms");
+            file.network_delay = scenarios::DistSpec::Const { ms };
+        }
+    }
     // What the fitted model says about each record, beside what was measured; the
     // re-simulations are kept as records.
     let fitted = Scenario::compile(&topology.source, file.clone())?;
@@ -94,15 +111,20 @@ pub fn cmd(a: CalibrateArgs) -> Result<()> {
     }
     let body = file.to_toml()?;
     let text = format!(
-        "# Fitted by `sim calibrate` from {} with the topology of {}: every call's CPU and the\n\
-         # network delay per hop were fitted (each service's background CPU too: the report\n\
-         # shows it, this file has no field for it); the rest is the topology's.\n{body}",
+        "# Fitted by `sim calibrate` from {} with the topology of {}: every call's CPU, the\n\
+         # network delay per hop{} were fitted (each service's background CPU too: the\n\
+         # report shows it, this file has no field for it); the rest is the topology's.\n{body}",
         a.records
             .iter()
             .map(|r| r.display().to_string())
             .collect::<Vec<_>>()
             .join(", "),
-        topology.source
+        topology.source,
+        if a.keep_variability {
+            ""
+        } else {
+            " and each service's calls' variability"
+        }
     );
     let plot = a
         .plot
