@@ -239,6 +239,27 @@ fn captains_and_the_bandit_tower_run_the_demo_app_on_real_cgroups() {
         );
     }
 
+    // Each service's calls' variability, fitted by re-simulating the record: the demo's
+    // services draw exponential costs, as the scenario says, so each factor on the scenario's
+    // cvs comes out near 1 (a little under: the HTTP work around each call hardly varies).
+    let costs = fit.apply(&demo.file);
+    let (cvs, _) = sim::calibrate::fit_variability(
+        &costs,
+        std::slice::from_ref(&r),
+        &dir.path().join("cv-search"),
+    )
+    .unwrap();
+    eprintln!("{}", sim::calibrate::variability_report(&cvs));
+    for f in &cvs {
+        let k = f.factor.expect("the demo's calls vary");
+        assert!(
+            (0.7..1.3).contains(&k),
+            "{}: cv x{k:.2}\n{}",
+            f.service,
+            sim::calibrate::variability_report(&cvs)
+        );
+    }
+
     // The request log holds every request sent, and a re-simulation of the record replays
     // exactly those: the same requests of each type in every second.
     let log = r.arrivals().unwrap().expect("arrivals.csv.gz");
