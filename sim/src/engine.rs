@@ -39,7 +39,7 @@ enum Kind {
     Second(u32),
     /// A call reaches its service.
     Deliver(u32),
-    /// Every child of the call's current stage has answered.
+    /// Every child of the call's last stage has answered: its CPU after them, or its answer.
     Resume(u32),
 }
 
@@ -292,10 +292,7 @@ impl<'a> Engine<'a> {
                     let work = self.calls[call as usize].work;
                     self.submit_call(call, work);
                 }
-                Kind::Resume(call) => {
-                    self.calls[call as usize].stage += 1;
-                    self.dispatch(call, on_done);
-                }
+                Kind::Resume(call) => self.finish(call, on_done),
             }
         }
         self.now = until;
@@ -502,20 +499,33 @@ impl<'a> Engine<'a> {
         self.done = done;
     }
 
-    /// Starts the call's current stage (skipping stages with nothing to wait for); when no
-    /// stage is left, runs the after-CPU or completes the call.
+    /// The call's CPU before its children is done: starts its first stage, or, with no
+    /// stage to wait for, runs the after-CPU or completes the call.
     fn dispatch(&mut self, call: u32, on_done: &mut impl FnMut(Completion)) {
-        let now = self.now;
+        if !self.start_stages(call, self.now) {
+            self.finish(call, on_done);
+        }
+    }
+
+    /// Starts the call's stages from its current one on, at `t` (stages none of whose
+    /// children happen are skipped); whether one started (the call now waits for it).
+    ///
+    /// `t` may be later than now: when a stage's last child answers, the next stage's
+    /// children are created at once, to be delivered at `t` plus their network delay.
+    /// Nothing about a call depends on when it is created (everything is drawn from the
+    /// request's seed and the call's position), so this saves the event at `t` that
+    /// would only have created them.
+    fn start_stages(&mut self, call: u32, t: f64) -> bool {
         let scenario = self.scenario;
         loop {
             let k = self.calls[call as usize];
             let def = &scenario.requests[k.rtype as usize].nodes[k.node as usize];
             let Some(stage) = def.stages.get(k.stage as usize) else {
-                break;
+                return false;
             };
             let mut pending = 0u16;
             for &child in stage {
-                let spawned = self.spawn(k.rtype, child, call, k.seed, now, false);
+                let spawned = self.spawn(k.rtype, child, call, k.seed, t, false);
                 let detached = scenario.requests[k.rtype as usize].nodes[child as usize].detached;
                 if spawned.is_some() && !detached {
                     pending += 1;
@@ -524,11 +534,15 @@ impl<'a> Engine<'a> {
             let k = &mut self.calls[call as usize];
             if pending > 0 {
                 k.pending = pending;
-                k.ready_at = now;
-                return;
+                k.ready_at = t;
+                return true;
             }
             k.stage += 1;
         }
+    }
+
+    /// Every stage is done (now): the call's CPU after its children, or its answer.
+    fn finish(&mut self, call: u32, on_done: &mut impl FnMut(Completion)) {
         let k = &mut self.calls[call as usize];
         if k.cpu_after > 0.0 {
             k.after_phase = true;
@@ -568,7 +582,10 @@ impl<'a> Engine<'a> {
         p.ready_at = p.ready_at.max(back);
         if p.pending == 0 {
             let t = p.ready_at;
-            self.push(t, Kind::Resume(k.parent));
+            p.stage += 1;
+            if !self.start_stages(k.parent, t) {
+                self.push(t, Kind::Resume(k.parent));
+            }
         }
     }
 
