@@ -23,7 +23,7 @@ use scenarios::Scenario;
 use traces::Load;
 
 use crate::cfs::{Container, Counters, Segment, PERIOD};
-use crate::mintree::MinTree;
+use crate::earliest::Earliest;
 
 const NONE: u32 = u32::MAX;
 /// The `rtype` of a finished call.
@@ -120,7 +120,7 @@ pub struct Engine<'a> {
     free: Vec<u32>,
     events: BinaryHeap<Event>,
     /// Each container's next completion or quota exhaustion.
-    next: MinTree,
+    next: Earliest,
     seq: u64,
     now: f64,
     rates: Vec<f64>,
@@ -182,7 +182,7 @@ impl<'a> Engine<'a> {
             calls: Vec::new(),
             free: Vec::new(),
             events: BinaryHeap::new(),
-            next: MinTree::new(scenario.services.len()),
+            next: Earliest::new(scenario.services.len()),
             seq: 0,
             now: 0.0,
             rates,

@@ -39,9 +39,9 @@
 
 pub mod calibrate;
 pub mod cfs;
+mod earliest;
 pub mod engine;
 mod error;
-mod mintree;
 pub mod run;
 pub mod sweep;
 
