@@ -131,8 +131,6 @@ pub struct Container {
     period_had_work: bool,
     period_throttled: bool,
     counters: Counters,
-    /// Bumped on every change, so that stale scheduled events can be recognised.
-    pub version: u64,
     seq: u64,
     /// Calls among `running` (the rest are collector threads).
     calls_running: usize,
@@ -173,7 +171,6 @@ impl Container {
             period_had_work: false,
             period_throttled: false,
             counters: Counters::default(),
-            version: 0,
             seq: 0,
             calls_running: 0,
             gc: None,
@@ -238,7 +235,6 @@ impl Container {
     #[inline]
     pub fn set_rate(&mut self, node_rate: f64) {
         self.rate = if self.throttled { 0.0 } else { node_rate };
-        self.version += 1;
     }
 
     /// Adds work (the container must be advanced to now).
@@ -249,7 +245,6 @@ impl Container {
         } else {
             self.waiting.push_back(seg);
         }
-        self.version += 1;
     }
 
     fn start(&mut self, seg: Segment) {
@@ -366,7 +361,6 @@ impl Container {
             self.period_throttled = true;
             self.rate = 0.0;
         }
-        self.version += 1;
     }
 
     /// When this container next needs attention (a completion or running out of quota), if
@@ -426,7 +420,6 @@ impl Container {
         self.throttled = false;
         self.period_throttled = false;
         self.period_had_work = !self.running.is_empty();
-        self.version += 1;
     }
 
     pub fn counters(&self) -> Counters {
