@@ -39,22 +39,7 @@ fn the_fit_recovers_costs_the_topology_did_not_know() {
     let (app, factors) = truth();
     let dir = tempfile::tempdir().unwrap();
     // 20 minutes of a varying load, 30 to 90 RPS: every service well below its limit.
-    let rps: Vec<u32> = (0..1200)
-        .map(|t| (300.0 + 150.0 * (t as f64 / 90.0).sin()) as u32)
-        .collect();
-    let mut plan = RunPlan::new(
-        Arc::new(app),
-        Arc::new(Trace::new("varying", rps)),
-        ScalerKind::Const,
-        Targets::new(0.1, 0.1),
-    );
-    plan.ramp_s = 0;
-    plan.initial_limit = Some(2.0);
-    plan.services_csv = true;
-    let writer = RecordWriter::create(dir.path(), false, true).unwrap();
-    run(&plan, Some(writer), &mut |_, _| {}).unwrap();
-
-    let record = Record::read(dir.path()).unwrap();
+    let record = record_of(app, dir.path());
     let rows = record.requests().unwrap().expect("requests.csv");
     assert_eq!(rows.len(), 1200 * 2, "a row per second per request type");
     let topology = Scenario::builtin("demo").unwrap();
@@ -110,7 +95,8 @@ fn the_fit_recovers_costs_the_topology_did_not_know() {
     );
 }
 
-/// A record of `app` under a varying load (30 to 90 RPS), with a 2-core quota per service.
+/// A 20-minute record of `app` under a varying load (30 to 90 RPS), with a 2-core quota per
+/// service.
 fn record_of(app: Scenario, dir: &std::path::Path) -> Record {
     let rps: Vec<u32> = (0..1200)
         .map(|t| (300.0 + 150.0 * (t as f64 / 90.0).sin()) as u32)
