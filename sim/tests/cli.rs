@@ -390,6 +390,18 @@ fn calibrate_writes_a_scenario_that_loads_and_refuses_what_it_cannot_fit() {
         "{report}"
     );
     assert!(report.contains("network delay per hop"), "{report}");
+    // The demo's calls draw what the topology says, so each service's cv factor is near 1;
+    // the search's own re-simulations are not left behind.
+    for service in ["gateway", "auth", "store"] {
+        let line = report
+            .lines()
+            .skip_while(|l| !l.starts_with("variability:"))
+            .find(|l| l.starts_with(service))
+            .unwrap_or_else(|| panic!("no variability line for {service}:\n{report}"));
+        let factor: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!((0.8..1.25).contains(&factor), "{line}");
+    }
+    assert!(!dir.path().join("fitted.resim/search").exists());
     // The re-simulation is kept as a record, and drawn against the measurement.
     assert!(dir.path().join("fitted.resim/1/run.json").exists());
     let png = std::fs::read(dir.path().join("fitted.fit.png")).unwrap();
