@@ -12,7 +12,8 @@
 //!   containers and nodes (a call may run on several threads at once), and leave.
 //! * [`sweep`]: target sweeps, the Autothrottle warm-up protocol and the paper's evaluation
 //!   grid, in parallel, sharded and resumable.
-//! * [`calibrate`]: fitting a scenario's CPU costs to recorded runs (`sim calibrate`).
+//! * [`calibrate`]: fitting a scenario's CPU costs, network delay and each service's calls'
+//!   variability to recorded runs (`sim calibrate`).
 //! * [`run`](mod@run): one benchmark run: scalers sampled every 100 ms, the Tower every minute,
 //!   the summary of the evaluation protocol and the run record.
 //!
