@@ -220,3 +220,13 @@ fn split_grids_give_the_same_rows_in_the_same_order() {
     .unwrap();
     assert_eq!(whole, parts);
 }
+
+#[test]
+fn burst_baselines_are_also_tried_just_below_full_utilisation() {
+    let top = |c| sweep::grid(c).last().unwrap().group1;
+    assert_eq!(top(Contender::K8sCpu), 0.9);
+    assert_eq!(top(Contender::K8sCpuFast), 0.9);
+    assert_eq!(top(Contender::K8sCpuBurst), 0.95);
+    assert_eq!(top(Contender::K8sCpuFastBurst), 0.95);
+    assert_eq!(sweep::grid(Contender::K8sCpuFastBurst).len(), 10);
+}
