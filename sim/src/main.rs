@@ -51,8 +51,8 @@ enum Command {
     Evaluate(cli::evaluate::EvaluateArgs),
     /// Combine the outputs of `sweep --shard` or `evaluate --shard` runs into one result.
     Merge(cli::evaluate::MergeArgs),
-    /// Fit a scenario's CPU costs (per call, and each service's background) to recorded runs,
-    /// sim or live, and write the fitted scenario.
+    /// Fit a scenario's CPU costs (per call, and each service's background), network delay and
+    /// calls' variability to recorded runs, sim or live, and write the fitted scenario.
     Calibrate(cli::calibrate::CalibrateArgs),
     /// Draw run records as a PNG: allocation, RPS, P99 vs SLO and Tower targets over time.
     Plot(cli::plot::PlotArgs),
