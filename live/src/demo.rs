@@ -171,6 +171,14 @@ impl Service {
                 scenario.name
             ))
         })?;
+        if scenario.services[index].background > 0.0 {
+            return Err(LiveError::Config(format!(
+                "service '{name}' of {} has background_cores: the demo burns only its calls' and \
+                 collectors' CPU, so it would not run what the scenario says (a fitted \
+                 scenario is for the simulator; run the demo with the scenario it was fitted to)",
+                scenario.name
+            )));
+        }
         let peers = scenario
             .services
             .iter()

@@ -81,6 +81,25 @@ async fn requests_walk_the_tree_and_burn_the_cpu_of_the_model() {
 }
 
 #[test]
+fn scenarios_with_background_cpu_are_refused_rather_than_run_without_it() {
+    let demo = Scenario::builtin("demo").unwrap();
+    let mut file = demo.file.clone();
+    file.services[1].background_cores = 0.1;
+    let scenario = Arc::new(Scenario::compile("bg", file).unwrap());
+    let peers: BTreeMap<String, std::net::SocketAddr> = scenario
+        .services
+        .iter()
+        .map(|s| (s.name.clone(), "127.0.0.1:1".parse().unwrap()))
+        .collect();
+    assert!(Service::new(scenario.clone(), "gateway", &peers).is_ok());
+    let e = Service::new(scenario, "auth", &peers)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("background_cores"), "{e}");
+}
+
+#[test]
 fn unknown_services_and_missing_peers_are_refused() {
     let scenario = Arc::new(Scenario::builtin("demo").unwrap());
     let peers = BTreeMap::from([("gateway".to_string(), "127.0.0.1:1".parse().unwrap())]);

@@ -56,6 +56,8 @@ pub struct Service {
     pub initial_limit: f64,
     /// Its garbage collector, compiled for the simulator.
     pub runtime: Option<Runtime>,
+    /// CPU it uses whatever its requests, cores.
+    pub background: f64,
 }
 
 /// A collector as the simulator runs it: every `trigger_cpu` core-seconds of request CPU, a
@@ -489,6 +491,15 @@ impl Check<'_> {
                 .map_err(|(field, reason)| {
                     self.invalid(format!("services[{i}].runtime.{field}"), reason)
                 })?;
+            if !(s.background_cores.is_finite() && (0.0..=cores).contains(&s.background_cores)) {
+                return Err(self.invalid(
+                    format!("services[{i}].background_cores"),
+                    format!(
+                        "must be between 0 and the node's {cores} cores, got {}",
+                        s.background_cores
+                    ),
+                ));
+            }
             services.push(Service {
                 name: s.name.clone(),
                 node,
@@ -496,6 +507,7 @@ impl Check<'_> {
                 group: s.group,
                 initial_limit: f.initial_limit.unwrap_or(cores),
                 runtime,
+                background: s.background_cores,
             });
         }
         Ok((service_index, services))

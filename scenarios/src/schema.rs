@@ -128,6 +128,15 @@ pub struct ServiceDef {
     /// The language runtime's garbage collector, if it makes the container's CPU bursty.
     #[serde(default)]
     pub runtime: Option<RuntimeDef>,
+    /// CPU the container uses whatever its requests, in cores (health checks, timers, a
+    /// database's housekeeping): spread evenly over time, it spends the CFS quota like any
+    /// other work. `sim calibrate` fits it (the intercept of the usage fit).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub background_cores: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// A garbage-collecting runtime inside a container. Both kinds are driven by allocation, and

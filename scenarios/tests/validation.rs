@@ -620,3 +620,42 @@ fn every_builtin_survives_being_written_back_as_toml() {
         );
     }
 }
+
+#[test]
+fn background_cpu_is_checked_and_written_only_when_set() {
+    let with = |v: &str| {
+        GOOD.replacen(
+            "node = \"n1\"",
+            &format!("node = \"n1\"\nbackground_cores = {v}"),
+            1,
+        )
+    };
+    let s = Scenario::parse("bg.toml", &with("0.25")).unwrap();
+    assert_eq!(s.services[0].background, 0.25);
+    assert_eq!(s.services[1].background, 0.0, "none unless set");
+    for (v, why) in [
+        (
+            "-0.1",
+            "services[0].background_cores: must be between 0 and the node's 4 cores, got -0.1",
+        ),
+        (
+            "5",
+            "services[0].background_cores: must be between 0 and the node's 4 cores, got 5",
+        ),
+        (
+            "nan",
+            "services[0].background_cores: must be between 0 and the node's 4 cores, got NaN",
+        ),
+    ] {
+        let e = err(&with(v));
+        assert!(e.contains(why), "{v}: {e}");
+    }
+    // A scenario without it writes none (its digest, and so every record's, stays the same).
+    let good = Scenario::parse("good.toml", GOOD).unwrap();
+    assert!(!good.file.to_toml().unwrap().contains("background"));
+    assert!(s
+        .file
+        .to_toml()
+        .unwrap()
+        .contains("background_cores = 0.25"));
+}

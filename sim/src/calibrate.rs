@@ -294,11 +294,25 @@ pub fn fit(topology: &Scenario, seconds: &[Second]) -> Result<Fit> {
 }
 
 impl Fit {
-    /// The topology's file with every fitted call's CPU scaled to its fitted mean. A call
+    /// The topology's file with every fitted call's CPU scaled to its fitted mean and each
+    /// service's background CPU set to the fitted one (at most its node's cores). A call
     /// the fit set to zero keeps a thousandth of its old cost (a scenario's CPU must be
     /// positive) and is named in the report.
     pub fn apply(&self, file: &ScenarioFile) -> ScenarioFile {
         let mut out = file.clone();
+        let cores: BTreeMap<&str, f64> = file
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.cores))
+            .collect();
+        for (svc, fit) in out.services.iter_mut().zip(&self.services) {
+            debug_assert_eq!(svc.name, fit.service);
+            let node = cores
+                .get(svc.node.as_str())
+                .copied()
+                .unwrap_or(f64::INFINITY);
+            svc.background_cores = fit.background.clamp(0.0, node);
+        }
         for s in &self.services {
             for c in &s.calls {
                 if let Some(def) = out.calls.get_mut(&c.call) {

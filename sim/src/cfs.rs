@@ -45,6 +45,8 @@ pub const PERIOD: f64 = 0.1;
 const EPS: f64 = 1e-10;
 /// The `call` of a collector thread's segment: not a call, never reported as done.
 const COLLECTOR: u32 = u32::MAX;
+/// The `call` of the background work's segment ([`Container::with_background`]).
+const BACKGROUND: u32 = u32::MAX - 1;
 
 /// A piece of CPU work for one call.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -136,6 +138,8 @@ pub struct Container {
     calls_running: usize,
     /// Boxed: most containers have none, and the hot loop walks containers.
     gc: Option<Box<Collector>>,
+    /// CPU used whatever the requests, cores: a share of it starts at every period.
+    background: f64,
 }
 
 /// The state of a container's garbage collector.
@@ -174,6 +178,7 @@ impl Container {
             seq: 0,
             calls_running: 0,
             gc: None,
+            background: 0.0,
         }
     }
 
@@ -197,6 +202,24 @@ impl Container {
         debug_assert!((0.0..=1.0).contains(&fraction));
         self.burst = fraction;
         self
+    }
+
+    /// The same container using `cores` of CPU whatever its requests: each period starts with
+    /// that much of a period's work, on one thread per core or part of one, beside the calls.
+    pub fn with_background(mut self, cores: f64) -> Self {
+        self.background = cores;
+        self.start_background();
+        self
+    }
+
+    fn start_background(&mut self) {
+        if self.background > 0.0 {
+            let threads = self.background.ceil();
+            for _ in 0..threads as usize {
+                self.push(self.background * PERIOD / threads, BACKGROUND);
+            }
+            self.period_had_work = true;
+        }
     }
 
     /// Garbage collections started so far.
@@ -327,7 +350,7 @@ impl Container {
         if gc.runtime.stop_the_world {
             // The heap orders by (finish, seq), so the order they go back in does not matter.
             let v = self.v;
-            self.calls_running += gc.frozen.len();
+            self.calls_running += gc.frozen.iter().filter(|f| f.2 != BACKGROUND).count();
             self.running
                 .extend(gc.frozen.drain(..).map(|(left, seq, call)| Running {
                     finish_v: v + left,
@@ -348,6 +371,9 @@ impl Container {
             let call = self.running.pop().expect("peeked").call;
             if call == COLLECTOR {
                 self.collector_done();
+                continue;
+            }
+            if call == BACKGROUND {
                 continue;
             }
             self.calls_running -= 1;
@@ -420,6 +446,7 @@ impl Container {
         self.throttled = false;
         self.period_throttled = false;
         self.period_had_work = !self.running.is_empty();
+        self.start_background();
     }
 
     pub fn counters(&self) -> Counters {
@@ -469,6 +496,34 @@ mod tests {
         }
         c.advance(until);
         out
+    }
+
+    #[test]
+    fn background_work_uses_its_share_of_every_period_and_is_never_a_call() {
+        // 0.05 cores of background beside one call of 30 ms, on a 0.1-core quota: the
+        // background's 5 ms leave the call 5 ms a period, so the call takes six periods.
+        let mut c = Container::new(0, 4, 0.1).with_background(0.05);
+        c.submit(Segment {
+            call: 7,
+            work: 0.030,
+        });
+        let done = run(&mut c, 0.0, 1.0 + 1e-9, 0.1);
+        assert_eq!(done.len(), 1, "only the call is reported: {done:?}");
+        assert!(
+            (0.5..0.6).contains(&done[0].0),
+            "the call ends in its sixth period: {done:?}"
+        );
+        let k = c.counters();
+        // 1 s: 50 ms of background and the call's 30 ms.
+        assert!((k.usage - 0.080).abs() < 1e-6, "{k:?}");
+        assert_eq!(k.nr_periods, 10, "every period had work");
+        // The first five run out of quota with the call still running; in the sixth the
+        // call's last 5 ms end as the quota does, so nothing is left to throttle.
+        assert_eq!(k.nr_throttled, 5, "{k:?}");
+        // More than a core of background runs on as many threads as it needs.
+        let mut c = Container::new(0, 4, 4.0).with_background(2.5);
+        run(&mut c, 0.0, 1.0, 4.0);
+        assert!((c.counters().usage - 2.5).abs() < 1e-6);
     }
 
     #[test]

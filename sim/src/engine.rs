@@ -164,7 +164,11 @@ impl<'a> Engine<'a> {
             .services
             .iter()
             .zip(limits)
-            .map(|(s, &l)| Container::new(s.node, s.threads, l).with_runtime(s.runtime))
+            .map(|(s, &l)| {
+                Container::new(s.node, s.threads, l)
+                    .with_runtime(s.runtime)
+                    .with_background(s.background)
+            })
             .collect();
         let mut node_members = vec![Vec::new(); scenario.nodes.len()];
         for (i, c) in containers.iter().enumerate() {
@@ -198,6 +202,10 @@ impl<'a> Engine<'a> {
             replay: None,
             stats: EngineStats::default(),
         };
+        // Containers with background work start with it running: count it on their nodes.
+        for node in 0..e.node_members.len() {
+            e.refresh_node(node);
+        }
         match load {
             Load::Poisson => {
                 if let Some(t) = traces::next_arrival(&e.rates, 0.0, &mut e.arrivals_rng) {

@@ -11,7 +11,10 @@ use sim::calibrate;
 use sim::run::{run, RunPlan};
 use traces::Trace;
 
-/// The demo with every call's CPU scaled by its own factor (what "the real app" costs).
+/// The demo with every call's CPU scaled by its own factor (what "the real app" costs), and
+/// the store using 0.05 cores whatever its requests.
+const STORE_BACKGROUND: f64 = 0.05;
+
 fn truth() -> (Scenario, Vec<(&'static str, f64)>) {
     let factors = [
         ("gateway.get", 1.5),
@@ -28,6 +31,7 @@ fn truth() -> (Scenario, Vec<(&'static str, f64)>) {
         let def = file.calls.get_mut(name).unwrap();
         def.cpu = def.cpu.scaled(k);
     }
+    file.services[2].background_cores = STORE_BACKGROUND;
     (
         Scenario::compile("true-demo", file).unwrap(),
         factors.to_vec(),
@@ -74,7 +78,18 @@ fn the_fit_recovers_costs_the_topology_did_not_know() {
         }
     }
     for s in &fit.services {
-        assert!(s.background.abs() < 0.02, "{}", fit.report());
+        let truth = if s.service == "store" {
+            STORE_BACKGROUND
+        } else {
+            0.0
+        };
+        assert!(
+            (s.background - truth).abs() < 0.01,
+            "{}: background {:.3}, true {truth}\n{}",
+            s.service,
+            s.background,
+            fit.report()
+        );
         assert!(
             (s.predicted / s.measured - 1.0).abs() < 0.01,
             "{}",
@@ -84,6 +99,10 @@ fn the_fit_recovers_costs_the_topology_did_not_know() {
 
     // The delay per hop, from the median latency of the re-simulated record.
     let fitted = fit.apply(&topology.file);
+    // The backgrounds are written into the scenario.
+    for (def, s) in fitted.services.iter().zip(&fit.services) {
+        assert_eq!(def.background_cores, s.background);
+    }
     let record = Record::read(dir.path()).unwrap();
     let delay = calibrate::fit_network_delay(&fitted, std::slice::from_ref(&record))
         .unwrap()

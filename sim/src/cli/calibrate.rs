@@ -111,9 +111,9 @@ pub fn cmd(a: CalibrateArgs) -> Result<()> {
     }
     let body = file.to_toml()?;
     let text = format!(
-        "# Fitted by `sim calibrate` from {} with the topology of {}: every call's CPU, the\n\
-         # network delay per hop{} were fitted (each service's background CPU too: the\n\
-         # report shows it, this file has no field for it); the rest is the topology's.\n{body}",
+        "# Fitted by `sim calibrate` from {} with the topology of {}: every call's CPU, each\n\
+         # service's background CPU, the network delay per hop{} were fitted; the rest is\n\
+         # the topology's.\n{body}",
         a.records
             .iter()
             .map(|r| r.display().to_string())
