@@ -30,6 +30,10 @@
 //!   `min(left + quota, quota + burst)`, and a period that used more than its quota counts in
 //!   `nr_bursts` and adds the excess to `burst_time`, as `cpu.stat` reports them.
 //!
+//! * Background work (optional, [`Container::with_background`]): CPU a container uses whatever
+//!   its requests (a scenario's `background_cores`, which `sim calibrate` fits): that share of
+//!   a period's work starts at every period, beside the calls, spending the same quota.
+//!
 //! [`rate`]: Container::set_rate
 
 use std::cmp::Ordering;

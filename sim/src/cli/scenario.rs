@@ -36,7 +36,7 @@ pub fn cmd(name: &str, placement: bool) -> Result<()> {
     )?;
     writeln!(
         out,
-        "{:<32} {:>5} {:>7} {:>10} {:>6}  collector",
+        "{:<32} {:>5} {:>7} {:>10} {:>6}  collector, background CPU",
         "service", "group", "threads", "ms/request", "share"
     )?;
     for (svc, c) in s.services.iter().zip(&per) {
@@ -56,6 +56,16 @@ pub fn cmd(name: &str, placement: bool) -> Result<()> {
                 100.0 * r.cpu_share()
             )
         });
+        let gc = if svc.background > 0.0 {
+            let bg = format!("background {:.3} cores", svc.background);
+            if gc.is_empty() {
+                bg
+            } else {
+                format!("{gc}; {bg}")
+            }
+        } else {
+            gc
+        };
         let line = format!(
             "{:<32} {:>5} {:>7} {:>10.3} {:>5.1}%  {gc}",
             svc.name,
