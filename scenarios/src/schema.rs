@@ -129,8 +129,9 @@ pub struct ServiceDef {
     #[serde(default)]
     pub runtime: Option<RuntimeDef>,
     /// CPU the container uses whatever its requests, in cores (health checks, timers, a
-    /// database's housekeeping): spread evenly over time, it spends the CFS quota like any
-    /// other work. `sim calibrate` fits it (the intercept of the usage fit).
+    /// database's housekeeping): the simulator starts that share of a period's work at every
+    /// period, beside the calls, spending the CFS quota like any other work. `sim calibrate`
+    /// fits it (the intercept of the usage fit).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub background_cores: f64,
 }

@@ -688,7 +688,7 @@ fn scatter(topology: &Scenario, records: &[Record]) -> Result<(Vec<f64>, Vec<f64
     Ok((
         fit.services.iter().map(|s| s.residual_sd).collect(),
         (0..n)
-            .map(|i| throttled[i] as f64 / periods[i].max(1) as f64)
+            .map(|i| record::throttle_ratio(throttled[i], periods[i]))
             .collect(),
     ))
 }

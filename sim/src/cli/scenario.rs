@@ -42,7 +42,7 @@ pub fn cmd(name: &str, placement: bool) -> Result<()> {
     for (svc, c) in s.services.iter().zip(&per) {
         // What the collector adds: its share of the container's CPU, and one collection's
         // work and width (the burst that can spend a period's quota at once).
-        let gc = svc.runtime.map_or(String::new(), |r| {
+        let gc = svc.runtime.map(|r| {
             format!(
                 "{} every {:.2} core-s of requests: {:.0} core-ms on {} threads, {:.0}% of CPU",
                 if r.stop_the_world {
@@ -56,18 +56,15 @@ pub fn cmd(name: &str, placement: bool) -> Result<()> {
                 100.0 * r.cpu_share()
             )
         });
-        let gc = if svc.background > 0.0 {
-            let bg = format!("background {:.3} cores", svc.background);
-            if gc.is_empty() {
-                bg
-            } else {
-                format!("{gc}; {bg}")
-            }
-        } else {
-            gc
-        };
+        let background =
+            (svc.background > 0.0).then(|| format!("background {:.3} cores", svc.background));
+        let extra = gc
+            .into_iter()
+            .chain(background)
+            .collect::<Vec<_>>()
+            .join("; ");
         let line = format!(
-            "{:<32} {:>5} {:>7} {:>10.3} {:>5.1}%  {gc}",
+            "{:<32} {:>5} {:>7} {:>10.3} {:>5.1}%  {extra}",
             svc.name,
             svc.group,
             svc.threads,
