@@ -235,7 +235,11 @@ impl RunInfo {
             s.usage,
             s.p99_ms,
             self.slo_ms,
-            if s.slo_met { "met" } else { "MISSED" },
+            match (s.slo_met, s.stopped_s) {
+                (true, _) => "met".to_string(),
+                (false, None) => "MISSED".to_string(),
+                (false, Some(t)) => format!("MISSED, certain at {t:.0} s: stopped there"),
+            },
             s.p50_ms,
             s.mean_rps,
             s.throttle_ratio
@@ -299,6 +303,11 @@ pub struct Summary {
     pub mean_target1: f64,
     #[serde(default)]
     pub mean_target2: f64,
+    /// Set when the run ended early, at this simulated second, because its SLO verdict was
+    /// already certain to be a miss ([`RunPlan::stop_when_missed`]): every other figure then
+    /// covers the run up to that second, and the P99 only the requests sent by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_s: Option<f64>,
 }
 
 impl Summary {
@@ -324,6 +333,7 @@ impl Summary {
             throttle_ratio,
             mean_target1: 0.0,
             mean_target2: 0.0,
+            stopped_s: None,
         }
     }
 

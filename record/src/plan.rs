@@ -42,6 +42,10 @@ pub struct RunPlan {
     /// CFS burst of every container as a fraction of its quota (0: none, the paper's
     /// setting; at most 1, as the kernel requires `burst <= quota`).
     pub burst: f64,
+    /// End the run as soon as its SLO verdict is certain to be a miss (the summary's
+    /// `stopped_s` says when): a grid search needs no more of such a run. Open-loop arrivals
+    /// (or a replayed request log), where the number of requests judged is known before the run.
+    pub stop_when_missed: bool,
 }
 
 impl RunPlan {
@@ -68,6 +72,7 @@ impl RunPlan {
             services_csv: false,
             arrivals: None,
             burst: 0.0,
+            stop_when_missed: false,
         }
     }
 
@@ -95,6 +100,14 @@ impl RunPlan {
                     log.t.last().copied().unwrap_or(0.0)
                 ));
             }
+        }
+        if self.stop_when_missed && self.load != Load::Poisson && self.arrivals.is_none() {
+            return bad(
+                "a run can stop once its SLO is certainly missed only under open-loop arrivals: \
+                 closed-loop users send more requests the faster they are answered, so how many \
+                 requests will be judged is not known in advance"
+                    .into(),
+            );
         }
         if !(0.0..=1.0).contains(&self.burst) {
             return bad(format!(
@@ -236,6 +249,15 @@ mod tests {
             p.validate().is_err(),
             "a Tower sets throttle-ratio targets: Captains only"
         );
+        let mut p = plan();
+        p.stop_when_missed = true;
+        assert!(p.validate().is_ok(), "open loop: the requests are known");
+        p.load = traces::Load::users();
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("only under open-loop arrivals"));
     }
 
     #[test]

@@ -125,6 +125,8 @@ pub struct Engine<'a> {
     now: f64,
     rates: Vec<f64>,
     arrivals_rng: Pcg64Mcg,
+    /// The run's seed (to draw the arrivals again: [`Engine::sends_from`]).
+    seed: u64,
     mix: WeightedIndex<f64>,
     in_flight: u64,
     done: Vec<u32>,
@@ -190,7 +192,8 @@ impl<'a> Engine<'a> {
             seq: 0,
             now: 0.0,
             rates,
-            arrivals_rng: Pcg64Mcg::seed_from_u64(splitmix(seed ^ 0xA11_1A15)),
+            arrivals_rng: arrivals_rng(seed),
+            seed,
             mix,
             in_flight: 0,
             done: Vec::new(),
@@ -263,6 +266,30 @@ impl<'a> Engine<'a> {
             .filter(|c| c.rtype != DEAD && c.parent == NONE)
             .map(|c| c.arrival)
             .collect()
+    }
+
+    /// How many requests the whole run sends at or after `t`, known before they are sent: the
+    /// open-loop arrivals (and what each one is) come from their own stream, so they are the
+    /// same whatever the app does; drawing them again costs a few percent of a run. `None`
+    /// under closed-loop users, whose sends wait for their answers.
+    pub fn sends_from(&self, t: f64) -> Option<u64> {
+        if let Some(r) = &self.replay {
+            return Some(r.times.iter().filter(|&&x| x >= t).count() as u64);
+        }
+        if self.load != Load::Poisson {
+            return None;
+        }
+        // The draws of `Engine::new` and `arrive`, in their order.
+        let mut rng = arrivals_rng(self.seed);
+        let mut count = 0;
+        let mut at = 0.0;
+        while let Some(next) = traces::next_arrival(&self.rates, at, &mut rng) {
+            at = next;
+            count += u64::from(at >= t);
+            self.mix.sample(&mut rng);
+            rng.next_u64();
+        }
+        Some(count)
     }
 
     /// Requests sent so far, per request type (scenario order).
@@ -649,6 +676,11 @@ fn node_rate(cores: f64, busy: usize) -> f64 {
     } else {
         cores / busy as f64
     }
+}
+
+/// The stream of arrival times, request types and request seeds.
+fn arrivals_rng(seed: u64) -> Pcg64Mcg {
+    Pcg64Mcg::seed_from_u64(splitmix(seed ^ 0xA11_1A15))
 }
 
 /// SplitMix64: turns related seeds into unrelated ones.

@@ -56,7 +56,9 @@ pub fn run(
     if cfg.burst > 0.0 {
         engine = engine.with_burst(cfg.burst);
     }
-    let mut latency = Latency::new(cfg.ramp_s as f64, scenario.requests.len());
+    let mut latency = Latency::new(cfg.ramp_s as f64, scenario.requests.len(), scenario.slo_ms);
+    let mut watch = cfg.stop_when_missed.then(|| MissWatch::new(cfg.ramp_s));
+    let mut stopped_s = None;
     let mut requests_prev = (
         vec![0u64; scenario.requests.len()],
         vec![0u64; scenario.requests.len()],
@@ -80,6 +82,11 @@ pub fn run(
         if k % PERIODS_PER_SECOND == 0 {
             minutes.second(engine.stats.arrivals);
             let second = k / PERIODS_PER_SECOND;
+            if let Some(w) = watch.as_mut() {
+                if w.missed(&engine, &latency, scenario.slo_ms) {
+                    stopped_s = Some(second as f64);
+                }
+            }
             if second as usize == cfg.ramp_s {
                 ramp_counters = Some(totals(&engine, n));
                 service_ramp = (0..n).map(|i| engine.counters(i).usage).collect();
@@ -120,14 +127,20 @@ pub fn run(
                 writer.as_mut(),
             )?;
         }
+        if stopped_s.is_some() {
+            break;
+        }
     }
 
     // Let the requests still in flight finish (CFS and scalers keep running); the SLO rule
-    // counts the rest as misses.
+    // counts the rest as misses. A run stopped early judges what was sent by then.
     let (usage_end, periods_end, throttled_end, arrivals_end) = totals(&engine, n);
     let service_end: Vec<f64> = (0..n).map(|i| engine.counters(i).usage).collect();
     let mut k = total_periods;
-    while engine.in_flight() > 0 && k < total_periods + DRAIN_S * PERIODS_PER_SECOND {
+    while stopped_s.is_none()
+        && engine.in_flight() > 0
+        && k < total_periods + DRAIN_S * PERIODS_PER_SECOND
+    {
         k += 1;
         let t = boundary(k);
         engine.run_until(t, &mut |c| latency.record(c));
@@ -140,15 +153,26 @@ pub fn run(
         .count() as u64;
 
     let (usage0, periods0, throttled0, arrivals0) = ramp_counters.unwrap_or((0.0, 0, 0, 0));
-    let trace_s = (seconds as usize).saturating_sub(cfg.ramp_s).max(1) as f64;
+    if stopped_s.is_some() {
+        // The minute it stopped in ran under the targets in force too.
+        minutes.targets.push((minutes.minute, control.targets));
+    }
+    let ran_s = stopped_s.map_or(seconds, |s| s as u64);
+    let trace_s = (ran_s as usize).saturating_sub(cfg.ramp_s).max(1) as f64;
     let mut info = cfg.info("sim");
-    info.summary = Summary::new(
-        Latencies::judge(&latency.overall, incomplete, scenario.slo_ms),
-        alloc.mean(),
-        (usage_end - usage0) / trace_s,
-        (arrivals_end - arrivals0) as f64 / trace_s,
-        throttle_ratio(throttled_end - throttled0, periods_end - periods0),
-    )
+    let mut latencies = Latencies::judge(&latency.overall, incomplete, scenario.slo_ms);
+    // Certain, whatever the requests sent by then say on their own.
+    latencies.slo_met &= stopped_s.is_none();
+    info.summary = Summary {
+        stopped_s,
+        ..Summary::new(
+            latencies,
+            alloc.mean(),
+            (usage_end - usage0) / trace_s,
+            (arrivals_end - arrivals0) as f64 / trace_s,
+            throttle_ratio(throttled_end - throttled0, periods_end - periods0),
+        )
+    }
     .with_mean_targets(&minutes.targets, cfg.ramp_s);
     let memory = control.tower.into_memory();
     if let Some(w) = writer {
@@ -246,15 +270,20 @@ struct Latency {
     minute: Histogram<u64>,
     /// Requests answered so far, per request type.
     answered: Vec<u64>,
+    slo_us: u64,
+    /// Judged requests answered within the SLO so far.
+    within_slo: u64,
 }
 
 impl Latency {
-    fn new(ramp_end: f64, request_types: usize) -> Latency {
+    fn new(ramp_end: f64, request_types: usize, slo_ms: f64) -> Latency {
         Latency {
             ramp_end,
             overall: histogram(),
             minute: histogram(),
             answered: vec![0; request_types],
+            slo_us: (slo_ms * 1000.0) as u64,
+            within_slo: 0,
         }
     }
 
@@ -264,7 +293,62 @@ impl Latency {
         self.minute.saturating_record(us);
         if c.arrival >= self.ramp_end {
             self.overall.saturating_record(us);
+            self.within_slo += u64::from(us <= self.slo_us);
         }
+    }
+}
+
+/// Watches a run for the moment its SLO verdict is certain to be a miss
+/// ([`RunPlan::stop_when_missed`]).
+///
+/// With open-loop arrivals the number of requests judged, `n`, is fixed before the run, and
+/// the P99 is the `ceil(0.99 n)`-th smallest of their latencies (the histogram's rule,
+/// [`Latencies::judge`]); once more than `n - ceil(0.99 n)` of them are certain to exceed the
+/// SLO, nothing later can bring the P99 back under it. A request sent more than the SLO (and
+/// a margin) before now and not answered within the SLO is such a request, so at least the
+/// judged requests sent before then, less every judged answer within the SLO so far, are
+/// (a lower bound: a few of those answers are of later requests). That needs only counts,
+/// at each second's end.
+struct MissWatch {
+    ramp_s: usize,
+    /// Requests sent before each second boundary so far.
+    sent: Vec<u64>,
+    /// Requests the run judges, once the misses make it worth drawing them.
+    judged: Option<u64>,
+}
+
+impl MissWatch {
+    fn new(ramp_s: usize) -> MissWatch {
+        MissWatch {
+            ramp_s,
+            sent: vec![0],
+            judged: None,
+        }
+    }
+
+    /// At a second's end: whether the run has certainly missed its SLO.
+    fn missed(&mut self, engine: &Engine<'_>, latency: &Latency, slo_ms: f64) -> bool {
+        self.sent.push(engine.stats.arrivals);
+        let now = self.sent.len() - 1;
+        // Whole seconds, at least the SLO and a millisecond (rounding to microseconds).
+        let lag = (slo_ms / 1000.0 + 1e-3).ceil() as usize;
+        let Some(old) = now.checked_sub(lag).filter(|&s| s > self.ramp_s) else {
+            return false;
+        };
+        let base = self.sent[self.ramp_s];
+        let missed = (self.sent[old] - base).saturating_sub(latency.within_slo);
+        // Too few even against the requests sent so far: not worth drawing them all.
+        if missed * 100 <= self.sent[now] - base {
+            return false;
+        }
+        let Some(n) = self
+            .judged
+            .or_else(|| engine.sends_from(self.ramp_s as f64))
+        else {
+            return false;
+        };
+        self.judged = Some(n);
+        missed > n - (0.99 * n as f64).ceil() as u64
     }
 }
 

@@ -184,6 +184,10 @@ pub struct ResultRow {
     pub throttle_ratio: f64,
     /// The run record, relative to the output directory.
     pub run: String,
+    /// The simulated second at which the run stopped, its SLO certainly missed (every figure
+    /// of the row then covers the run up to there); empty for a run that ran to its end.
+    #[serde(default)]
+    pub stopped_s: Option<f64>,
 }
 
 /// A sequence of runs that must happen in order.
@@ -290,6 +294,9 @@ pub struct Settings {
     pub resume: bool,
     /// The CFS burst of the `+burst` contenders, as a fraction of each container's quota.
     pub burst: f64,
+    /// Stop a grid run once its SLO is certain to be missed ([`RunPlan::stop_when_missed`]:
+    /// open-loop arrivals only).
+    pub stop_missed: bool,
 }
 
 /// The targets of a contender's grid.
@@ -420,6 +427,7 @@ fn run_unit(
                 cfg.load = settings.load;
                 cfg.services_csv = settings.services_csv;
                 cfg.burst = burst_of(*contender, settings);
+                cfg.stop_when_missed = settings.stop_missed;
                 let dir = format!(
                     "runs/{}/{}/{}-{}",
                     app.name,
@@ -546,7 +554,9 @@ fn reusable(cfg: &RunPlan, path: &Path, learning: bool) -> Result<Option<(RunInf
     };
     let mut want = cfg.info("sim");
     want.summary = found.info.summary.clone();
-    if found.info != want {
+    // A run stopped at its certain miss serves only a search that would stop it too.
+    let stopped = found.info.summary.stopped_s.is_some();
+    if found.info != want || (stopped && !cfg.stop_when_missed) {
         return Ok(None);
     }
     if !learning {
@@ -581,6 +591,7 @@ fn row(info: &RunInfo, workload: &str, scaler: &str, phase: &str, dir: &str) -> 
         mean_rps: s.mean_rps,
         throttle_ratio: s.throttle_ratio,
         run: dir.to_string(),
+        stopped_s: s.stopped_s,
     }
 }
 

@@ -273,3 +273,80 @@ fn collectors_make_the_k8s_baseline_need_a_lower_target() {
     };
     assert!(with < without, "{with} vs {without}");
 }
+
+/// `rps` requests per second, second by second, on the one-thread 10-ms service (SLO 1 s,
+/// no ramp), its container held at one core.
+fn stepped(rps: Vec<u32>, stop: bool) -> RunOutput {
+    let mut cfg = RunPlan::new(
+        one_service(1, 4, 10.0),
+        Arc::new(Trace::new("steps", rps)),
+        ScalerKind::Const,
+        Targets::new(0.1, 0.1),
+    );
+    cfg.ramp_s = 0;
+    cfg.initial_limit = Some(1.0);
+    cfg.stop_when_missed = stop;
+    run(&cfg, None, &mut |_, _| {}).unwrap()
+}
+
+fn seconds(parts: &[(u32, usize)]) -> Vec<u32> {
+    parts
+        .iter()
+        .flat_map(|&(rps, n)| std::iter::repeat_n(rps, n))
+        .collect()
+}
+
+#[test]
+fn a_run_stops_once_its_slo_is_certainly_missed_and_not_before() {
+    // Half load for a minute, then twice what the service can do: the queue grows without
+    // bound, so the SLO is lost a few seconds into the overload.
+    let rps = seconds(&[(50, 60), (200, 120)]);
+    let full = stepped(rps.clone(), false);
+    let stopped = stepped(rps, true);
+    let (f, s) = (&full.info.summary, &stopped.info.summary);
+    eprintln!(
+        "full: P99 {:.0} ms, {} + {} requests; stopped at {:?} s",
+        f.p99_ms, f.requests, f.incomplete, s.stopped_s
+    );
+    assert!(!f.slo_met && f.stopped_s.is_none());
+    assert!(!s.slo_met);
+    let at = s.stopped_s.expect("a certain miss stops the run");
+    // Not before the overload has made more than 1% of all requests late, and long before the
+    // trace's end.
+    assert!(at > 62.0 && at < 120.0, "stopped at {at} s");
+    // It ran only that far: fewer requests, no draining.
+    assert!(stopped.stats.arrivals < full.stats.arrivals / 2);
+    assert!(stopped.stats.events < full.stats.events / 2);
+    // What it did run is the same run.
+    assert!(
+        (s.allocation - f.allocation).abs() < 1e-9,
+        "a constant limit"
+    );
+}
+
+#[test]
+fn a_run_that_meets_its_slo_never_stops_even_after_a_bad_moment() {
+    // Two seconds of overload early on make more than 1% of the requests sent by then late
+    // (so the watch draws the run's total), but under 1% of the whole run's: the SLO holds.
+    let rps = seconds(&[(50, 20), (200, 2), (50, 1200)]);
+    let full = stepped(rps.clone(), false);
+    let stopped = stepped(rps, true);
+    assert!(full.info.summary.slo_met, "{}", full.info.report());
+    assert_eq!(stopped.info.summary, full.info.summary);
+    assert_eq!(stopped.stats.events, full.stats.events);
+}
+
+#[test]
+fn the_requests_judged_are_known_before_an_open_loop_run() {
+    use sim::engine::Engine;
+    let mut cfg = constant(one_service(2, 4, 10.0), 80, 200);
+    cfg.ramp_s = 30;
+    let out = run(&cfg, None, &mut |_, _| {}).unwrap();
+    let s = &out.info.summary;
+    let scenario = cfg.scenario.clone();
+    let engine = Engine::new(&scenario, cfg.rates(), cfg.load, &[1.0], cfg.seed);
+    assert_eq!(engine.sends_from(30.0), Some(s.requests + s.incomplete));
+    assert_eq!(engine.sends_from(0.0), Some(out.stats.arrivals));
+    let users = Engine::new(&scenario, cfg.rates(), traces::Load::users(), &[1.0], 1);
+    assert_eq!(users.sends_from(0.0), None);
+}

@@ -59,6 +59,7 @@ fn settings(dir: &std::path::Path, jobs: usize) -> Settings {
         services_csv: false,
         resume: true,
         burst: 0.5,
+        stop_missed: false,
     }
 }
 
@@ -181,6 +182,37 @@ fn resume_reuses_finished_runs_and_reruns_changed_ones() {
         after_seed,
         "a changed model is not reused"
     );
+}
+
+#[test]
+fn grid_runs_stop_at_a_certain_miss_with_the_verdict_of_a_full_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut open = settings(dir.path(), 2);
+    open.load = traces::Load::Poisson;
+    open.stop_missed = true;
+    let grid = &units()[3..4];
+    let stopping = sweep::execute(grid, &open, &|_| {}).unwrap();
+    let stopped: Vec<&ResultRow> = stopping.iter().filter(|r| r.stopped_s.is_some()).collect();
+    assert!(
+        !stopped.is_empty(),
+        "the hottest targets miss: {stopping:?}"
+    );
+    assert!(stopped.len() < stopping.len());
+    // A full run is not served by a stopped one: every stopped run is redone in full.
+    open.stop_missed = false;
+    let full = sweep::execute(grid, &open, &|_| {}).unwrap();
+    assert!(full.iter().all(|r| r.stopped_s.is_none()));
+    for (s, f) in stopping.iter().zip(&full) {
+        assert_eq!(s.slo_met, f.slo_met, "{} {}", s.target1, f.target1);
+        match s.stopped_s {
+            None => assert_eq!(s, f, "a run that was not stopped is the same run"),
+            Some(at) => {
+                assert!(at < 180.0 + 30.0, "{s:?}");
+                assert_eq!(s.mean_target1, f.mean_target1, "the fixed targets");
+            }
+        }
+    }
+    assert_eq!(sweep::best(&stopping), sweep::best(&full));
 }
 
 #[test]

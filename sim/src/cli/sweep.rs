@@ -49,6 +49,12 @@ pub struct ManyArgs {
     /// the kernel refuses a burst above the quota).
     #[arg(long, default_value_t = 1.0)]
     pub burst_fraction: f64,
+    /// Run every grid run to its end. By default a grid run under open-loop arrivals stops as
+    /// soon as its SLO is certain to be missed (the search needs no more of it; its row says
+    /// when, in `stopped_s`). Runs under closed-loop users, and Autothrottle's, always run in
+    /// full.
+    #[arg(long)]
+    pub full_runs: bool,
 }
 
 impl ManyArgs {
@@ -75,6 +81,7 @@ impl ManyArgs {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             services_csv: self.services,
             resume: !self.no_resume,
+            stop_missed: !self.full_runs && load == Load::Poisson,
         })
     }
 
