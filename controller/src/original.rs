@@ -273,7 +273,6 @@ mod tests {
             ] {
                 samples.push(TowerSample {
                     rps_cv: 0.0,
-                    prev: None,
                     rps,
                     action: a,
                     probability: 1.0,

@@ -183,11 +183,6 @@ pub struct TowerSample {
     /// and in older memories).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub rps_cv: f64,
-    /// The action in force the minute before, in the same run (`None` for a run's first
-    /// minute, and in older memories). A minute starts from the limits and the queues the
-    /// minute before left, so its outcome is partly that action's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prev: Option<Action>,
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -301,8 +296,6 @@ pub(crate) struct Recorder {
     drop_samples: usize,
     /// The pending decision: action, probability, and the RPS it was made at.
     pending: Option<(Action, f64, f64)>,
-    /// The action in force the minute before the pending one (this run's).
-    before: Option<Action>,
     /// Label samples with the RPS the decision was made at (the original's way) instead of
     /// the RPS the action served.
     at_decision: bool,
@@ -318,7 +311,6 @@ impl Recorder {
             minutes: 0,
             drop_samples,
             pending: None,
-            before: None,
             at_decision: false,
             variability: false,
         }
@@ -341,7 +333,6 @@ impl Recorder {
     pub fn record(&mut self, minute: &MinuteObservation) -> usize {
         self.minutes += 1;
         if let Some((action, probability, decided_rps)) = self.pending.take() {
-            let prev = self.before.replace(action);
             if self.minutes > self.drop_samples {
                 self.memory.samples.push(TowerSample {
                     rps: if self.at_decision {
@@ -354,7 +345,6 @@ impl Recorder {
                     p99_ms: minute.p99_ms,
                     allocation: minute.allocation,
                     rps_cv: if self.variability { minute.rps_cv } else { 0.0 },
-                    prev,
                 });
             }
         }
@@ -503,7 +493,6 @@ mod tests {
     fn costs_normalise_allocation_and_penalise_slo_misses() {
         let s = |p99, alloc| TowerSample {
             rps_cv: 0.0,
-            prev: None,
             rps: 100.0,
             action: Action::new(0, 0),
             probability: 1.0,
