@@ -26,8 +26,8 @@
 //! 5. the greedy choice is the known-safe, not-unsafe action with the lowest `theta`; when none
 //!    is known safe (an RPS beyond everything seen) the configured `initial` action is used;
 //!    with probability `explore` a random grid neighbour of the choice is taken instead;
-//! 6. **start-up is held cautious**: the minutes a run does not learn from (`drop_samples`, the
-//!    warm-up ramp) are run at the `initial` action, not at what the samples say is safe at
+//! 6. **start-up is held cautious**: the minutes a run does not learn from (`drop_samples`: the
+//!    warm-up ramp's, and the first one after it) are run at the `initial` action, not at what the samples say is safe at
 //!    their RPS. Those samples are of steady load; a ramp that triples the load every minute
 //!    is not, and loose targets there leave the first judged minute with squeezed limits and a
 //!    queue (P99 190-340 ms in it on the calibrated hotel-reservation), whose misses then rule
