@@ -27,11 +27,12 @@
 //!    is known safe (an RPS beyond everything seen) the configured `initial` action is used;
 //!    with probability `explore` a random grid neighbour of the choice is taken instead;
 //! 6. **start-up is held cautious**: the minutes a run does not learn from (`drop_samples`: the
-//!    warm-up ramp's, and the first one after it) are run at the `initial` action, not at what the samples say is safe at
-//!    their RPS. Those samples are of steady load; a ramp that triples the load every minute
-//!    is not, and loose targets there leave the first judged minute with squeezed limits and a
-//!    queue (P99 190-340 ms in it on the calibrated hotel-reservation), whose misses then rule
-//!    out (rule 4) the very targets that were recovering from them.
+//!    warm-up ramp's, and the first one after it) are run at the `initial` action, not at
+//!    what the samples say is safe at their RPS. Those samples are of steady load; a ramp that
+//!    triples the load every minute is not, and loose targets there leave the first judged
+//!    minute with squeezed limits and a queue (P99 285-404 ms in it on the calibrated hotel's
+//!    jagged workloads), whose misses then rule out (rule 4) the very targets that were
+//!    recovering from them.
 
 use std::collections::BTreeMap;
 
