@@ -58,7 +58,7 @@ pub use k8s::K8sCpu;
 pub use original::OriginalTower;
 pub use sample::{CpuSample, MIN_LIMIT};
 pub use scaler::{Const, Scaler, ScalerConfig, ScalerKind};
-pub use setup::{check_setup, TowerKind};
+pub use setup::{check_setup, TowerKind, TOWER_REVISION};
 pub use tower::rps_cv;
 pub use tower::{
     Action, ExploreTower, MinuteObservation, NoTower, Targets, Tower, TowerMemory, TowerSample,

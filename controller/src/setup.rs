@@ -8,6 +8,12 @@ use crate::{
     TowerMemory,
 };
 
+/// The learning Towers' revision: bumped whenever a Tower decides differently from the same
+/// memory and minutes, so that a resumed sweep does not reuse runs (and the memories they
+/// learnt) of an older Tower. Records keep it (`RunInfo::tower_revision`; 0 in older ones).
+/// 1: the start-up minutes are held at the initial action.
+pub const TOWER_REVISION: u32 = 1;
+
 /// Checks that a scaler kind, its starting targets and a Tower go together: each group's
 /// target suits the scaler, the Tower's settings are sane, and a Tower (which sets throttle
 /// ratios) runs over Captains.

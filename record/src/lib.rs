@@ -108,6 +108,10 @@ pub struct RunInfo {
     /// Tower kind (`none`, `explore`, `bandit`).
     pub tower: String,
     pub explore: f64,
+    /// [`controller::TOWER_REVISION`] of a run with a Tower (0 without one, and in records
+    /// older than it): a resumed sweep reuses a Tower's run only from the same revision.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub tower_revision: u32,
     pub seed: u64,
     pub slo_ms: f64,
     /// Service names and their target groups, in the order of `services.csv`.
@@ -163,6 +167,7 @@ impl RunInfo {
             targets: Targets::new(0.1, 0.1),
             tower: TowerKind::None.name().into(),
             explore: 0.0,
+            tower_revision: 0,
             seed,
             slo_ms: scenario.slo_ms,
             services: scenario
@@ -214,6 +219,11 @@ impl RunInfo {
         self.targets = targets;
         self.tower = tower.name().into();
         self.explore = tower.explore();
+        self.tower_revision = if tower == TowerKind::None {
+            0
+        } else {
+            controller::TOWER_REVISION
+        };
         self
     }
 
@@ -262,6 +272,7 @@ impl RunInfo {
             targets: Targets::new(0.1, 0.1),
             tower: "none".into(),
             explore: 0.0,
+            tower_revision: 0,
             seed: 1,
             slo_ms: 100.0,
             services: vec![("a".into(), 1)],
@@ -645,6 +656,10 @@ fn read_csv<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, RecordE
 
 /// For `skip_serializing_if`: a field at its default of zero is left out of `run.json`, so
 /// records without the feature stay as they were.
+fn is_zero_u32(x: &u32) -> bool {
+    *x == 0
+}
+
 fn is_zero(x: &f64) -> bool {
     *x == 0.0
 }

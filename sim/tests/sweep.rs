@@ -185,6 +185,35 @@ fn resume_reuses_finished_runs_and_reruns_changed_ones() {
 }
 
 #[test]
+fn runs_of_an_older_tower_are_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = &units()[0..1];
+    let first = sweep::execute(chain, &settings(dir.path(), 1), &|_| {}).unwrap();
+    let run = dir.path().join(&first[0].run);
+    let info_path = run.join("run.json");
+    let text = std::fs::read_to_string(&info_path).unwrap();
+    let tag = format!("\"tower_revision\": {}", controller::TOWER_REVISION);
+    assert!(
+        text.contains(&tag),
+        "a Tower's record keeps its revision: {text}"
+    );
+    // The same record as an older Tower would have written it: no revision.
+    let older: String = text
+        .lines()
+        .filter(|l| !l.contains("tower_revision"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&info_path, older).unwrap();
+    let again = sweep::execute(chain, &settings(dir.path(), 1), &|_| {}).unwrap();
+    assert_eq!(first, again, "re-run, the same runs");
+    let rewritten = std::fs::read_to_string(&info_path).unwrap();
+    assert!(
+        rewritten.contains(&tag),
+        "the first run was redone, not reused"
+    );
+}
+
+#[test]
 fn grid_runs_stop_at_a_certain_miss_with_the_verdict_of_a_full_run() {
     let dir = tempfile::tempdir().unwrap();
     let mut open = settings(dir.path(), 2);
