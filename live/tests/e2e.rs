@@ -241,7 +241,10 @@ fn captains_and_the_bandit_tower_run_the_demo_app_on_real_cgroups() {
 
     // Each service's calls' variability, fitted by re-simulating the record: the demo's
     // services draw exponential costs, as the scenario says, so each factor on the scenario's
-    // cvs comes out near 1 (a little under: the HTTP work around each call hardly varies).
+    // cvs comes out near 1. One 150-s record on this shared 2-core machine (the other live
+    // tests run beside it) gives each factor loosely: measured 1.12 / 1.00 / 1.17 and 1.00 /
+    // 1.13 / 1.46 (gateway / auth / store) in two CI runs. So each within 0.6..1.6, their
+    // geometric mean within 0.8..1.25; a broken search ends at its bounds, 1/8 or 8.
     let costs = fit.apply(&demo.file);
     let (cvs, _) = sim::calibrate::fit_variability(
         &costs,
@@ -250,15 +253,23 @@ fn captains_and_the_bandit_tower_run_the_demo_app_on_real_cgroups() {
     )
     .unwrap();
     eprintln!("{}", sim::calibrate::variability_report(&cvs));
+    let mut log_sum = 0.0;
     for f in &cvs {
         let k = f.factor.expect("the demo's calls vary");
         assert!(
-            (0.7..1.3).contains(&k),
+            (0.6..1.6).contains(&k),
             "{}: cv x{k:.2}\n{}",
             f.service,
             sim::calibrate::variability_report(&cvs)
         );
+        log_sum += k.ln();
     }
+    let mean = (log_sum / cvs.len() as f64).exp();
+    assert!(
+        (0.8..1.25).contains(&mean),
+        "geometric mean cv x{mean:.2}\n{}",
+        sim::calibrate::variability_report(&cvs)
+    );
 
     // The request log holds every request sent, and a re-simulation of the record replays
     // exactly those: the same requests of each type in every second.
