@@ -57,7 +57,9 @@ pub fn run(
         engine = engine.with_burst(cfg.burst);
     }
     let mut latency = Latency::new(cfg.ramp_s as f64, scenario.requests.len(), scenario.slo_ms);
-    let mut watch = cfg.stop_when_missed.then(|| MissWatch::new(cfg.ramp_s));
+    let mut watch = cfg
+        .stop_when_missed
+        .then(|| MissWatch::new(cfg.ramp_s, scenario.slo_ms));
     let mut stopped_s = None;
     let mut requests_prev = (
         vec![0u64; scenario.requests.len()],
@@ -83,7 +85,7 @@ pub fn run(
             minutes.second(engine.stats.arrivals);
             let second = k / PERIODS_PER_SECOND;
             if let Some(w) = watch.as_mut() {
-                if w.missed(&engine, &latency, scenario.slo_ms) {
+                if w.missed(&engine, &latency) {
                     stopped_s = Some(second as f64);
                 }
             }
@@ -311,6 +313,8 @@ impl Latency {
 /// at each second's end.
 struct MissWatch {
     ramp_s: usize,
+    /// Whole seconds, at least the SLO and a millisecond (rounding to microseconds).
+    lag: usize,
     /// Requests sent before each second boundary so far.
     sent: Vec<u64>,
     /// Requests the run judges, once the misses make it worth drawing them.
@@ -318,21 +322,20 @@ struct MissWatch {
 }
 
 impl MissWatch {
-    fn new(ramp_s: usize) -> MissWatch {
+    fn new(ramp_s: usize, slo_ms: f64) -> MissWatch {
         MissWatch {
             ramp_s,
+            lag: (slo_ms / 1000.0 + 1e-3).ceil() as usize,
             sent: vec![0],
             judged: None,
         }
     }
 
     /// At a second's end: whether the run has certainly missed its SLO.
-    fn missed(&mut self, engine: &Engine<'_>, latency: &Latency, slo_ms: f64) -> bool {
+    fn missed(&mut self, engine: &Engine<'_>, latency: &Latency) -> bool {
         self.sent.push(engine.stats.arrivals);
         let now = self.sent.len() - 1;
-        // Whole seconds, at least the SLO and a millisecond (rounding to microseconds).
-        let lag = (slo_ms / 1000.0 + 1e-3).ceil() as usize;
-        let Some(old) = now.checked_sub(lag).filter(|&s| s > self.ramp_s) else {
+        let Some(old) = now.checked_sub(self.lag).filter(|&s| s > self.ramp_s) else {
             return false;
         };
         let base = self.sent[self.ramp_s];
