@@ -5,7 +5,9 @@
 //! warm-up chain, or a descending target search that stops at the first target meeting the
 //! SLO); units are independent, so they run in parallel and shard cleanly: a unit is never split,
 //! and every run is seeded by its configuration alone, so results do not depend on the number
-//! of threads, on sharding, or on what was resumed from disk.
+//! of threads, on sharding, or on what was resumed from disk. The one exception to "in order":
+//! a warm-up chain's exploring runs, whose choices do not depend on what they observe, are all
+//! made at once before the units (`explore_ahead`), with the same records as in order.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -364,6 +366,7 @@ pub fn execute(
         .num_threads(settings.jobs.max(1))
         .build()
         .map_err(|e| SimError::Threads(e.to_string()))?;
+    let explored = explore_ahead(units, settings, tick, &pool)?;
     pool.scope(|s| {
         for _ in 0..settings.jobs.max(1) {
             s.spawn(|_| loop {
@@ -371,7 +374,7 @@ pub fn execute(
                 if i >= units.len() {
                     break;
                 }
-                let r = run_unit(&units[i], settings, tick);
+                let r = run_unit(&units[i], settings, tick, explored[i].as_ref());
                 let failed = r.is_err();
                 results.lock().expect("no panics hold this lock")[i] = Some(r);
                 if failed {
@@ -404,6 +407,7 @@ fn run_unit(
     unit: &Unit,
     settings: &Settings,
     tick: &(dyn Fn(usize) + Sync),
+    explored: Option<&Explored>,
 ) -> Result<Vec<ResultRow>> {
     let mut rows = Vec::new();
     match unit {
@@ -457,24 +461,24 @@ fn run_unit(
                 Contender::AutothrottleCv => TowerKind::BanditCv { explore },
                 _ => TowerKind::Bandit { explore },
             };
-            let explorer = if *contender == Contender::AutothrottleCv {
-                TowerKind::ExploreCv
-            } else {
-                TowerKind::Explore
-            };
-            let mut memory = TowerMemory::default();
-            let phases = (0..EXPLORE_RUNS)
-                .map(|i| ("warmup-explore", i, explorer))
-                .chain((0..BANDIT_RUNS).map(|i| ("warmup-bandit", i, learner(WARMUP_EXPLORE))));
-            for (n, (phase, i, tower)) in phases.enumerate() {
+            let explored = explored
+                .expect("execute runs every Autothrottle unit's exploring runs ahead")
+                .clone();
+            for (i, (info, _)) in explored.runs.iter().enumerate() {
+                let dir = warmup_dir(unit, "warmup-explore", i);
+                rows.push(row(info, &warmup.name, name, "warmup-explore", &dir));
+            }
+            let mut memory = explored.memory;
+            for i in 0..BANDIT_RUNS {
+                let tower = learner(WARMUP_EXPLORE);
                 let mut cfg = captain_config(app, &warmup.trace, settings, tower, memory.clone());
-                cfg.seed = settings.seed + 1 + n as u64;
+                cfg.seed = settings.seed + 1 + (EXPLORE_RUNS + i) as u64;
                 cfg.burst = burst_of(*contender, settings);
-                let dir = format!("runs/{}/{name}/{phase}-{}", app.name, i + 1);
+                let dir = warmup_dir(unit, "warmup-bandit", i);
                 let (info, learnt) = run_or_resume(&cfg, settings, &dir)?;
                 memory = learnt;
                 tick(1);
-                rows.push(row(&info, &warmup.name, name, phase, &dir));
+                rows.push(row(&info, &warmup.name, name, "warmup-bandit", &dir));
             }
             for w in evals {
                 let mut cfg = captain_config(app, &w.trace, settings, learner(0.0), memory.clone());
@@ -487,6 +491,185 @@ fn run_unit(
         }
     }
     Ok(rows)
+}
+
+/// What an Autothrottle unit's exploring warm-up runs gave: each run's record and the
+/// memory the last one ended with.
+#[derive(Debug, Clone)]
+struct Explored {
+    runs: Vec<(RunInfo, TowerMemory)>,
+    memory: TowerMemory,
+}
+
+/// Where warm-up run `i` (0-based) of `phase` goes.
+fn warmup_dir(unit: &Unit, phase: &str, i: usize) -> String {
+    let Unit::Autothrottle { app, contender, .. } = unit else {
+        unreachable!("only Autothrottle units warm up")
+    };
+    format!("runs/{}/{}/{phase}-{}", app.name, contender.name(), i + 1)
+}
+
+/// Exploring warm-up run `i` (0-based) of an Autothrottle unit, starting from `memory`.
+fn explore_plan(unit: &Unit, settings: &Settings, i: usize, memory: TowerMemory) -> RunPlan {
+    let Unit::Autothrottle {
+        app,
+        warmup,
+        contender,
+        ..
+    } = unit
+    else {
+        unreachable!("only Autothrottle units warm up")
+    };
+    let explorer = if *contender == Contender::AutothrottleCv {
+        TowerKind::ExploreCv
+    } else {
+        TowerKind::Explore
+    };
+    let mut cfg = captain_config(app, &warmup.trace, settings, explorer, memory);
+    cfg.seed = settings.seed + 1 + i as u64;
+    cfg.burst = burst_of(*contender, settings);
+    cfg
+}
+
+/// The memory an exploring run ends with, its samples' figures left at zero: the exploring
+/// Tower picks each action from how often every action has been tried (the memory's sample
+/// counts), never from what one cost, so its choices are known without running the app.
+fn explore_dry(cfg: &RunPlan) -> Result<TowerMemory> {
+    let scenario = &cfg.scenario;
+    let mut tower = cfg.tower.build(
+        scenario.slo_ms,
+        scenario.aggregate_rps,
+        cfg.ramp_s,
+        cfg.memory.clone(),
+        cfg.seed,
+    )?;
+    // The runner asks the Tower at the end of every whole minute of the run.
+    let minutes = cfg.rates().len() / 60;
+    let blank = controller::MinuteObservation {
+        rps: 0.0,
+        rps_cv: 0.0,
+        p99_ms: 0.0,
+        allocation: 0.0,
+    };
+    for _ in 0..minutes {
+        tower.observe(&blank);
+    }
+    Ok(tower.into_memory())
+}
+
+/// Runs the exploring warm-up runs of every Autothrottle unit at once, before the units.
+///
+/// In a sweep the warm-up chain (6 exploring runs, 6 learning runs, the evaluation) is the
+/// longest sequence of runs there is. The exploring runs need not wait for one another: the
+/// actions each one takes follow from the memory's counts alone ([`explore_dry`]), so each is
+/// started from a stand-in memory with the same actions in the same order, and the real
+/// memories are chained afterwards, each run's own samples added to what the runs before it
+/// learnt. Exact: a stand-in is checked against the real memory it stood for (the same actions
+/// in the same order), and from a run whose stand-in differed the runs are made again in
+/// order. The records' `tower-in.json` and `tower.json` are rewritten with the real memories.
+fn explore_ahead(
+    units: &[Unit],
+    settings: &Settings,
+    tick: &(dyn Fn(usize) + Sync),
+    pool: &rayon::ThreadPool,
+) -> Result<Vec<Option<Explored>>> {
+    use rayon::prelude::*;
+    // Per unit: the runs reused from disk (with the real memory after them), then plans for
+    // the rest, each from a stand-in memory.
+    struct Ahead {
+        unit: usize,
+        reused: Vec<(RunInfo, TowerMemory)>,
+        planned: Vec<RunPlan>,
+    }
+    let mut ahead = Vec::new();
+    for (u, unit) in units.iter().enumerate() {
+        if !matches!(unit, Unit::Autothrottle { .. }) {
+            continue;
+        }
+        let mut memory = TowerMemory::default();
+        let mut reused = Vec::new();
+        if settings.resume {
+            while reused.len() < EXPLORE_RUNS {
+                let i = reused.len();
+                let cfg = explore_plan(unit, settings, i, memory.clone());
+                let path = settings.out.join(warmup_dir(unit, "warmup-explore", i));
+                let Some((info, learnt)) = reusable(&cfg, &path, true)? else {
+                    break;
+                };
+                tick(1);
+                memory = learnt.clone();
+                reused.push((info, learnt));
+            }
+        }
+        let mut planned = Vec::new();
+        for i in reused.len()..EXPLORE_RUNS {
+            let cfg = explore_plan(unit, settings, i, memory);
+            memory = explore_dry(&cfg)?;
+            planned.push(cfg);
+        }
+        ahead.push(Ahead {
+            unit: u,
+            reused,
+            planned,
+        });
+    }
+    let jobs: Vec<(usize, usize)> = ahead
+        .iter()
+        .enumerate()
+        .flat_map(|(a, x)| (0..x.planned.len()).map(move |j| (a, j)))
+        .collect();
+    let outs: Vec<Result<(RunInfo, TowerMemory)>> = pool.install(|| {
+        jobs.par_iter()
+            .map(|&(a, j)| {
+                let x = &ahead[a];
+                let i = x.reused.len() + j;
+                let dir = warmup_dir(&units[x.unit], "warmup-explore", i);
+                let out = run_fresh(&x.planned[j], settings, &dir);
+                tick(1);
+                out
+            })
+            .collect()
+    });
+    let mut outs = outs.into_iter();
+    let mut explored: Vec<Option<Explored>> = vec![None; units.len()];
+    for x in ahead {
+        let unit = &units[x.unit];
+        let mut memory = x.reused.last().map(|r| r.1.clone()).unwrap_or_default();
+        let mut runs = x.reused;
+        let mut stale = false;
+        for cfg in x.planned {
+            let out = outs.next().expect("one result per planned run")?;
+            let i = runs.len();
+            let dir = settings.out.join(warmup_dir(unit, "warmup-explore", i));
+            let stood_in = cfg.memory.samples.len();
+            let same = !stale
+                && stood_in == memory.samples.len()
+                && cfg
+                    .memory
+                    .samples
+                    .iter()
+                    .zip(&memory.samples)
+                    .all(|(a, b)| a.action == b.action);
+            let (info, learnt) = if same {
+                let mut learnt = memory.clone();
+                learnt.samples.extend_from_slice(&out.1.samples[stood_in..]);
+                record::write_json(&dir.join("tower-in.json"), &memory)?;
+                record::write_json(&dir.join("tower.json"), &learnt)?;
+                (out.0, learnt)
+            } else {
+                // Not what the dry pass said: make this run and the rest again, in order.
+                stale = true;
+                let cfg = explore_plan(unit, settings, i, memory.clone());
+                let again = run_fresh(&cfg, settings, &warmup_dir(unit, "warmup-explore", i))?;
+                tick(1);
+                again
+            };
+            memory = learnt.clone();
+            runs.push((info, learnt));
+        }
+        explored[x.unit] = Some(Explored { runs, memory });
+    }
+    Ok(explored)
 }
 
 /// The burst a contender's runs have.
@@ -530,13 +713,19 @@ fn target_label(t: Targets) -> String {
 /// configuration (the Tower memory that was fed in is part of "the same": it is stored as
 /// `tower-in.json` beside the record and compared).
 fn run_or_resume(cfg: &RunPlan, settings: &Settings, dir: &str) -> Result<(RunInfo, TowerMemory)> {
-    let path = settings.out.join(dir);
-    let learning = cfg.tower != TowerKind::None;
     if settings.resume {
-        if let Some(found) = reusable(cfg, &path, learning)? {
+        let learning = cfg.tower != TowerKind::None;
+        if let Some(found) = reusable(cfg, &settings.out.join(dir), learning)? {
             return Ok(found);
         }
     }
+    run_fresh(cfg, settings, dir)
+}
+
+/// Runs `cfg` into `out/dir`, whatever is there.
+fn run_fresh(cfg: &RunPlan, settings: &Settings, dir: &str) -> Result<(RunInfo, TowerMemory)> {
+    let path = settings.out.join(dir);
+    let learning = cfg.tower != TowerKind::None;
     let writer = RecordWriter::create(&path, true, cfg.services_csv)?;
     if learning {
         record::write_json(&path.join("tower-in.json"), &cfg.memory)?;

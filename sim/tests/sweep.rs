@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use controller::{ScalerKind, TowerKind};
+use record::RunPlan;
 use scenarios::Scenario;
 use sim::sweep::{self, Contender, ResultRow, Settings, Unit, Workload};
 use traces::Trace;
@@ -242,6 +244,78 @@ fn grid_runs_stop_at_a_certain_miss_with_the_verdict_of_a_full_run() {
         }
     }
     assert_eq!(sweep::best(&stopping), sweep::best(&full));
+}
+
+/// `execute` makes an Autothrottle unit's exploring runs all at once, from stand-in memories;
+/// each must come out exactly as if it had waited for the runs before it.
+#[test]
+fn exploring_runs_made_at_once_equal_runs_made_one_after_the_other() {
+    let app = Arc::new(Scenario::builtin("demo").unwrap());
+    // Ten minutes, so that every exploring run covers several actions and the later runs must
+    // pick among those the earlier ones left least tried.
+    let warmup = Arc::new(Trace::builtin("diurnal-2").unwrap().truncated(600));
+    let eval = Workload {
+        name: "diurnal".into(),
+        trace: Arc::new(Trace::builtin("diurnal").unwrap().truncated(120)),
+    };
+    let unit = Unit::Autothrottle {
+        app: app.clone(),
+        warmup: Workload {
+            name: "diurnal-2".into(),
+            trace: warmup.clone(),
+        },
+        evals: vec![eval],
+        contender: Contender::Autothrottle,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut set = settings(dir.path(), 2);
+    set.load = traces::Load::Poisson;
+    let rows = sweep::execute(&[unit], &set, &|_| {}).unwrap();
+
+    // The same runs, one after the other, each from the memory the one before left.
+    let reference = tempfile::tempdir().unwrap();
+    let initial = controller::BanditConfig::new(app.slo_ms, app.aggregate_rps)
+        .initial
+        .targets();
+    let mut memory = controller::TowerMemory::default();
+    let mut tried = std::collections::BTreeSet::new();
+    for (i, row) in rows.iter().take(sweep::EXPLORE_RUNS).enumerate() {
+        let mut cfg = RunPlan::new(app.clone(), warmup.clone(), ScalerKind::Captain, initial);
+        cfg.seed = set.seed + 1 + i as u64;
+        cfg.ramp_s = set.ramp_s;
+        cfg.tower = TowerKind::Explore;
+        cfg.memory = memory.clone();
+        let out_dir = reference.path().join(i.to_string());
+        let writer = record::RecordWriter::create(&out_dir, true, false).unwrap();
+        let out = sim::run::run(&cfg, Some(writer), &mut |_, _| {}).unwrap();
+
+        let run = dir
+            .path()
+            .join(format!("runs/demo/autothrottle/warmup-explore-{}", i + 1));
+        let fed: controller::TowerMemory = record::read_json(&run.join("tower-in.json")).unwrap();
+        let learnt: controller::TowerMemory = record::read_json(&run.join("tower.json")).unwrap();
+        assert_eq!(fed, memory, "run {}: the memory it was fed", i + 1);
+        assert_eq!(learnt, out.memory, "run {}: the memory it left", i + 1);
+        for f in ["minutes.csv", "run.json"] {
+            assert_eq!(
+                std::fs::read(run.join(f)).unwrap(),
+                std::fs::read(out_dir.join(f)).unwrap(),
+                "run {}: {f}",
+                i + 1
+            );
+        }
+        assert_eq!(row.phase, "warmup-explore");
+        assert_eq!(row.allocation, out.info.summary.allocation);
+        tried.extend(out.memory.samples.iter().map(|s| s.action));
+        memory = out.memory;
+    }
+    // The later runs went where the earlier ones had not: more actions than one run takes.
+    let per_run = memory.samples.len() / sweep::EXPLORE_RUNS;
+    assert!(
+        tried.len() > per_run + 2,
+        "{} actions tried, {per_run} samples per run",
+        tried.len()
+    );
 }
 
 #[test]

@@ -124,9 +124,12 @@ pub struct SweepArgs {
     /// Trace of Autothrottle's warm-up runs.
     #[arg(long, default_value = "diurnal-2")]
     pub warmup_trace: String,
-    /// Stop each grid at the cheapest target that meets the SLO instead of running all of it.
+    /// Run every target of each grid. By default a grid is searched from its cheapest target
+    /// (the highest utilisation or throttle target) down and stops at the first that meets
+    /// the SLO, as the paper's evaluation did: the same best setting wherever allocation grows
+    /// as the target falls, without the runs below it.
     #[arg(long)]
-    pub descending: bool,
+    pub full_grid: bool,
     #[command(flatten)]
     pub many: ManyArgs,
     /// Output directory: results.csv, best.csv and the run records.
@@ -171,8 +174,8 @@ pub fn cmd(a: SweepArgs) -> Result<()> {
                 app: app.clone(),
                 workload: workload.clone(),
                 contender: *c,
-                targets: grid_for(*c, a.descending),
-                descending: a.descending,
+                targets: grid_for(*c, !a.full_grid),
+                descending: !a.full_grid,
             });
         }
     }
