@@ -35,6 +35,23 @@ pub struct RunOutput {
     pub service_usage: Vec<f64>,
 }
 
+/// The run's Tower, as the runner builds it: from the plan's memory and seed.
+pub(crate) fn tower_for(cfg: &RunPlan) -> Result<Box<dyn controller::Tower>> {
+    let scenario = &cfg.scenario;
+    Ok(cfg.tower.build(
+        scenario.slo_ms,
+        scenario.aggregate_rps,
+        cfg.ramp_s,
+        cfg.memory.clone(),
+        cfg.seed,
+    )?)
+}
+
+/// How many times a run asks its Tower: at the end of every whole minute.
+pub(crate) fn tower_minutes(cfg: &RunPlan) -> usize {
+    (cfg.rates().len() as u64 * PERIODS_PER_SECOND / PERIODS_PER_MINUTE) as usize
+}
+
 /// Runs one configuration, streaming the record to `writer` if given; `progress` is called
 /// every simulated second with (seconds done, seconds in total).
 pub fn run(
@@ -230,13 +247,7 @@ impl Control {
             limits.push(scaler.limit());
             scalers.push(scaler);
         }
-        let tower = cfg.tower.build(
-            scenario.slo_ms,
-            scenario.aggregate_rps,
-            cfg.ramp_s,
-            cfg.memory.clone(),
-            cfg.seed,
-        )?;
+        let tower = tower_for(cfg)?;
         Ok(Control {
             scalers,
             limits,

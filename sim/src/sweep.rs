@@ -535,23 +535,14 @@ fn explore_plan(unit: &Unit, settings: &Settings, i: usize, memory: TowerMemory)
 /// Tower picks each action from how often every action has been tried (the memory's sample
 /// counts), never from what one cost, so its choices are known without running the app.
 fn explore_dry(cfg: &RunPlan) -> Result<TowerMemory> {
-    let scenario = &cfg.scenario;
-    let mut tower = cfg.tower.build(
-        scenario.slo_ms,
-        scenario.aggregate_rps,
-        cfg.ramp_s,
-        cfg.memory.clone(),
-        cfg.seed,
-    )?;
-    // The runner asks the Tower at the end of every whole minute of the run.
-    let minutes = cfg.rates().len() / 60;
+    let mut tower = crate::run::tower_for(cfg)?;
     let blank = controller::MinuteObservation {
         rps: 0.0,
         rps_cv: 0.0,
         p99_ms: 0.0,
         allocation: 0.0,
     };
-    for _ in 0..minutes {
+    for _ in 0..crate::run::tower_minutes(cfg) {
         tower.observe(&blank);
     }
     Ok(tower.into_memory())
