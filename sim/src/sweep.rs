@@ -464,7 +464,7 @@ fn run_unit(
             let explored = explored
                 .expect("execute runs every Autothrottle unit's exploring runs ahead")
                 .clone();
-            for (i, (info, _)) in explored.runs.iter().enumerate() {
+            for (i, info) in explored.runs.iter().enumerate() {
                 let dir = warmup_dir(unit, "warmup-explore", i);
                 rows.push(row(info, &warmup.name, name, "warmup-explore", &dir));
             }
@@ -497,7 +497,7 @@ fn run_unit(
 /// memory the last one ended with.
 #[derive(Debug, Clone)]
 struct Explored {
-    runs: Vec<(RunInfo, TowerMemory)>,
+    runs: Vec<RunInfo>,
     memory: TowerMemory,
 }
 
@@ -569,7 +569,9 @@ fn explore_ahead(
     // the rest, each from a stand-in memory.
     struct Ahead {
         unit: usize,
-        reused: Vec<(RunInfo, TowerMemory)>,
+        reused: Vec<RunInfo>,
+        /// The real memory after the reused runs.
+        memory: TowerMemory,
         planned: Vec<RunPlan>,
     }
     let mut ahead = Vec::new();
@@ -588,19 +590,21 @@ fn explore_ahead(
                     break;
                 };
                 tick(1);
-                memory = learnt.clone();
-                reused.push((info, learnt));
+                memory = learnt;
+                reused.push(info);
             }
         }
         let mut planned = Vec::new();
+        let mut stand_in = memory.clone();
         for i in reused.len()..EXPLORE_RUNS {
-            let cfg = explore_plan(unit, settings, i, memory);
-            memory = explore_dry(&cfg)?;
+            let cfg = explore_plan(unit, settings, i, stand_in);
+            stand_in = explore_dry(&cfg)?;
             planned.push(cfg);
         }
         ahead.push(Ahead {
             unit: u,
             reused,
+            memory,
             planned,
         });
     }
@@ -625,7 +629,7 @@ fn explore_ahead(
     let mut explored: Vec<Option<Explored>> = vec![None; units.len()];
     for x in ahead {
         let unit = &units[x.unit];
-        let mut memory = x.reused.last().map(|r| r.1.clone()).unwrap_or_default();
+        let mut memory = x.memory;
         let mut runs = x.reused;
         let mut stale = false;
         for cfg in x.planned {
@@ -655,8 +659,8 @@ fn explore_ahead(
                 tick(1);
                 again
             };
-            memory = learnt.clone();
-            runs.push((info, learnt));
+            memory = learnt;
+            runs.push(info);
         }
         explored[x.unit] = Some(Explored { runs, memory });
     }
