@@ -110,7 +110,7 @@ pub struct RunInfo {
     pub explore: f64,
     /// [`controller::TOWER_REVISION`] of a run with a Tower (0 without one, and in records
     /// older than it): a resumed sweep reuses a Tower's run only from the same revision.
-    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub tower_revision: u32,
     pub seed: u64,
     pub slo_ms: f64,
@@ -656,12 +656,8 @@ fn read_csv<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, RecordE
 
 /// For `skip_serializing_if`: a field at its default of zero is left out of `run.json`, so
 /// records without the feature stay as they were.
-fn is_zero_u32(x: &u32) -> bool {
-    *x == 0
-}
-
-fn is_zero(x: &f64) -> bool {
-    *x == 0.0
+fn is_zero<T: Default + PartialEq>(x: &T) -> bool {
+    *x == T::default()
 }
 
 #[cfg(test)]
