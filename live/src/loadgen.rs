@@ -104,6 +104,9 @@ pub struct LoadConfig {
     /// Write every request's send time and type here (a record's `arrivals.csv.gz`, which
     /// `sim` replays).
     pub arrivals_log: Option<std::path::PathBuf>,
+    /// A calibration load: change the mix every this many seconds, cycling through
+    /// [`scenarios::mix_phases`] of the mix's weights (0: the mix's weights throughout).
+    pub mix_cycle_s: usize,
 }
 
 use record::latency::{histogram, MAX_LATENCY_US as MAX_US};
@@ -397,6 +400,13 @@ impl LoadGen {
                         .into(),
                 ));
             }
+            if config.mix_cycle_s > 0 {
+                return Err(LiveError::Config(
+                    "this app is driven by user flows, which fix the order of its request \
+                     types: a mix cycle cannot change their shares"
+                        .into(),
+                ));
+            }
             Some(Flows {
                 setup: live
                     .setup
@@ -539,8 +549,7 @@ impl LoadGen {
         let client: HttpClient = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(c.max_in_flight)
             .build_http();
-        let weights = WeightedIndex::new(c.mix.iter().map(|k| k.weight))
-            .map_err(|e| LiveError::Config(format!("request weights: {e}")))?;
+        let weights = Mixes::new(c)?;
         match c.load {
             Load::Poisson => self.run_open(client, weights, log).await,
             Load::Users { think_s } => self.run_users(client, weights, think_s, log).await,
@@ -550,7 +559,7 @@ impl LoadGen {
     async fn run_open(
         &self,
         client: HttpClient,
-        weights: WeightedIndex<f64>,
+        weights: Mixes,
         log: Option<SharedLog>,
     ) -> Result<(), LiveError> {
         let c = &self.config;
@@ -563,7 +572,7 @@ impl LoadGen {
             tokio::time::sleep_until(scheduled).await;
             let permit = permits.clone().acquire_owned().await.expect("never closed");
             let late = Instant::now().saturating_duration_since(scheduled);
-            let kind = weights.sample(&mut rng);
+            let kind = weights.at(at).sample(&mut rng);
             let req = self.kinds[kind].build(&c.base, &mut rng, &self.base_vars)?;
             self.stats
                 .lock()
@@ -588,7 +597,7 @@ impl LoadGen {
     async fn run_users(
         &self,
         client: HttpClient,
-        weights: WeightedIndex<f64>,
+        weights: Mixes,
         think_s: f64,
         log: Option<SharedLog>,
     ) -> Result<(), LiveError> {
@@ -755,7 +764,7 @@ impl Sender {
 /// What every closed-loop user shares.
 struct UserContext {
     sender: Sender,
-    weights: WeightedIndex<f64>,
+    weights: Mixes,
     flows: Option<Flows>,
     base_vars: Vars,
     /// The newest set-up's captures and when it ended, for users that reuse it.
@@ -778,6 +787,36 @@ struct User {
     set_up: bool,
 }
 
+/// The request mix of each phase of a calibration load's cycle (one without a cycle).
+struct Mixes {
+    phases: Vec<WeightedIndex<f64>>,
+    cycle_s: usize,
+}
+
+impl Mixes {
+    fn new(c: &LoadConfig) -> Result<Mixes, LiveError> {
+        let weights: Vec<f64> = c.mix.iter().map(|k| k.weight).collect();
+        let phases = if c.mix_cycle_s > 0 {
+            scenarios::mix_phases(&weights)
+        } else {
+            vec![weights]
+        };
+        Ok(Mixes {
+            phases: phases
+                .into_iter()
+                .map(WeightedIndex::new)
+                .collect::<Result<_, _>>()
+                .map_err(|e| LiveError::Config(format!("request weights: {e}")))?,
+            cycle_s: c.mix_cycle_s,
+        })
+    }
+
+    /// The mix in force at `t` seconds into the run.
+    fn at(&self, t: f64) -> &WeightedIndex<f64> {
+        &self.phases[scenarios::mix_phase(t as usize, self.cycle_s, self.phases.len())]
+    }
+}
+
 /// Why a user stopped sending.
 enum Stop {
     /// Its number is above the second's user count.
@@ -791,7 +830,8 @@ impl User {
         let mut next = begin;
         loop {
             let Some(flows) = &ctx.flows else {
-                let kind = ctx.weights.sample(&mut self.rng);
+                let second = next.saturating_duration_since(ctx.start).as_secs_f64();
+                let kind = ctx.weights.at(second).sample(&mut self.rng);
                 if let Err(Stop::Retired) = self.send(&ctx, kind, &mut next).await? {
                     return Ok(());
                 }

@@ -131,6 +131,7 @@ fn live_with_burst(text: &str, tag: &str, burst: Option<Burst>, seconds: usize) 
         max_in_flight: 256,
         measure_from_s: 0,
         arrivals_log: None,
+        mix_cycle_s: 0,
     })
     .unwrap();
     tokio::runtime::Builder::new_current_thread()

@@ -23,6 +23,7 @@ fn config(base: String, rate: f64, seconds: usize, timeout_ms: u64) -> LoadConfi
         max_in_flight: 256,
         measure_from_s: 0,
         arrivals_log: None,
+        mix_cycle_s: 0,
     }
 }
 
@@ -61,6 +62,31 @@ async fn replays_the_schedule_and_records_latency() {
         s.seconds[1].sent,
         "only requests from measure_from_s on are judged"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calibration_load_cycles_the_mix_second_by_second() {
+    // search 3 : post 1, then half and half, every second: 4 s at 300/s.
+    let (base, srv) = server(Duration::from_millis(1)).await;
+    let mut c = config(base, 300.0, 4, 1000);
+    c.mix_cycle_s = 1;
+    let g = LoadGen::new(c).unwrap();
+    g.run().await.unwrap();
+    srv.abort();
+    let s = g.stats();
+    let s = s.lock().unwrap();
+    let post_share = |sec: usize| {
+        let k = &s.seconds[sec].sent_by_kind;
+        k[1] as f64 / (k[0] + k[1]) as f64
+    };
+    // About 300 requests a second: a share is within 0.1 of its mix's (over 3.5 SE).
+    for (sec, want) in [(0, 0.25), (1, 0.5), (2, 0.25), (3, 0.5)] {
+        let got = post_share(sec);
+        assert!(
+            (got - want).abs() < 0.1,
+            "second {sec}: posts {got:.3} of the requests, the mix says {want}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,6 +77,12 @@ pub struct ControlArgs {
     /// Seed of the arrivals, the request mix and the Tower.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// A calibration load: change the request mix every N seconds, cycling through the
+    /// scenario's own mix and each request type in turn taking half of the requests, so that
+    /// `sim calibrate` can tell apart the CPU of request types the usual mix always sends
+    /// together (0: the scenario's mix throughout).
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    pub mix_cycle: usize,
 }
 
 /// What to do with the run record besides writing it to `--out` (whose default each binary
@@ -145,6 +151,7 @@ impl ControlArgs {
             memory,
             seed: self.seed,
             burst: self.burst,
+            mix_cycle_s: self.mix_cycle,
             ..RunPlan::new(
                 Arc::new(scenario),
                 Arc::new(trace),

@@ -105,6 +105,10 @@ pub struct RunInfo {
     /// records: none).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub burst: f64,
+    /// The load changed request mix every this many seconds, cycling through
+    /// [`Scenario::mix_phases`] (a calibration load); 0, and absent: the scenario's mix always.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mix_cycle_s: usize,
     /// Tower kind (`none`, `explore`, `bandit`).
     pub tower: String,
     pub explore: f64,
@@ -180,6 +184,7 @@ impl RunInfo {
             gaps: Vec::new(),
             initial_limits: scenario.services.iter().map(|s| s.initial_limit).collect(),
             burst: 0.0,
+            mix_cycle_s: 0,
         }
     }
 
@@ -192,6 +197,12 @@ impl RunInfo {
     /// The CFS burst every container had, as a fraction of its quota.
     pub fn with_burst(mut self, fraction: f64) -> RunInfo {
         self.burst = fraction;
+        self
+    }
+
+    /// The load's mix cycle ([`RunInfo::mix_cycle_s`]).
+    pub fn with_mix_cycle(mut self, cycle_s: usize) -> RunInfo {
+        self.mix_cycle_s = cycle_s;
         self
     }
 
@@ -281,6 +292,7 @@ impl RunInfo {
             gaps: Vec::new(),
             initial_limits: vec![4.0],
             burst: 0.0,
+            mix_cycle_s: 0,
         }
     }
 }

@@ -46,6 +46,10 @@ pub struct RunPlan {
     /// `stopped_s` says when): a grid search needs no more of such a run. Open-loop arrivals
     /// (or a replayed request log), where the number of requests judged is known before the run.
     pub stop_when_missed: bool,
+    /// Change the request mix every this many seconds, cycling through
+    /// [`Scenario::mix_phases`] (0: the scenario's mix always). A calibration load: a record
+    /// made under it tells apart the CPU of request types the usual mix sends together.
+    pub mix_cycle_s: usize,
 }
 
 impl RunPlan {
@@ -73,6 +77,7 @@ impl RunPlan {
             arrivals: None,
             burst: 0.0,
             stop_when_missed: false,
+            mix_cycle_s: 0,
         }
     }
 
@@ -100,6 +105,13 @@ impl RunPlan {
                     log.t.last().copied().unwrap_or(0.0)
                 ));
             }
+        }
+        if self.mix_cycle_s > 0 && self.arrivals.is_some() {
+            return bad(
+                "a mix cycle changes the request types a run draws, but a replayed request log \
+                 already says the type of every request"
+                    .into(),
+            );
         }
         if self.stop_when_missed && self.load != Load::Poisson && self.arrivals.is_none() {
             return bad(
@@ -186,6 +198,7 @@ impl RunPlan {
             .with_control(self.scaler, self.targets, self.tower)
             .with_initial_limits(self.initial_limits())
             .with_burst(self.burst)
+            .with_mix_cycle(self.mix_cycle_s)
     }
 }
 

@@ -41,7 +41,9 @@ mod schema;
 
 pub use dist::{Dist, DistSpec};
 pub use error::ScenarioError;
-pub use model::{call_rng, CallNode, RequestType, Runtime, Scenario, Service, BUILTIN};
+pub use model::{
+    call_rng, mix_phase, mix_phases, CallNode, RequestType, Runtime, Scenario, Service, BUILTIN,
+};
 pub use schema::{
     CallDef, FlowDef, HttpDef, InitStep, LiveDef, NodeDef, RequestDef, RuntimeDef, ScenarioFile,
     ServiceDef,

@@ -354,6 +354,24 @@ impl Scenario {
         Scenario::compile(&self.source, file)
     }
 
+    /// The request mixes a calibration load cycles through ([`mix_phase`]): the scenario's own
+    /// weights, then each request type in turn taking half of the requests (the others keep
+    /// their proportions in the other half); a mix equal to an earlier one is left out.
+    ///
+    /// Why: under one fixed mix every request type's count rises and falls with the load in
+    /// the same proportions, so a fit of each service's CPU against the counts of each type
+    /// (`sim calibrate`) can split the CPU between types only by the counts' random noise. A
+    /// load that moves each type's share on its own makes every type's cost show.
+    ///
+    /// ```
+    /// let demo = scenarios::Scenario::builtin("demo").unwrap();
+    /// // get 9, put 1: the usual mix, then half and half (each type's half-share mix is that).
+    /// assert_eq!(demo.mix_phases(), vec![vec![9.0, 1.0], vec![1.0, 1.0]]);
+    /// ```
+    pub fn mix_phases(&self) -> Vec<Vec<f64>> {
+        mix_phases(&self.requests.iter().map(|r| r.weight).collect::<Vec<_>>())
+    }
+
     /// Index of a service by name.
     pub fn service(&self, name: &str) -> Option<usize> {
         self.services.iter().position(|s| s.name == name)
@@ -846,6 +864,58 @@ fn expand(
     }
     nodes[index].stages = stages;
     Ok(index as u32)
+}
+
+/// [`Scenario::mix_phases`] for any weights (the load generator's).
+pub fn mix_phases(own: &[f64]) -> Vec<Vec<f64>> {
+    let mut phases = vec![own.to_vec()];
+    let share = |w: &[f64]| -> Vec<f64> {
+        let total: f64 = w.iter().sum();
+        w.iter().map(|x| x / total).collect()
+    };
+    for k in 0..own.len() {
+        let others: f64 = own
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != k)
+            .map(|(_, w)| w)
+            .sum();
+        if others <= 0.0 {
+            continue;
+        }
+        let mut w = own.to_vec();
+        w[k] = others;
+        let new = share(&w);
+        let same = phases.iter().any(|p| {
+            share(p)
+                .iter()
+                .zip(&new)
+                .all(|(a, b)| (a - b).abs() < 1e-12)
+        });
+        if !same {
+            // Scaled so that the smallest weight is the scenario's smallest: readable numbers.
+            let min_own = own.iter().copied().fold(f64::INFINITY, f64::min);
+            let min_w = w.iter().copied().fold(f64::INFINITY, f64::min);
+            phases.push(w.iter().map(|x| x * min_own / min_w).collect());
+        }
+    }
+    phases
+}
+
+/// Which of `phases` request mixes ([`Scenario::mix_phases`]) is in force in second `second`
+/// of a run whose load changes mix every `cycle_s` seconds (0: never, the first mix always).
+///
+/// ```
+/// assert_eq!(scenarios::mix_phase(25, 10, 2), 0); // seconds 20-29: the third block
+/// assert_eq!(scenarios::mix_phase(15, 10, 2), 1);
+/// assert_eq!(scenarios::mix_phase(15, 0, 2), 0);
+/// ```
+pub fn mix_phase(second: usize, cycle_s: usize, phases: usize) -> usize {
+    if cycle_s == 0 || phases == 0 {
+        0
+    } else {
+        (second / cycle_s) % phases
+    }
 }
 
 /// The random generator of one call of one request: everything about the call (whether it

@@ -659,3 +659,44 @@ fn background_cpu_is_checked_and_written_only_when_set() {
         .unwrap()
         .contains("background_cores = 0.25"));
 }
+
+#[test]
+fn a_calibration_load_gives_each_request_type_half_of_the_requests_in_turn() {
+    let share = |w: &[f64]| -> Vec<f64> {
+        let t: f64 = w.iter().sum();
+        w.iter()
+            .map(|x| (x / t * 1000.0).round() / 1000.0)
+            .collect()
+    };
+    // Three types, 60:30:10: the usual mix, then each one at half, the others keeping their
+    // proportions in the other half.
+    let phases = scenarios::mix_phases(&[6.0, 3.0, 1.0]);
+    let shares: Vec<Vec<f64>> = phases.iter().map(|p| share(p)).collect();
+    assert_eq!(
+        shares,
+        vec![
+            vec![0.6, 0.3, 0.1],
+            vec![0.5, 0.375, 0.125],
+            vec![0.429, 0.5, 0.071],
+            vec![0.333, 0.167, 0.5],
+        ]
+    );
+    // Two types: both "half" mixes are half and half, kept once.
+    assert_eq!(scenarios::mix_phases(&[9.0, 1.0]).len(), 2);
+    // One type: nothing to vary.
+    assert_eq!(scenarios::mix_phases(&[2.0]), vec![vec![2.0]]);
+    // The built-in apps: every phase is a valid mix (positive weights) and no two are alike.
+    for name in BUILTIN {
+        let s = Scenario::builtin(name).unwrap();
+        let phases = s.mix_phases();
+        // Two types have one "half" mix; more have one each.
+        let n = s.requests.len();
+        assert_eq!(phases.len(), if n == 2 { 2 } else { n + 1 }, "{name}");
+        assert!(phases.iter().flatten().all(|w| *w > 0.0), "{name}");
+        for (i, p) in phases.iter().enumerate() {
+            for q in &phases[..i] {
+                assert_ne!(share(p), share(q), "{name}");
+            }
+        }
+    }
+}

@@ -559,8 +559,18 @@ pub fn replan(scenario: &Scenario, record: &Record) -> Result<RunPlan> {
             (q.name.clone(), (sent as f64).max(1e-9))
         })
         .collect();
+    let log = record.arrivals()?;
+    // Without a request log, a calibration load's mixes are drawn again as they were: from
+    // the topology's own weights, changing every cycle (the shares of the whole record would
+    // smooth away the swings in usage that the variability fit reads).
+    let cycle = if log.is_none() { info.mix_cycle_s } else { 0 };
+    let app = if cycle > 0 {
+        scenario.clone()
+    } else {
+        scenario.with_weights(&mix)?
+    };
     let mut plan = RunPlan::new(
-        Arc::new(scenario.with_weights(&mix)?),
+        Arc::new(app),
         Arc::new(Trace::new(
             format!("{} (re-simulated)", info.trace),
             after_ramp,
@@ -572,8 +582,9 @@ pub fn replan(scenario: &Scenario, record: &Record) -> Result<RunPlan> {
     plan.ramp_s = info.ramp_s;
     plan.load = info.load;
     plan.seed = info.seed;
+    plan.mix_cycle_s = cycle;
     // A live record's request log: the very requests the app saw, at their times.
-    if let Some(log) = record.arrivals()? {
+    if let Some(log) = log {
         plan.arrivals = Some(Arc::new(log));
     }
     if !info.initial_limits.is_empty() {

@@ -127,7 +127,11 @@ pub struct Engine<'a> {
     arrivals_rng: Pcg64Mcg,
     /// The run's seed (to draw the arrivals again: [`Engine::sends_from`]).
     seed: u64,
-    mix: WeightedIndex<f64>,
+    /// The request mix of each phase of the load's mix cycle ([`Engine::with_mix_cycle`]);
+    /// one phase without a cycle.
+    mixes: Vec<WeightedIndex<f64>>,
+    /// Seconds per phase (0: no cycle).
+    mix_cycle_s: usize,
     in_flight: u64,
     done: Vec<u32>,
     load: Load,
@@ -176,8 +180,13 @@ impl<'a> Engine<'a> {
         for (i, c) in containers.iter().enumerate() {
             node_members[c.node].push(i as u32);
         }
-        let mix = WeightedIndex::new(scenario.requests.iter().map(|r| r.weight))
-            .expect("validated: positive weights");
+        let mixes = vec![mix_of(
+            &scenario
+                .requests
+                .iter()
+                .map(|r| r.weight)
+                .collect::<Vec<_>>(),
+        )];
         let mut e = Engine {
             scenario,
             containers,
@@ -194,7 +203,8 @@ impl<'a> Engine<'a> {
             rates,
             arrivals_rng: arrivals_rng(seed),
             seed,
-            mix,
+            mixes,
+            mix_cycle_s: 0,
             in_flight: 0,
             done: Vec::new(),
             load,
@@ -254,6 +264,28 @@ impl<'a> Engine<'a> {
         self
     }
 
+    /// The same idle application under a calibration load: the request mix changes every
+    /// `cycle_s` seconds, through [`Scenario::mix_phases`] (0: no change). A type is still one
+    /// draw from the arrivals' stream, so the arrival times and seeds are those of the
+    /// scenario's own mix; only which type each request is changes.
+    pub fn with_mix_cycle(mut self, cycle_s: usize) -> Self {
+        if cycle_s > 0 {
+            self.mixes = self
+                .scenario
+                .mix_phases()
+                .iter()
+                .map(|w| mix_of(w))
+                .collect();
+            self.mix_cycle_s = cycle_s;
+        }
+        self
+    }
+
+    /// The request mix in force at `t`.
+    fn mix_at(&self, t: f64) -> &WeightedIndex<f64> {
+        &self.mixes[scenarios::mix_phase(t as usize, self.mix_cycle_s, self.mixes.len())]
+    }
+
     /// Requests that arrived and have not been answered.
     pub fn in_flight(&self) -> u64 {
         self.in_flight
@@ -286,7 +318,7 @@ impl<'a> Engine<'a> {
         while let Some(next) = traces::next_arrival(&self.rates, at, &mut rng) {
             at = next;
             count += u64::from(at >= t);
-            self.mix.sample(&mut rng);
+            self.mix_at(at).sample(&mut rng);
             rng.next_u64();
         }
         Some(count)
@@ -380,7 +412,9 @@ impl<'a> Engine<'a> {
 
     /// A request leaves the client now (on behalf of `user`, or `NONE` for open loop).
     fn send(&mut self, user: u32) {
-        let rtype = self.mix.sample(&mut self.arrivals_rng) as u16;
+        let mix = &self.mixes
+            [scenarios::mix_phase(self.now as usize, self.mix_cycle_s, self.mixes.len())];
+        let rtype = mix.sample(&mut self.arrivals_rng) as u16;
         self.send_kind(user, rtype);
     }
 
@@ -676,6 +710,11 @@ fn node_rate(cores: f64, busy: usize) -> f64 {
     } else {
         cores / busy as f64
     }
+}
+
+/// A request mix to draw types from (weights validated positive).
+fn mix_of(weights: &[f64]) -> WeightedIndex<f64> {
+    WeightedIndex::new(weights.iter().copied()).expect("validated: positive weights")
 }
 
 /// The stream of arrival times, request types and request seeds.

@@ -73,6 +73,9 @@ pub fn run(
     if cfg.burst > 0.0 {
         engine = engine.with_burst(cfg.burst);
     }
+    if cfg.mix_cycle_s > 0 {
+        engine = engine.with_mix_cycle(cfg.mix_cycle_s);
+    }
     let mut latency = Latency::new(cfg.ramp_s as f64, scenario.requests.len(), scenario.slo_ms);
     let mut watch = cfg
         .stop_when_missed

@@ -124,6 +124,7 @@ pub fn load_bench(rps: f64, seconds: usize) -> Result<()> {
             max_in_flight: 512,
             measure_from_s: 0,
             arrivals_log: None,
+            mix_cycle_s: 0,
         })?;
         let start = Instant::now();
         gen.run().await?;

@@ -86,6 +86,7 @@ impl RunSpec {
             max_in_flight: self.max_in_flight,
             measure_from_s: plan.ramp_s,
             arrivals_log: None,
+            mix_cycle_s: plan.mix_cycle_s,
         })
     }
 

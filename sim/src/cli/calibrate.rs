@@ -10,16 +10,16 @@ use sim::calibrate;
 
 #[derive(Args)]
 #[command(after_help = "Example (the demo app, live):\n  \
-    live run --scenario demo --scaler const --initial-limit 2 --duration 300 --out runs/measured\n  \
-    live run --scenario demo --scaler const --initial-limit 2 --duration 300 --mix put=9 --out runs/puts\n  \
-    sim calibrate --record runs/measured --record runs/puts --scenario demo --out demo-fitted.toml\n  \
+    live run --scenario demo --trace wave.txt --scaler const --initial-limit 2 --mix-cycle 10 --out runs/measured\n  \
+    sim calibrate --record runs/measured --scenario demo --out demo-fitted.toml\n  \
     sim sweep --scenario demo-fitted.toml --trace diurnal\n\n\
     The topology (services, calls, request mix, nodes, collectors) comes from --scenario; the \
     CPU of every call and each service's background CPU are fitted to the records' \
     per-second usage (services.csv) against the requests sent (requests.csv), then the network \
     delay per hop to their median latency, then each service's calls' variability to the scatter \
-    of its per-second usage. A second run with another mix (--mix) tells apart \
-    calls the usual mix always sends together.")]
+    of its per-second usage. Measure under a load whose rate varies (a trace file) and whose mix \
+    changes (--mix-cycle, or a second run with another --mix): under one mix the fit cannot tell \
+    apart calls that the mix always sends together.")]
 pub struct CalibrateArgs {
     /// A run record to fit (repeat for several; sim or live, with per-second rows).
     #[arg(long = "record", required = true)]
