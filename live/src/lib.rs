@@ -17,10 +17,12 @@
 //! * [`loadgen`]: an HTTP load generator that replays a trace as open-loop Poisson arrivals or
 //!   closed-loop Locust-like users (request mix or user flows with captured values, bounded
 //!   in-flight, latency from the scheduled send time, a log of every request sent).
-//! * [`template`]: the request templates the load fills per request (ranges, choices, dates,
-//!   images, values bound and captured).
-//! * [`demo`]: `live demo`, a small real app built from a scenario: one HTTP server per
-//!   service, each in its own cgroup, burning the CPU the scenario's calls and collectors say.
+//! * [`template`] (the `demo` crate's, re-exported): the request templates the load fills per
+//!   request (ranges, choices, dates, images, values bound and captured).
+//! * [`demo`] (the `demo` crate, re-exported): the small real app `live demo` builds from a
+//!   scenario: one HTTP server per service, each in its own cgroup, burning the CPU the
+//!   scenario's calls and collectors say. Its own crate so that test builds optimise it: the
+//!   live tests measure its CPU.
 //! * [`os`]: the operating-system calls the std library lacks (CPU clocks, signals), each
 //!   wrapped once.
 //! * [`groups`]: real cgroups this program creates for itself (the demo app, the benchmark,
@@ -32,7 +34,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod coordinator;
-pub mod demo;
+pub use demo;
 pub mod discovery;
 pub mod groups;
 pub mod journal;
@@ -41,7 +43,7 @@ pub mod loadgen;
 pub mod os;
 pub mod protocol;
 pub mod server;
-pub mod template;
+pub use demo::template;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -79,6 +81,9 @@ pub enum LiveError {
     Internal(String),
     #[error(transparent)]
     Record(#[from] record::RecordError),
+    /// A request template or the demo app's set-up.
+    #[error(transparent)]
+    Demo(#[from] demo::DemoError),
     #[error(transparent)]
     Controller(#[from] controller::ControllerError),
 }

@@ -254,10 +254,14 @@ impl Kind {
         scope: &mut Vars,
     ) -> Result<Request<Full<Bytes>>, LiveError> {
         let fail = |e: LiveError| LiveError::Config(format!("request type '{}': {e}", self.name));
-        let uri = format!("{}{}", base, self.path.fill(rng, scope).map_err(fail)?);
+        let uri = format!(
+            "{}{}",
+            base,
+            self.path.fill(rng, scope).map_err(|e| fail(e.into()))?
+        );
         let mut builder = Request::builder().method(self.method.clone()).uri(uri);
         for (name, value) in &self.headers {
-            let v = value.fill(rng, scope).map_err(fail)?;
+            let v = value.fill(rng, scope).map_err(|e| fail(e.into()))?;
             let v = HeaderValue::from_str(&v).map_err(|_| {
                 fail(LiveError::Config(format!(
                     "header {name} {v:?} is not a header value"
@@ -267,7 +271,7 @@ impl Kind {
         }
         let body = if let Some((template, content_type)) = &self.body {
             builder = builder.header(hyper::header::CONTENT_TYPE, content_type);
-            Bytes::from(template.fill(rng, scope).map_err(fail)?)
+            Bytes::from(template.fill(rng, scope).map_err(|e| fail(e.into()))?)
         } else if !self.form.is_empty() {
             builder = builder.header(
                 hyper::header::CONTENT_TYPE,
@@ -275,7 +279,7 @@ impl Kind {
             );
             let mut form = form_urlencoded::Serializer::new(String::new());
             for (name, value) in &self.form {
-                form.append_pair(name, &value.fill(rng, scope).map_err(fail)?);
+                form.append_pair(name, &value.fill(rng, scope).map_err(|e| fail(e.into()))?);
             }
             Bytes::from(form.finish())
         } else {

@@ -15,17 +15,7 @@ pub fn process_cpu_seconds() -> f64 {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
-/// CPU time the calling thread has used, seconds.
-pub fn thread_cpu_seconds() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into memory we own; the clock id is a constant
-    // every Linux kernel supports.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
-}
+pub use demo::thread_cpu_seconds;
 
 /// The CPUs online on this machine (not this process's cgroup quota, which is what
 /// `std::thread::available_parallelism` reports inside a limited container).

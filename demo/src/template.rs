@@ -24,7 +24,7 @@
 //! `/hotels?inDate=2015-04-{in=int:9..23%02}&outDate=2015-04-{int:{$in}+1..24%02}`.
 //!
 //! ```
-//! use live::template::{Template, Vars};
+//! use demo::template::{Template, Vars};
 //! use rand::SeedableRng;
 //!
 //! let t = Template::parse("/user?username=Cornell_{u=int:0..500}&password={repeat:10:{$u}}")?;
@@ -33,7 +33,7 @@
 //! let path = t.fill(&mut rng, &mut vars)?;
 //! let u = vars.get("u").unwrap().to_string();
 //! assert_eq!(path, format!("/user?username=Cornell_{u}&password={}", u.repeat(10)));
-//! # Ok::<(), live::LiveError>(())
+//! # Ok::<(), demo::DemoError>(())
 //! ```
 
 use std::collections::BTreeMap;
@@ -42,7 +42,7 @@ use std::fmt::Write as _;
 use base64::Engine as _;
 use rand::Rng;
 
-use crate::LiveError;
+use crate::DemoError;
 
 /// Named values a template reads (`{$NAME}`) and binds (`{NAME=...}`).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -90,9 +90,9 @@ fn opens(rest: &str) -> bool {
 
 impl Template {
     /// Parses `source`; refuses unclosed placeholders and unknown kinds.
-    pub fn parse(source: &str) -> Result<Self, LiveError> {
+    pub fn parse(source: &str) -> Result<Self, DemoError> {
         let t = Self::parse_inner(source)
-            .map_err(|e| LiveError::Config(format!("template {source:?}: {e}")))?;
+            .map_err(|e| DemoError::Config(format!("template {source:?}: {e}")))?;
         Ok(t)
     }
 
@@ -217,10 +217,10 @@ impl Template {
     }
 
     /// Fills the template, reading and binding `vars`.
-    pub fn fill(&self, rng: &mut impl Rng, vars: &mut Vars) -> Result<String, LiveError> {
+    pub fn fill(&self, rng: &mut impl Rng, vars: &mut Vars) -> Result<String, DemoError> {
         let mut out = String::new();
         self.fill_into(&mut out, rng, vars)
-            .map_err(LiveError::Config)?;
+            .map_err(DemoError::Config)?;
         Ok(out)
     }
 

@@ -22,6 +22,11 @@
 //! (Go-like), or with every call held until it is done (JVM-like stop the world). A call of
 //! `parallelism` k burns its CPU on k threads at once.
 
+//!
+//! `live demo` runs it: one `live demo-service` process per service, each in its own cgroup.
+
+pub mod template;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -38,7 +43,28 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::Rng;
 use scenarios::Scenario;
 
-use crate::LiveError;
+/// Why a demo service cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The scenario cannot run as asked (a service or an address missing, background CPU), or
+    /// a request template does not parse or cannot be filled.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// CPU time this thread has used, seconds: what a call's burn loop measures, so that a
+/// throttled service really takes longer to burn its CPU.
+#[allow(unsafe_code)] // the one call to libc here
+pub fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into memory we own; the clock id is a constant
+    // every Linux kernel supports.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
 
 /// Header carrying the request's seed between services.
 pub const SEED_HEADER: &str = "x-autothrottle-seed";
@@ -164,15 +190,15 @@ impl Service {
         scenario: Arc<Scenario>,
         name: &str,
         peers: &BTreeMap<String, SocketAddr>,
-    ) -> Result<Self, LiveError> {
+    ) -> Result<Self, DemoError> {
         let index = scenario.service(name).ok_or_else(|| {
-            LiveError::Config(format!(
+            DemoError::Config(format!(
                 "scenario {} has no service '{name}'",
                 scenario.name
             ))
         })?;
         if scenario.services[index].background > 0.0 {
-            return Err(LiveError::Config(format!(
+            return Err(DemoError::Config(format!(
                 "service '{name}' of {} has background_cores: the demo burns only its calls' and \
                  collectors' CPU, so it would not run what the scenario says (a fitted \
                  scenario is for the simulator; run the demo with the scenario it was fitted to)",
@@ -184,7 +210,7 @@ impl Service {
             .iter()
             .map(|s| {
                 peers.get(&s.name).copied().ok_or_else(|| {
-                    LiveError::Config(format!("no address for service '{}'", s.name))
+                    DemoError::Config(format!("no address for service '{}'", s.name))
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -424,9 +450,9 @@ fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 /// stop-the-world pause runs (checked every few microseconds of work).
 fn spin(seconds: f64, gc: Option<&Collector>) {
     // Waiting for a pause costs no CPU, so the thread clock still measures the work done.
-    let start = crate::os::thread_cpu_seconds();
+    let start = thread_cpu_seconds();
     let mut x = 0u64;
-    while crate::os::thread_cpu_seconds() - start < seconds {
+    while thread_cpu_seconds() - start < seconds {
         if let Some(gc) = gc {
             gc.wait_world();
         }
