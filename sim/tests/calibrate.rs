@@ -117,9 +117,21 @@ fn the_fit_recovers_costs_the_topology_did_not_know() {
 /// A 20-minute record of `app` under a varying load (30 to 90 RPS), with a 2-core quota per
 /// service.
 fn record_of(app: Scenario, dir: &std::path::Path) -> Record {
-    let rps: Vec<u32> = (0..1200)
+    let rps = (0..1200)
         .map(|t| (300.0 + 150.0 * (t as f64 / 90.0).sin()) as u32)
         .collect();
+    record_with(app, dir, rps, 1, 0)
+}
+
+/// A record of `app` under `rps` (x the demo's 0.2), with a 2-core quota per service, from
+/// `seed`, the mix changing every `cycle_s` seconds (0: never).
+fn record_with(
+    app: Scenario,
+    dir: &std::path::Path,
+    rps: Vec<u32>,
+    seed: u64,
+    cycle_s: usize,
+) -> Record {
     let mut plan = RunPlan::new(
         Arc::new(app),
         Arc::new(Trace::new("varying", rps)),
@@ -129,6 +141,8 @@ fn record_of(app: Scenario, dir: &std::path::Path) -> Record {
     plan.ramp_s = 0;
     plan.initial_limit = Some(2.0);
     plan.services_csv = true;
+    plan.seed = seed;
+    plan.mix_cycle_s = cycle_s;
     let writer = RecordWriter::create(dir, false, true).unwrap();
     run(&plan, Some(writer), &mut |_, _| {}).unwrap();
     Record::read(dir).unwrap()
@@ -235,20 +249,7 @@ fn short_fit(cycle_s: usize, seed: u64) -> Vec<(&'static str, f64, f64)> {
     let rps = (0..150)
         .map(|t| (200.0 + 100.0 * (t as f64 / 20.0).sin()) as u32)
         .collect();
-    let mut plan = RunPlan::new(
-        Arc::new(app),
-        Arc::new(Trace::new("wave", rps)),
-        ScalerKind::Const,
-        Targets::new(0.1, 0.1),
-    );
-    plan.ramp_s = 0;
-    plan.initial_limit = Some(2.0);
-    plan.services_csv = true;
-    plan.seed = seed;
-    plan.mix_cycle_s = cycle_s;
-    let writer = RecordWriter::create(dir.path(), false, true).unwrap();
-    run(&plan, Some(writer), &mut |_, _| {}).unwrap();
-    let record = Record::read(dir.path()).unwrap();
+    let record = record_with(app, dir.path(), rps, seed, cycle_s);
     assert_eq!(
         record.info.mix_cycle_s, cycle_s,
         "the record says what load it had"
