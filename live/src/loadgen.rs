@@ -253,17 +253,14 @@ impl Kind {
         rng: &mut Pcg64Mcg,
         scope: &mut Vars,
     ) -> Result<Request<Full<Bytes>>, LiveError> {
-        let fail = |e: LiveError| LiveError::Config(format!("request type '{}': {e}", self.name));
-        let uri = format!(
-            "{}{}",
-            base,
-            self.path.fill(rng, scope).map_err(|e| fail(e.into()))?
-        );
+        let fail =
+            |e: demo::DemoError| LiveError::Config(format!("request type '{}': {e}", self.name));
+        let uri = format!("{}{}", base, self.path.fill(rng, scope).map_err(fail)?);
         let mut builder = Request::builder().method(self.method.clone()).uri(uri);
         for (name, value) in &self.headers {
-            let v = value.fill(rng, scope).map_err(|e| fail(e.into()))?;
+            let v = value.fill(rng, scope).map_err(fail)?;
             let v = HeaderValue::from_str(&v).map_err(|_| {
-                fail(LiveError::Config(format!(
+                fail(demo::DemoError::Config(format!(
                     "header {name} {v:?} is not a header value"
                 )))
             })?;
@@ -271,7 +268,7 @@ impl Kind {
         }
         let body = if let Some((template, content_type)) = &self.body {
             builder = builder.header(hyper::header::CONTENT_TYPE, content_type);
-            Bytes::from(template.fill(rng, scope).map_err(|e| fail(e.into()))?)
+            Bytes::from(template.fill(rng, scope).map_err(fail)?)
         } else if !self.form.is_empty() {
             builder = builder.header(
                 hyper::header::CONTENT_TYPE,
@@ -279,7 +276,7 @@ impl Kind {
             );
             let mut form = form_urlencoded::Serializer::new(String::new());
             for (name, value) in &self.form {
-                form.append_pair(name, &value.fill(rng, scope).map_err(|e| fail(e.into()))?);
+                form.append_pair(name, &value.fill(rng, scope).map_err(fail)?);
             }
             Bytes::from(form.finish())
         } else {
@@ -287,7 +284,7 @@ impl Kind {
         };
         builder
             .body(Full::new(body))
-            .map_err(|e| fail(LiveError::Config(format!("request: {e}"))))
+            .map_err(|e| fail(demo::DemoError::Config(format!("request: {e}"))))
     }
 
     /// The values this request's answer must give, read from its JSON body.

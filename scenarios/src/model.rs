@@ -365,7 +365,7 @@ impl Scenario {
     ///
     /// ```
     /// let demo = scenarios::Scenario::builtin("demo").unwrap();
-    /// // get 9, put 1: the usual mix, then half and half (each type's half-share mix is that).
+    /// // get 9, put 1: the usual mix, then half and half (what either type taking half gives).
     /// assert_eq!(demo.mix_phases(), vec![vec![9.0, 1.0], vec![1.0, 1.0]]);
     /// ```
     pub fn mix_phases(&self) -> Vec<Vec<f64>> {

@@ -281,9 +281,9 @@ impl<'a> Engine<'a> {
         self
     }
 
-    /// The request mix in force at `t`.
-    fn mix_at(&self, t: f64) -> &WeightedIndex<f64> {
-        &self.mixes[scenarios::mix_phase(t as usize, self.mix_cycle_s, self.mixes.len())]
+    /// Which of `mixes` is in force at `t`.
+    fn mix_index(&self, t: f64) -> usize {
+        scenarios::mix_phase(t as usize, self.mix_cycle_s, self.mixes.len())
     }
 
     /// Requests that arrived and have not been answered.
@@ -318,7 +318,7 @@ impl<'a> Engine<'a> {
         while let Some(next) = traces::next_arrival(&self.rates, at, &mut rng) {
             at = next;
             count += u64::from(at >= t);
-            self.mix_at(at).sample(&mut rng);
+            self.mixes[self.mix_index(at)].sample(&mut rng);
             rng.next_u64();
         }
         Some(count)
@@ -412,9 +412,8 @@ impl<'a> Engine<'a> {
 
     /// A request leaves the client now (on behalf of `user`, or `NONE` for open loop).
     fn send(&mut self, user: u32) {
-        let mix = &self.mixes
-            [scenarios::mix_phase(self.now as usize, self.mix_cycle_s, self.mixes.len())];
-        let rtype = mix.sample(&mut self.arrivals_rng) as u16;
+        let mix = self.mix_index(self.now);
+        let rtype = self.mixes[mix].sample(&mut self.arrivals_rng) as u16;
         self.send_kind(user, rtype);
     }
 
