@@ -151,6 +151,11 @@ fn flows_need_closed_loop_users() {
     c.load = Load::Poisson;
     let e = LoadGen::new(c).unwrap_err().to_string();
     assert!(e.contains("--load users"), "{e}");
+    // Flows fix the order of the request types: a calibration load's mix cycle cannot apply.
+    let mut c = load(App::Train, "http://127.0.0.1:1", 1.0, 1, 1.0);
+    c.mix_cycle_s = 10;
+    let e = LoadGen::new(c).unwrap_err().to_string();
+    assert!(e.contains("a mix cycle cannot change their shares"), "{e}");
     // A template reading a value nothing captures is refused before anything is sent.
     let mut c = load(App::Train, "http://127.0.0.1:1", 1.0, 1, 1.0);
     c.mix[0].http.path = "/index.html?x={$nothing}".into();

@@ -275,12 +275,7 @@ fn captains_and_the_bandit_tower_run_the_demo_app_on_real_cgroups() {
     eprintln!("{}", fit.report());
     for (call, def) in &truth.file.calls {
         let true_ms = def.cpu.mean_ms();
-        let c = fit
-            .services
-            .iter()
-            .flat_map(|s| &s.calls)
-            .find(|c| &c.call == call)
-            .unwrap();
+        let c = fit.call(call).unwrap();
         assert!(
             (c.fitted_ms / true_ms - 1.0).abs() < 0.20,
             "{call}: fitted {:.2} ms, the app burns {true_ms:.2} ms (the demo scenario says {:.2})\n{}",

@@ -271,6 +271,22 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("only under open-loop arrivals"));
+        // A calibration load draws each request's type; a replayed log already has them.
+        let mut p = plan();
+        p.mix_cycle_s = 10;
+        assert!(p.validate().is_ok());
+        p.arrivals = Some(Arc::new(crate::arrivals::Arrivals {
+            names: vec!["get".into()],
+            t: vec![0.5, 1.5],
+            kind: vec![0, 0],
+        }));
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("a replayed request log already says the type of every request"));
+        p.mix_cycle_s = 0;
+        assert!(p.validate().is_ok());
     }
 
     #[test]

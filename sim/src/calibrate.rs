@@ -294,6 +294,14 @@ pub fn fit(topology: &Scenario, seconds: &[Second]) -> Result<Fit> {
 }
 
 impl Fit {
+    /// The fit of call definition `name`, whichever service it is on.
+    pub fn call(&self, name: &str) -> Option<&CallFit> {
+        self.services
+            .iter()
+            .flat_map(|s| &s.calls)
+            .find(|c| c.call == name)
+    }
+
     /// The topology's file with every fitted call's CPU scaled to its fitted mean and each
     /// service's background CPU set to the fitted one (at most its node's cores). A call
     /// the fit set to zero keeps a thousandth of its old cost (a scenario's CPU must be

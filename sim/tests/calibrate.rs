@@ -51,12 +51,7 @@ fn the_fit_recovers_costs_the_topology_did_not_know() {
     let fit = calibrate::fit(&topology, &seconds).unwrap();
     eprintln!("{}", fit.report());
     for (name, k) in factors {
-        let c = fit
-            .services
-            .iter()
-            .flat_map(|s| &s.calls)
-            .find(|c| c.call == name)
-            .unwrap();
+        let c = fit.call(name).unwrap();
         let truth = c.old_ms * k;
         // Every cost within three standard errors of the truth; the calls of every request
         // (get, check) within 5%; the put calls, a tenth of the requests, are told apart from
@@ -260,12 +255,7 @@ fn short_fit(cycle_s: usize, seed: u64) -> Vec<(&'static str, f64, f64)> {
     factors
         .iter()
         .map(|&(name, k)| {
-            let c = fit
-                .services
-                .iter()
-                .flat_map(|s| &s.calls)
-                .find(|c| c.call == name)
-                .unwrap();
+            let c = fit.call(name).unwrap();
             let truth = c.old_ms * k;
             (name, c.fitted_ms / truth, c.stderr_ms / truth)
         })
