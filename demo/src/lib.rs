@@ -21,7 +21,6 @@
 //! process (so inside its cgroup, spending its CFS quota) — concurrently with the calls
 //! (Go-like), or with every call held until it is done (JVM-like stop the world). A call of
 //! `parallelism` k burns its CPU on k threads at once.
-
 //!
 //! `live demo` runs it: one `live demo-service` process per service, each in its own cgroup.
 
