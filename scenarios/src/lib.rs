@@ -46,5 +46,5 @@ pub use model::{
 };
 pub use schema::{
     CallDef, FlowDef, HttpDef, InitStep, LiveDef, NodeDef, RequestDef, RuntimeDef, ScenarioFile,
-    ServiceDef,
+    Scheduler, ServiceDef,
 };

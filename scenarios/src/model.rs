@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use crate::{Dist, DistSpec, HttpDef, LiveDef, RuntimeDef, ScenarioError, ScenarioFile};
+use crate::{Dist, DistSpec, HttpDef, LiveDef, RuntimeDef, ScenarioError, ScenarioFile, Scheduler};
 
 /// The built-in scenarios.
 pub const BUILTIN: [&str; 4] = [
@@ -36,6 +36,8 @@ pub struct Scenario {
     pub constant_rps: Option<u32>,
     pub aggregate_rps: f64,
     pub nodes: Vec<(String, f64)>,
+    /// Per node: its CPUs if it is scheduled per CPU ([`Scheduler::PerCpu`]), else `None`.
+    pub node_cpus: Vec<Option<usize>>,
     pub services: Vec<Service>,
     pub requests: Vec<RequestType>,
     pub network_delay: Dist,
@@ -155,6 +157,8 @@ impl Runtime {
 
 /// Go's minimum heap goal, MB.
 const GO_MIN_HEAP_MB: f64 = 4.0;
+/// More CPUs than this on a node scheduled per CPU is a typo, not a machine.
+const MAX_CPUS: u32 = 1024;
 /// More collector threads than this is a typo, not a machine.
 const MAX_RUNTIME_THREADS: u32 = 1024;
 /// Calls split over more threads than this are refused (the simulator counts a call's
@@ -303,6 +307,11 @@ impl Scenario {
             constant_rps: f.constant_rps,
             aggregate_rps: f.aggregate_rps,
             nodes: f.nodes.iter().map(|n| (n.name.clone(), n.cores)).collect(),
+            node_cpus: f
+                .nodes
+                .iter()
+                .map(|n| (n.scheduler == Scheduler::PerCpu).then_some(n.cores as usize))
+                .collect(),
             services,
             requests,
             network_delay: f.network_delay.build(),
@@ -441,6 +450,17 @@ impl Check<'_> {
                 ));
             }
             self.positive(&format!("nodes[{i}].cores"), n.cores)?;
+            if n.scheduler == Scheduler::PerCpu
+                && !(n.cores.fract() == 0.0 && (1.0..=MAX_CPUS as f64).contains(&n.cores))
+            {
+                return Err(self.invalid(
+                    format!("nodes[{i}].cores"),
+                    format!(
+                        "{}: a node scheduled per CPU needs a whole number of CPUs, 1 to {MAX_CPUS}",
+                        n.cores
+                    ),
+                ));
+            }
             if let Some(a) = &n.agent {
                 let ok = a
                     .rsplit_once(':')

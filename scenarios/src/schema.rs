@@ -22,6 +22,7 @@ use crate::DistSpec;
 /// name = "node-1"
 /// cores = 8
 /// agent = "10.0.0.11:7070" # the node's live agent (live runs only)
+/// scheduler = "per-cpu"    # how runnable threads share the CPUs (default "processor-sharing")
 ///
 /// [[services]]
 /// name = "front"
@@ -109,6 +110,31 @@ pub struct NodeDef {
     /// Where this node's `live agent` listens (`host:port`), for live runs.
     #[serde(default)]
     pub agent: Option<String>,
+    /// How the node's CPUs are shared among runnable threads (default: processor sharing).
+    #[serde(default, skip_serializing_if = "Scheduler::is_default")]
+    pub scheduler: Scheduler,
+}
+
+/// How a node's CPUs are shared among its containers' runnable threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheduler {
+    /// `"processor-sharing"`: every runnable thread gets `cores / runnable` of a core, at
+    /// most one. Ideal sharing; close to the kernel's on a node that is seldom saturated.
+    #[default]
+    ProcessorSharing,
+    /// `"per-cpu"`: Linux's per-CPU run queues. A thread that becomes runnable goes to the CPU
+    /// with the fewest runnable threads and stays there until it stops; each CPU is shared
+    /// equally among its threads, so one CPU can idle while two threads share another. On a
+    /// saturated node this costs latency that processor sharing does not (measured on a
+    /// 2-CPU machine: docs/RESULTS.md). `cores` must be a whole number.
+    PerCpu,
+}
+
+impl Scheduler {
+    fn is_default(&self) -> bool {
+        *self == Scheduler::default()
+    }
 }
 
 /// A container whose CPU limit is managed.

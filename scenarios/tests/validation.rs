@@ -316,6 +316,18 @@ calls = [["a.x"]]"#,
             "bad.toml: nodes[0].cores: must be a positive number, got 0",
         ),
         (
+            r#"cores = 4"#,
+            r#"cores = 2.5
+scheduler = "per-cpu""#,
+            "bad.toml: nodes[0].cores: 2.5: a node scheduled per CPU needs a whole number of CPUs, 1 to 1024",
+        ),
+        (
+            r#"cores = 4"#,
+            r#"cores = 4
+scheduler = "fifo""#,
+            "bad.toml:7:13: nodes[0].scheduler: unknown variant `fifo`, expected `processor-sharing` or `per-cpu`",
+        ),
+        (
             r#"slo_ms = 50"#,
             r#"slo_ms = -1"#,
             "bad.toml: slo_ms: must be a positive number, got -1",

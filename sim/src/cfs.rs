@@ -3,7 +3,13 @@
 //! * Calls in service share the CPU by processor sharing, each getting at most one core (a call
 //!   is one thread), and at most `threads` calls are in service; the rest wait in FIFO order.
 //! * The node's cores are shared too: when the node's busy calls outnumber its cores, every call
-//!   on the node slows down to `cores / busy` of a core (the engine sets that [`rate`]).
+//!   on the node slows down to `cores / busy` of a core (the engine sets that [`rate`]). Or, on a
+//!   node scheduled per CPU ([`Container::with_cpus`], a scenario's `scheduler = "per-cpu"`),
+//!   as the kernel's per-CPU run queues do: a thread that becomes runnable goes to the CPU with
+//!   the fewest runnable threads and stays there until it stops, and each CPU is shared equally
+//!   among its threads, so a CPU can idle while two threads share another. Measured on this
+//!   machine's kernel (docs/RESULTS.md, "How the kernel shares two CPUs"), that costs the tail
+//!   what processor sharing does not.
 //! * Bandwidth control: every 100 ms period the container may use `limit * 100 ms` of CPU. Once
 //!   it is spent, every call stalls until the period ends and the period counts as throttled:
 //!   this burst-then-stall behaviour is why throttling predicts latency.
@@ -11,10 +17,11 @@
 //!   periods in which the container had work, `nr_throttled` those in which it ran out of quota,
 //!   `throttled_time` the stalled time, `usage` the CPU consumed.
 //!
-//! Between events every call in service progresses at the same rate, so the container keeps one
-//! virtual clock `v` (CPU-seconds each call in service has received) and a call finishes when
-//! `v` reaches its start value plus its demand: a min-heap on that finish value makes the next
-//! completion an O(1) look-up and each completion O(log n).
+//! Between events every call in service on one CPU (under processor sharing: on the node)
+//! progresses at the same rate, so the container keeps one virtual clock `v` per such [`Lane`]
+//! (CPU-seconds each of its calls has received) and a call finishes when its lane's `v` reaches
+//! its start value plus its demand: a min-heap on that finish value makes the next completion an
+//! O(1) look-up and each completion O(log n).
 //!
 //! * Garbage collection (optional, [`scenarios::Runtime`]): the calls' CPU allocates memory,
 //!   and every `trigger_cpu` core-seconds of it starts a collection of `work` core-seconds split
@@ -113,19 +120,29 @@ impl Counters {
     }
 }
 
+/// The container's segments in service that progress at one rate: all of them under processor
+/// sharing, those on one CPU under per-CPU scheduling.
+#[derive(Debug, Clone, Default)]
+struct Lane {
+    running: BinaryHeap<Running>,
+    /// Virtual time: CPU-seconds received by each segment in the lane.
+    v: f64,
+    /// Cores each segment in the lane gets now (0 while throttled).
+    rate: f64,
+    /// Calls among `running` (the rest are collector and background threads).
+    calls: usize,
+}
+
 /// One container (cgroup) on a node.
 #[derive(Debug, Clone)]
 pub struct Container {
     pub node: usize,
     threads: usize,
-    running: BinaryHeap<Running>,
+    /// One lane (processor sharing) or one per CPU of the node (per-CPU scheduling).
+    lanes: Vec<Lane>,
     waiting: VecDeque<Segment>,
-    /// Virtual time: CPU-seconds received by each call in service.
-    v: f64,
-    /// When `v` and the counters were last brought up to date.
+    /// When the lanes' `v` and the counters were last brought up to date.
     last: f64,
-    /// Cores each call in service gets now (0 while throttled).
-    rate: f64,
     limit: f64,
     quota_left: f64,
     /// What `quota_left` was when the period opened: the period's runtime.
@@ -138,7 +155,7 @@ pub struct Container {
     period_throttled: bool,
     counters: Counters,
     seq: u64,
-    /// Calls among `running` (the rest are collector threads).
+    /// Calls in service, over all lanes (what `threads` bounds).
     calls_running: usize,
     /// Boxed: most containers have none, and the hot loop walks containers.
     gc: Option<Box<Collector>>,
@@ -165,11 +182,12 @@ impl Container {
         Container {
             node,
             threads: threads.max(1) as usize,
-            running: BinaryHeap::new(),
+            lanes: vec![Lane {
+                rate: 1.0,
+                ..Lane::default()
+            }],
             waiting: VecDeque::new(),
-            v: 0.0,
             last: 0.0,
-            rate: 1.0,
             limit,
             quota_left: quota(limit),
             period_runtime: quota(limit),
@@ -208,19 +226,35 @@ impl Container {
         self
     }
 
-    /// The same container using `cores` of CPU whatever its requests: each period starts with
-    /// that much of a period's work, on one thread per core or part of one, beside the calls.
-    pub fn with_background(mut self, cores: f64) -> Self {
-        self.background = cores;
-        self.start_background();
+    /// The same container on a node scheduled per CPU, with `cpus` CPUs (call it first, on an
+    /// idle container): each segment runs on one CPU, chosen when it starts, and progresses at
+    /// `1 / n` of a core with `n` the runnable threads on that CPU. The `cpus` slice that the
+    /// `*_on` methods take holds those counts for the whole node; the engine keeps it, and sets
+    /// the rates from it ([`Container::set_cpu_rates`]).
+    pub fn with_cpus(mut self, cpus: usize) -> Self {
+        debug_assert!(cpus >= 1 && self.lanes.iter().all(|l| l.running.is_empty()));
+        self.lanes = vec![Lane::default(); cpus];
         self
     }
 
-    fn start_background(&mut self) {
+    /// The same container using `cores` of CPU whatever its requests: each period starts with
+    /// that much of a period's work, on one thread per core or part of one, beside the calls.
+    pub fn with_background(self, cores: f64) -> Self {
+        self.with_background_on(cores, &mut [])
+    }
+
+    /// [`with_background`](Self::with_background) on a node scheduled per CPU.
+    pub fn with_background_on(mut self, cores: f64, cpus: &mut [u32]) -> Self {
+        self.background = cores;
+        self.start_background(cpus);
+        self
+    }
+
+    fn start_background(&mut self, cpus: &mut [u32]) {
         if self.background > 0.0 {
             let threads = self.background.ceil();
             for _ in 0..threads as usize {
-                self.push(self.background * PERIOD / threads, BACKGROUND);
+                self.push(self.background * PERIOD / threads, BACKGROUND, cpus);
             }
             self.period_had_work = true;
         }
@@ -231,21 +265,30 @@ impl Container {
         self.gc.as_ref().map_or(0, |g| g.collections)
     }
 
-    /// Brings the virtual clock and the counters up to `now` at the current rate.
+    /// Brings the virtual clocks and the counters up to `now` at the current rates.
     #[inline]
     pub fn advance(&mut self, now: f64) {
         let dt = now - self.last;
-        if dt > 0.0 && self.rate > 0.0 && !self.running.is_empty() {
-            let per_call = self.rate * dt;
-            let used = per_call * self.running.len() as f64;
-            self.v += per_call;
-            self.counters.usage += used;
-            self.quota_left -= used;
-            if let Some(gc) = &mut self.gc {
-                gc.since_last += per_call * self.calls_running as f64;
+        if dt > 0.0 {
+            for lane in &mut self.lanes {
+                if lane.rate > 0.0 && !lane.running.is_empty() {
+                    let per_call = lane.rate * dt;
+                    let used = per_call * lane.running.len() as f64;
+                    lane.v += per_call;
+                    self.counters.usage += used;
+                    self.quota_left -= used;
+                    if let Some(gc) = &mut self.gc {
+                        gc.since_last += per_call * lane.calls as f64;
+                    }
+                }
             }
         }
         self.last = self.last.max(now);
+    }
+
+    /// Segments in service, runnable or not.
+    fn in_service(&self) -> usize {
+        self.lanes.iter().map(|l| l.running.len()).sum()
     }
 
     /// Calls that want the CPU now (0 while throttled): what the node's sharing counts.
@@ -254,38 +297,85 @@ impl Container {
         if self.throttled {
             0
         } else {
-            self.running.len()
+            self.in_service()
         }
     }
 
     /// Sets the per-call rate from the node's sharing (call [`advance`](Self::advance) first).
     #[inline]
     pub fn set_rate(&mut self, node_rate: f64) {
-        self.rate = if self.throttled { 0.0 } else { node_rate };
+        self.lanes[0].rate = if self.throttled { 0.0 } else { node_rate };
+    }
+
+    /// This container's runnable threads on CPU `k` (per-CPU scheduling): what the node's
+    /// counts must add up to.
+    pub fn runnable_on(&self, k: usize) -> u32 {
+        if self.throttled {
+            0
+        } else {
+            self.lanes.get(k).map_or(0, |l| l.running.len() as u32)
+        }
+    }
+
+    /// Sets each lane's rate from the runnable threads on its CPU (per-CPU scheduling; call
+    /// [`advance`](Self::advance) first).
+    pub fn set_cpu_rates(&mut self, cpus: &[u32]) {
+        for (lane, &n) in self.lanes.iter_mut().zip(cpus) {
+            lane.rate = if self.throttled || n == 0 {
+                0.0
+            } else {
+                1.0 / n as f64
+            };
+        }
     }
 
     /// Adds work (the container must be advanced to now).
     pub fn submit(&mut self, seg: Segment) {
+        self.submit_on(seg, &mut []);
+    }
+
+    /// [`submit`](Self::submit) on a node scheduled per CPU.
+    pub fn submit_on(&mut self, seg: Segment, cpus: &mut [u32]) {
         self.period_had_work = true;
         if self.calls_running < self.threads && !self.stopped() {
-            self.start(seg);
+            self.start(seg, cpus);
         } else {
             self.waiting.push_back(seg);
         }
     }
 
-    fn start(&mut self, seg: Segment) {
+    fn start(&mut self, seg: Segment, cpus: &mut [u32]) {
         self.calls_running += 1;
-        self.push(seg.work, seg.call);
+        let lane = self.push(seg.work, seg.call, cpus);
+        self.lanes[lane].calls += 1;
     }
 
-    fn push(&mut self, work: f64, call: u32) {
+    fn push(&mut self, work: f64, call: u32, cpus: &mut [u32]) -> usize {
         self.seq += 1;
-        self.running.push(Running {
-            finish_v: self.v + work,
-            seq: self.seq,
+        let seq = self.seq;
+        self.push_seq(work, seq, call, cpus)
+    }
+
+    /// Puts a segment in service on the CPU with the fewest runnable threads (the first such;
+    /// under processor sharing, the one lane); returns its lane.
+    fn push_seq(&mut self, work: f64, seq: u64, call: u32, cpus: &mut [u32]) -> usize {
+        let k = if cpus.is_empty() {
+            0
+        } else {
+            let k = (0..cpus.len()).min_by_key(|&k| cpus[k]).expect("a CPU");
+            // A throttled container's threads are off the run queues until it is refilled.
+            if !self.throttled {
+                cpus[k] += 1;
+            }
+            k
+        };
+        let lane = &mut self.lanes[k];
+        lane.running.push(Running {
+            finish_v: lane.v + work,
+            seq,
             call,
         });
+        k
     }
 
     /// A stop-the-world collection is running: no call may run.
@@ -297,18 +387,18 @@ impl Container {
 
     /// Starts the calls that wait, while threads are free.
     #[inline]
-    fn start_waiting(&mut self) {
+    fn start_waiting(&mut self, cpus: &mut [u32]) {
         while self.calls_running < self.threads && !self.stopped() {
             let Some(next) = self.waiting.pop_front() else {
                 break;
             };
-            self.start(next);
+            self.start(next, cpus);
         }
     }
 
     /// Starts a collection if the calls have allocated enough since the last one.
     #[inline]
-    fn maybe_collect(&mut self) {
+    fn maybe_collect(&mut self, cpus: &mut [u32]) {
         let Some(gc) = &mut self.gc else { return };
         if gc.active > 0 || gc.since_last < gc.runtime.trigger_cpu - EPS {
             return;
@@ -318,12 +408,18 @@ impl Container {
         gc.collections += 1;
         let threads = if rt.stop_the_world {
             // Every call stops where it is; it resumes with what it had left.
-            let v = self.v;
-            gc.frozen.extend(
-                self.running
-                    .drain()
-                    .map(|r| (r.finish_v - v, r.seq, r.call)),
-            );
+            for (k, lane) in self.lanes.iter_mut().enumerate() {
+                if !self.throttled && !cpus.is_empty() {
+                    cpus[k] -= lane.running.len() as u32;
+                }
+                let v = lane.v;
+                gc.frozen.extend(
+                    lane.running
+                        .drain()
+                        .map(|r| (r.finish_v - v, r.seq, r.call)),
+                );
+                lane.calls = 0;
+            }
             self.calls_running = 0;
             rt.threads as usize
         } else {
@@ -336,13 +432,13 @@ impl Container {
         gc.active = threads;
         let each = rt.work / threads as f64;
         for _ in 0..threads {
-            self.push(each, COLLECTOR);
+            self.push(each, COLLECTOR, cpus);
         }
         self.period_had_work = true;
     }
 
     /// One collector thread finished; the last one ends the collection.
-    fn collector_done(&mut self) {
+    fn collector_done(&mut self, cpus: &mut [u32]) {
         let gc = self
             .gc
             .as_mut()
@@ -352,61 +448,92 @@ impl Container {
             return;
         }
         if gc.runtime.stop_the_world {
-            // The heap orders by (finish, seq), so the order they go back in does not matter.
-            let v = self.v;
-            self.calls_running += gc.frozen.iter().filter(|f| f.2 != BACKGROUND).count();
-            self.running
-                .extend(gc.frozen.drain(..).map(|(left, seq, call)| Running {
-                    finish_v: v + left,
-                    seq,
-                    call,
-                }));
+            // The heaps order by (finish, seq), so the order they go back in does not matter
+            // under processor sharing; per CPU, each call takes the least loaded CPU in turn.
+            let frozen = std::mem::take(&mut gc.frozen);
+            for (left, seq, call) in frozen {
+                let lane = self.push_seq(left, seq, call, cpus);
+                if call != BACKGROUND {
+                    self.calls_running += 1;
+                    self.lanes[lane].calls += 1;
+                }
+            }
         }
-        self.start_waiting();
+        self.start_waiting(cpus);
     }
 
     /// After advancing to an event time: moves finished calls to `done` (starting waiting
     /// work in their place) and throttles the container if its quota is spent.
     pub fn take_due(&mut self, now: f64, done: &mut Vec<u32>) {
-        while let Some(top) = self.running.peek() {
-            if top.finish_v > self.v + EPS {
-                break;
+        self.take_due_on(now, done, &mut []);
+    }
+
+    /// [`take_due`](Self::take_due) on a node scheduled per CPU.
+    pub fn take_due_on(&mut self, now: f64, done: &mut Vec<u32>, cpus: &mut [u32]) {
+        for k in 0..self.lanes.len() {
+            loop {
+                let lane = &mut self.lanes[k];
+                let Some(top) = lane.running.peek() else {
+                    break;
+                };
+                if top.finish_v > lane.v + EPS {
+                    break;
+                }
+                let call = lane.running.pop().expect("peeked").call;
+                if !self.throttled && !cpus.is_empty() {
+                    cpus[k] -= 1;
+                }
+                if call == COLLECTOR {
+                    self.collector_done(cpus);
+                    continue;
+                }
+                if call == BACKGROUND {
+                    continue;
+                }
+                lane.calls -= 1;
+                self.calls_running -= 1;
+                done.push(call);
+                self.start_waiting(cpus);
             }
-            let call = self.running.pop().expect("peeked").call;
-            if call == COLLECTOR {
-                self.collector_done();
-                continue;
-            }
-            if call == BACKGROUND {
-                continue;
-            }
-            self.calls_running -= 1;
-            done.push(call);
-            self.start_waiting();
         }
-        self.maybe_collect();
-        if !self.throttled && self.quota_left <= EPS && !self.running.is_empty() {
+        self.maybe_collect(cpus);
+        if !self.throttled && self.quota_left <= EPS && self.in_service() > 0 {
             self.throttled = true;
             self.throttled_since = now;
             self.period_throttled = true;
-            self.rate = 0.0;
+            for (k, lane) in self.lanes.iter_mut().enumerate() {
+                lane.rate = 0.0;
+                if !cpus.is_empty() {
+                    cpus[k] -= lane.running.len() as u32;
+                }
+            }
         }
     }
 
     /// When this container next needs attention (a completion or running out of quota), if
     /// anything is progressing.
     pub fn next_event(&self) -> Option<f64> {
-        if self.rate <= 0.0 {
+        let mut finish = f64::INFINITY;
+        let mut spend = 0.0;
+        let mut alloc = 0.0;
+        for lane in &self.lanes {
+            if lane.rate <= 0.0 {
+                continue;
+            }
+            let Some(top) = lane.running.peek() else {
+                continue;
+            };
+            finish = finish.min(self.last + ((top.finish_v - lane.v).max(0.0) / lane.rate));
+            spend += lane.rate * lane.running.len() as f64;
+            alloc += lane.rate * lane.calls as f64;
+        }
+        if spend <= 0.0 {
             return None;
         }
-        let top = self.running.peek()?;
-        let finish = self.last + ((top.finish_v - self.v).max(0.0) / self.rate);
-        let spend = self.rate * self.running.len() as f64;
         let exhaust = self.last + self.quota_left.max(0.0) / spend;
         let mut next = finish.min(exhaust);
         if let Some(gc) = &self.gc {
             if gc.active == 0 && self.calls_running > 0 {
-                let alloc = self.rate * self.calls_running as f64;
                 let trigger = self.last + (gc.runtime.trigger_cpu - gc.since_last).max(0.0) / alloc;
                 next = next.min(trigger);
             }
@@ -437,6 +564,11 @@ impl Container {
     /// Starts a new period with a (possibly new) limit: refills the quota and unthrottles.
     /// With a burst, what the last period left over is kept, up to the burst.
     pub fn open_period(&mut self, limit: f64) {
+        self.open_period_on(limit, &mut []);
+    }
+
+    /// [`open_period`](Self::open_period) on a node scheduled per CPU.
+    pub fn open_period_on(&mut self, limit: f64, cpus: &mut [u32]) {
         let q = quota(limit);
         self.quota_left = if self.burst > 0.0 && limit.is_finite() && self.limit.is_finite() {
             (self.quota_left.max(0.0) + q).min(q * (1.0 + self.burst))
@@ -447,10 +579,16 @@ impl Container {
         };
         self.period_runtime = self.quota_left;
         self.limit = limit;
+        if self.throttled && !cpus.is_empty() {
+            // Back on the run queues of the CPUs they were on.
+            for (k, lane) in self.lanes.iter().enumerate() {
+                cpus[k] += lane.running.len() as u32;
+            }
+        }
         self.throttled = false;
         self.period_throttled = false;
-        self.period_had_work = !self.running.is_empty();
-        self.start_background();
+        self.period_had_work = self.in_service() > 0;
+        self.start_background(cpus);
     }
 
     pub fn counters(&self) -> Counters {
@@ -681,6 +819,87 @@ mod tests {
             work: 0.02,
         });
         assert!((c.next_event().unwrap() - 0.02).abs() < 1e-12);
+    }
+
+    /// Drives one container alone on a node of `cpus.len()` CPUs scheduled per CPU, without
+    /// a limit, to `until`: (completion time, call).
+    fn run_per_cpu(c: &mut Container, cpus: &mut [u32], until: f64) -> Vec<(f64, u32)> {
+        let mut out = Vec::new();
+        let mut done = Vec::new();
+        c.set_cpu_rates(cpus);
+        while let Some(now) = c.next_event().filter(|&t| t <= until) {
+            c.advance(now);
+            c.take_due_on(now, &mut done, cpus);
+            c.set_cpu_rates(cpus);
+            out.extend(done.drain(..).map(|x| (now, x)));
+        }
+        out
+    }
+
+    #[test]
+    fn per_cpu_threads_keep_their_cpu_while_another_idles() {
+        // Three 10-ms calls on two CPUs: the third shares the first one's CPU and they stay
+        // there, so the second CPU idles from 10 ms on and the pair ends at 20 ms. Processor
+        // sharing would give each two thirds of a core and end all three at 15 ms.
+        let calls = |c: &mut Container, cpus: &mut [u32]| {
+            for call in 1..=3 {
+                c.submit_on(Segment { call, work: 0.010 }, cpus);
+            }
+        };
+        let mut cpus = [0u32; 2];
+        let mut c = Container::new(0, 8, f64::INFINITY).with_cpus(2);
+        calls(&mut c, &mut cpus);
+        assert_eq!(cpus, [2, 1], "the least loaded CPU, the first on a tie");
+        let done = run_per_cpu(&mut c, &mut cpus, 1.0);
+        let at: Vec<(u32, f64)> = done.iter().map(|&(t, k)| (k, (t * 1e3).round())).collect();
+        assert_eq!(at, vec![(2, 10.0), (1, 20.0), (3, 20.0)]);
+        assert_eq!(cpus, [0, 0]);
+        assert!((c.counters().usage - 0.030).abs() < 1e-9);
+
+        let mut ps = Container::new(0, 8, f64::INFINITY);
+        calls(&mut ps, &mut []);
+        ps.set_rate(2.0 / 3.0);
+        assert!((ps.next_event().unwrap() - 0.015).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_stop_the_world_pause_puts_calls_back_on_the_cpus() {
+        // Two 20-ms calls on two CPUs; every 15 ms of call CPU a collection of 20 ms on two
+        // threads stops both calls; then they go on where they were, on their own CPUs.
+        let mut cpus = [0u32; 2];
+        let mut c = Container::new(0, 8, f64::INFINITY)
+            .with_cpus(2)
+            .with_runtime(Some(runtime(0.015, 0.020, 2, true)));
+        for call in 1..=2 {
+            c.submit_on(Segment { call, work: 0.020 }, &mut cpus);
+        }
+        let done = run_per_cpu(&mut c, &mut cpus, 1.0);
+        let at: Vec<f64> = done.iter().map(|&(t, _)| (t * 1e3).round()).collect();
+        // 7.5 ms of calls, 10 ms of collection, 7.5 ms of calls, 10 ms of collection, the
+        // calls' last 5 ms: 40 ms.
+        assert_eq!(at, vec![40.0, 40.0]);
+        assert_eq!(cpus, [0, 0]);
+        assert_eq!(c.collections(), 2);
+    }
+
+    #[test]
+    fn a_throttled_container_leaves_its_cpus_until_the_next_period() {
+        // Two calls on two CPUs under a 0.1-core quota: 10 ms of runtime, spent by 5 ms.
+        let mut cpus = [0u32; 2];
+        let mut c = Container::new(0, 8, 0.1).with_cpus(2);
+        for call in 1..=2 {
+            c.submit_on(Segment { call, work: 0.050 }, &mut cpus);
+        }
+        assert_eq!(cpus, [1, 1]);
+        assert!(run_per_cpu(&mut c, &mut cpus, 1.0).is_empty());
+        assert_eq!(cpus, [0, 0], "off the run queues while throttled");
+        assert!((c.counters().usage - 0.010).abs() < 1e-9);
+        c.advance(PERIOD);
+        c.close_period(PERIOD);
+        c.open_period_on(0.1, &mut cpus);
+        assert_eq!(cpus, [1, 1], "back on the CPUs they were on");
+        c.set_cpu_rates(&cpus);
+        assert!((c.next_event().unwrap() - (PERIOD + 0.005)).abs() < 1e-12);
     }
 
     fn runtime(trigger_cpu: f64, work: f64, threads: u32, stop_the_world: bool) -> Runtime {

@@ -116,6 +116,9 @@ pub struct Engine<'a> {
     node_busy: Vec<usize>,
     node_rate: Vec<f64>,
     node_members: Vec<Vec<u32>>,
+    /// Per node scheduled per CPU: the runnable threads on each of its CPUs (empty under
+    /// processor sharing).
+    node_cpus: Vec<Vec<u32>>,
     calls: Vec<Call>,
     free: Vec<u32>,
     events: BinaryHeap<Event>,
@@ -166,14 +169,22 @@ impl<'a> Engine<'a> {
         limits: &[f64],
         seed: u64,
     ) -> Self {
+        let mut node_cpus: Vec<Vec<u32>> = scenario
+            .node_cpus
+            .iter()
+            .map(|c| vec![0; c.unwrap_or(0)])
+            .collect();
         let containers: Vec<Container> = scenario
             .services
             .iter()
             .zip(limits)
             .map(|(s, &l)| {
-                Container::new(s.node, s.threads, l)
-                    .with_runtime(s.runtime)
-                    .with_background(s.background)
+                let mut c = Container::new(s.node, s.threads, l);
+                if let Some(cpus) = scenario.node_cpus[s.node] {
+                    c = c.with_cpus(cpus);
+                }
+                c.with_runtime(s.runtime)
+                    .with_background_on(s.background, &mut node_cpus[s.node])
             })
             .collect();
         let mut node_members = vec![Vec::new(); scenario.nodes.len()];
@@ -194,6 +205,7 @@ impl<'a> Engine<'a> {
             node_busy: vec![0; scenario.nodes.len()],
             node_rate: vec![1.0; scenario.nodes.len()],
             node_members,
+            node_cpus,
             calls: Vec::new(),
             free: Vec::new(),
             events: BinaryHeap::new(),
@@ -373,7 +385,7 @@ impl<'a> Engine<'a> {
             c.advance(now);
             c.close_period(now);
             let limit = limits(i, c.counters());
-            c.open_period(limit);
+            c.open_period_on(limit, &mut self.node_cpus[c.node]);
         }
         for node in 0..self.node_members.len() {
             self.refresh_node(node);
@@ -536,8 +548,9 @@ impl<'a> Engine<'a> {
         c.advance(self.now);
         let before = c.busy();
         let each = work / parts as f64;
+        let cpus = &mut self.node_cpus[c.node];
         for _ in 0..parts {
-            c.submit(Segment { call, work: each });
+            c.submit_on(Segment { call, work: each }, cpus);
         }
         self.touch(service, before);
     }
@@ -548,7 +561,7 @@ impl<'a> Engine<'a> {
         let container = &mut self.containers[c];
         container.advance(now);
         let before = container.busy();
-        container.take_due(now, &mut done);
+        container.take_due_on(now, &mut done, &mut self.node_cpus[container.node]);
         self.touch(c, before);
         for &call in &done {
             let k = &mut self.calls[call as usize];
@@ -661,6 +674,12 @@ impl<'a> Engine<'a> {
     /// keeps the node's sharing right and reschedules what needs it.
     fn touch(&mut self, c: usize, before: usize) {
         let node = self.containers[c].node;
+        if !self.node_cpus[node].is_empty() {
+            // Per CPU: any change may have moved a CPU's count (cheap on the small nodes
+            // this is for).
+            self.refresh_node(node);
+            return;
+        }
         let busy = self.node_busy[node] + self.containers[c].busy() - before;
         self.node_busy[node] = busy;
         let rate = node_rate(self.node_cores[node], busy);
@@ -677,6 +696,23 @@ impl<'a> Engine<'a> {
         let now = self.now;
         for &m in &self.node_members[node] {
             self.containers[m as usize].advance(now);
+        }
+        if !self.node_cpus[node].is_empty() {
+            debug_assert!(
+                (0..self.node_cpus[node].len()).all(|k| self.node_cpus[node][k]
+                    == self.node_members[node]
+                        .iter()
+                        .map(|&m| self.containers[m as usize].runnable_on(k))
+                        .sum::<u32>()),
+                "node {node}'s per-CPU counts drifted from its containers'"
+            );
+            let members = std::mem::take(&mut self.node_members[node]);
+            for &m in &members {
+                self.containers[m as usize].set_cpu_rates(&self.node_cpus[node]);
+                self.schedule(m as usize);
+            }
+            self.node_members[node] = members;
+            return;
         }
         let busy: usize = self.node_members[node]
             .iter()
