@@ -20,7 +20,9 @@
 //! collection burns `work` core-seconds on several OS threads at once inside the service's
 //! process (so inside its cgroup, spending its CFS quota) — concurrently with the calls
 //! (Go-like), or with every call held until it is done (JVM-like stop the world). A call of
-//! `parallelism` k burns its CPU on k threads at once.
+//! `parallelism` k burns its CPU on k threads at once. As in the model, at most the service's
+//! `threads` burn call CPU at once; the rest wait for a worker in order of arrival (collector
+//! threads do not wait).
 //!
 //! `live demo` runs it: one `live demo-service` process per service, each in its own cgroup.
 
@@ -97,6 +99,9 @@ pub struct Service {
     peers: Vec<SocketAddr>,
     client: HttpClient,
     collector: Arc<Collector>,
+    /// The service's worker threads (the scenario's `threads`): a call's CPU waits for one,
+    /// in order of arrival, as the model's calls queue for theirs.
+    workers: Arc<tokio::sync::Semaphore>,
 }
 
 /// A real garbage collector's CPU pattern, driven by the request CPU the service burns.
@@ -237,6 +242,9 @@ impl Service {
             peers,
             client: Client::builder(TokioExecutor::new()).build_http(),
             collector: Arc::new(Collector::new(scenario.services[index].runtime)),
+            workers: Arc::new(tokio::sync::Semaphore::new(
+                scenario.services[index].threads as usize,
+            )),
             scenario,
         })
     }
@@ -252,16 +260,23 @@ impl Service {
             return;
         }
         let k = parallelism.max(1) as usize;
-        let parts: Vec<_> = (0..k)
-            .map(|_| {
-                let gc = self.collector.clone();
-                tokio::task::spawn_blocking(move || {
-                    gc.busy.fetch_add(1, Ordering::SeqCst);
-                    spin(seconds / k as f64, Some(&gc));
-                    gc.busy.fetch_sub(1, Ordering::SeqCst);
-                })
-            })
-            .collect();
+        let mut parts = Vec::with_capacity(k);
+        for _ in 0..k {
+            // Tokio's semaphore is fair: the first to ask gets the next free worker.
+            let worker = self
+                .workers
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let gc = self.collector.clone();
+            parts.push(tokio::task::spawn_blocking(move || {
+                let _worker = worker;
+                gc.busy.fetch_add(1, Ordering::SeqCst);
+                spin(seconds / k as f64, Some(&gc));
+                gc.busy.fetch_sub(1, Ordering::SeqCst);
+            }));
+        }
         for p in parts {
             let _ = p.await;
         }

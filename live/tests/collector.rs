@@ -26,8 +26,9 @@ const SECONDS: usize = 30;
 /// The quota of the service, cores.
 const LIMIT: f64 = 0.4;
 
-/// One service on the 2-core machine: 5 ms of CPU per request, and optionally a Go-like
-/// collector: every 100 ms of request CPU, 40 ms of marking on 4 threads.
+/// One service on the 2-core machine (scheduled per CPU, as this machine's kernel does): 5 ms
+/// of CPU per request, and optionally a Go-like collector: every 100 ms of request CPU, 40 ms
+/// of marking on 4 threads.
 fn scenario(collector: bool) -> String {
     let runtime = if collector {
         r#"runtime = { kind = "go", alloc_mb_per_cpu_s = 100, live_heap_mb = 10, mark_ms_per_mb = 4, gomaxprocs = 4 }"#
@@ -43,6 +44,7 @@ initial_limit = {LIMIT}
 [[nodes]]
 name = "local"
 cores = 2
+scheduler = "per-cpu"
 [[services]]
 name = "svc"
 node = "local"

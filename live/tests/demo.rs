@@ -193,3 +193,70 @@ async fn train_ticket_flows_run_against_the_demo() {
         t.abort();
     }
 }
+
+/// One service whose calls burn `ms` of CPU on at most `threads` workers.
+fn workers_scenario(threads: u32, ms: f64) -> Arc<Scenario> {
+    let text = format!(
+        r#"
+name = "workers"
+slo_ms = 1000
+[[nodes]]
+name = "local"
+cores = 2
+[[services]]
+name = "svc"
+node = "local"
+threads = {threads}
+[[requests]]
+name = "get"
+weight = 1
+call = "svc.get"
+http = {{ method = "GET", path = "/get" }}
+[calls."svc.get"]
+service = "svc"
+cpu = {{ kind = "const", ms = {ms} }}
+"#
+    );
+    Arc::new(Scenario::parse("workers.toml", &text).unwrap())
+}
+
+/// When two calls sent at once are answered, ms after sending.
+async fn two_at_once(scenario: &Arc<Scenario>) -> (f64, f64) {
+    let (peers, tasks) = start(scenario).await;
+    let url = format!("http://{}/get", peers["svc"]);
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let start = std::time::Instant::now();
+    let one = || {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move {
+            let resp = client
+                .request(Request::get(url).body(Full::default()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 200);
+            start.elapsed().as_secs_f64() * 1e3
+        })
+    };
+    let (a, b) = (one(), one());
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    for t in tasks {
+        t.abort();
+    }
+    (a.min(b), a.max(b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_wait_for_one_of_the_services_threads_as_in_the_model() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // Two 60-ms calls at once on a 2-CPU machine: with one worker thread the second waits
+    // for the first (about 60 and 120 ms), with two they run side by side (both about 60).
+    let (first, second) = two_at_once(&workers_scenario(1, 60.0)).await;
+    eprintln!("one worker: answered after {first:.1} and {second:.1} ms");
+    assert!(
+        first < 100.0 && second > 110.0,
+        "one worker: {first:.1} and {second:.1} ms"
+    );
+    let (first, second) = two_at_once(&workers_scenario(2, 60.0)).await;
+    eprintln!("two workers: answered after {first:.1} and {second:.1} ms");
+    assert!(second < 105.0, "two workers: {first:.1} and {second:.1} ms");
+}
