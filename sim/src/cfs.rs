@@ -18,7 +18,7 @@
 //!   `throttled_time` the stalled time, `usage` the CPU consumed.
 //!
 //! Between events every call in service on one CPU (under processor sharing: on the node)
-//! progresses at the same rate, so the container keeps one virtual clock `v` per such [`Lane`]
+//! progresses at the same rate, so the container keeps one virtual clock `v` per such lane
 //! (CPU-seconds each of its calls has received) and a call finishes when its lane's `v` reaches
 //! its start value plus its demand: a min-heap on that finish value makes the next completion an
 //! O(1) look-up and each completion O(log n).

@@ -422,12 +422,17 @@ fn calibrate_writes_a_scenario_that_loads_and_refuses_what_it_cannot_fit() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The fitted scenario is a scenario.
+    // The fitted scenario is a scenario, on the topology's node, scheduled as it is.
     let check = sim(&["scenario", fitted.to_str().unwrap()], None);
     assert!(
         check.status.success(),
         "{}",
         String::from_utf8_lossy(&check.stderr)
+    );
+    let listing = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        listing.contains("scheduled per CPU: local (2 CPUs)"),
+        "{listing}"
     );
     fails_with(&args, None, "exists (pass --force");
     // The record of one app does not fit another's topology.

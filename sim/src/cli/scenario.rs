@@ -29,6 +29,15 @@ pub fn cmd(name: &str, placement: bool) -> Result<()> {
         s.slo_ms,
         s.multiplier
     )?;
+    let per_cpu: Vec<String> = s
+        .nodes
+        .iter()
+        .zip(&s.node_cpus)
+        .filter_map(|((name, _), cpus)| cpus.map(|n| format!("{name} ({n} CPUs)")))
+        .collect();
+    if !per_cpu.is_empty() {
+        writeln!(out, "scheduled per CPU: {}", per_cpu.join(", "))?;
+    }
     writeln!(
         out,
         "CPU per request on the mix: {:.2} ms of request CPU (collectors not included)",
