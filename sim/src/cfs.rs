@@ -133,8 +133,10 @@ struct Lane {
     calls: usize,
 }
 
-/// A container's lanes: the first kept inline, as it is the only one under processor sharing
-/// (the common case, and the hot loop's: a lane behind a pointer costs it about 8%).
+/// A container's lanes: the first kept inline, as it is the only one under processor sharing,
+/// the common case (with it inline and the one-lane paths of `next_event` and `take_due_on`,
+/// processor-sharing runs are as fast as before there were lanes; looping over a `Vec` of
+/// lanes everywhere cost them 8-10%).
 #[derive(Debug, Clone)]
 struct Lanes {
     first: Lane,
