@@ -174,6 +174,21 @@ impl Lanes {
     fn iter_mut(&mut self) -> impl Iterator<Item = &mut Lane> {
         std::iter::once(&mut self.first).chain(self.rest.iter_mut())
     }
+
+    /// Takes the lanes' threads off the node's per-CPU counts (they stay in their lanes, to
+    /// come back to the same CPUs). Nothing to do under processor sharing (`cpus` empty).
+    fn leave_cpus(&self, cpus: &mut [u32]) {
+        for (n, lane) in cpus.iter_mut().zip(self.iter()) {
+            *n -= lane.running.len() as u32;
+        }
+    }
+
+    /// Puts the lanes' threads back on the per-CPU counts of the CPUs they were on.
+    fn rejoin_cpus(&self, cpus: &mut [u32]) {
+        for (n, lane) in cpus.iter_mut().zip(self.iter()) {
+            *n += lane.running.len() as u32;
+        }
+    }
 }
 
 impl std::ops::Index<usize> for Lanes {
@@ -331,8 +346,7 @@ impl Container {
     pub fn advance(&mut self, now: f64) {
         let dt = now - self.last;
         if dt > 0.0 {
-            let lanes = std::iter::once(&mut self.lanes.first).chain(self.lanes.rest.iter_mut());
-            for lane in lanes {
+            for lane in self.lanes.iter_mut() {
                 if lane.rate > 0.0 && !lane.running.is_empty() {
                     let per_call = lane.rate * dt;
                     let used = per_call * lane.running.len() as f64;
@@ -470,10 +484,10 @@ impl Container {
         gc.collections += 1;
         let threads = if rt.stop_the_world {
             // Every call stops where it is; it resumes with what it had left.
-            for (k, lane) in self.lanes.iter_mut().enumerate() {
-                if !self.throttled && !cpus.is_empty() {
-                    cpus[k] -= lane.running.len() as u32;
-                }
+            if !self.throttled {
+                self.lanes.leave_cpus(cpus);
+            }
+            for lane in self.lanes.iter_mut() {
                 let v = lane.v;
                 gc.frozen.extend(
                     lane.running
@@ -542,11 +556,9 @@ impl Container {
             self.throttled = true;
             self.throttled_since = now;
             self.period_throttled = true;
-            for (k, lane) in self.lanes.iter_mut().enumerate() {
+            self.lanes.leave_cpus(cpus);
+            for lane in self.lanes.iter_mut() {
                 lane.rate = 0.0;
-                if !cpus.is_empty() {
-                    cpus[k] -= lane.running.len() as u32;
-                }
             }
         }
     }
@@ -676,11 +688,8 @@ impl Container {
         };
         self.period_runtime = self.quota_left;
         self.limit = limit;
-        if self.throttled && !cpus.is_empty() {
-            // Back on the run queues of the CPUs they were on.
-            for (k, lane) in self.lanes.iter().enumerate() {
-                cpus[k] += lane.running.len() as u32;
-            }
+        if self.throttled {
+            self.lanes.rejoin_cpus(cpus);
         }
         self.throttled = false;
         self.period_throttled = false;
