@@ -805,6 +805,56 @@ pub fn fit_variability(
     Ok((fits, with_variability(file, &topology, &factor)))
 }
 
+/// Everything `sim calibrate` fits, in the order it fits it.
+#[derive(Debug, Clone)]
+pub struct Calibration {
+    /// Every call's CPU and each service's background CPU.
+    pub costs: Fit,
+    /// The network delay per hop (ms) fitted with the topology's variability; `None` when the
+    /// CPU alone already makes the median as slow as measured (the topology's delay is kept).
+    pub delay_ms: Option<f64>,
+    /// Each service's calls' variability, when it was fitted.
+    pub variability: Option<Vec<VariabilityFit>>,
+    /// The delay again with the fitted variability (a log-normal's median falls as its cv
+    /// grows at the same mean).
+    pub delay_after_variability_ms: Option<f64>,
+    /// The topology's file with everything fitted written in.
+    pub file: ScenarioFile,
+}
+
+/// Fits `topology`'s costs to `records`, then the network delay per hop, then (with `work`, a
+/// scratch directory for [`fit_variability`]'s re-simulations) each service's calls'
+/// variability and the delay once more: the whole of `sim calibrate`.
+pub fn calibrate(
+    topology: &Scenario,
+    records: &[Record],
+    work: Option<&std::path::Path>,
+) -> Result<Calibration> {
+    let costs = fit(topology, &observations(topology, records)?)?;
+    let mut file = costs.apply(&topology.file);
+    let delay_ms = fit_network_delay(&file, records)?;
+    if let Some(ms) = delay_ms {
+        file.network_delay = DistSpec::Const { ms };
+    }
+    let (mut variability, mut delay_after_variability_ms) = (None, None);
+    if let Some(work) = work {
+        let (fits, varied) = fit_variability(&file, records, work)?;
+        variability = Some(fits);
+        file = varied;
+        delay_after_variability_ms = fit_network_delay(&file, records)?;
+        if let Some(ms) = delay_after_variability_ms {
+            file.network_delay = DistSpec::Const { ms };
+        }
+    }
+    Ok(Calibration {
+        costs,
+        delay_ms,
+        variability,
+        delay_after_variability_ms,
+        file,
+    })
+}
+
 /// A plain-text report of [`fit_variability`].
 pub fn variability_report(fits: &[VariabilityFit]) -> String {
     let mut s = format!(

@@ -56,36 +56,33 @@ pub fn cmd(a: CalibrateArgs) -> Result<()> {
         .iter()
         .map(|d| Record::read(d).with_context(|| format!("--record {}", d.display())))
         .collect::<Result<Vec<_>>>()?;
-    let seconds = calibrate::observations(&topology, &records)?;
-    let fit = calibrate::fit(&topology, &seconds)?;
-    print!("{}", fit.report());
-    let mut file = fit.apply(&topology.file);
-    match calibrate::fit_network_delay(&file, &records)? {
-        Some(ms) => {
-            println!(
-                "network delay per hop: {ms:.2} ms (was {:.2} ms in {}): the re-simulated median latency matches the measured one",
-                topology.file.network_delay.mean_ms(),
-                topology.source
-            );
-            file.network_delay = scenarios::DistSpec::Const { ms };
-        }
+    let c = calibrate::calibrate(
+        &topology,
+        &records,
+        (!a.keep_variability)
+            .then(|| resim_dir.join("search"))
+            .as_deref(),
+    )?;
+    print!("{}", c.costs.report());
+    match c.delay_ms {
+        Some(ms) => println!(
+            "network delay per hop: {ms:.2} ms (was {:.2} ms in {}): the re-simulated median latency matches the measured one",
+            topology.file.network_delay.mean_ms(),
+            topology.source
+        ),
         None => println!(
             "network delay per hop: kept at {:.2} ms (the CPU alone already gives a median as slow as measured)",
             topology.file.network_delay.mean_ms()
         ),
     }
-    if !a.keep_variability {
-        let (fits, varied) =
-            calibrate::fit_variability(&file, &records, &resim_dir.join("search"))?;
+    if let Some(fits) = &c.variability {
         println!("variability: each service's calls' cv, as a factor on the topology's");
-        print!("{}", calibrate::variability_report(&fits));
-        file = varied;
-        // A log-normal's median falls as its cv grows at the same mean: the delay again.
-        if let Some(ms) = calibrate::fit_network_delay(&file, &records)? {
+        print!("{}", calibrate::variability_report(fits));
+        if let Some(ms) = c.delay_after_variability_ms {
             println!("network delay per hop, with the fitted variability: {ms:.2} ms");
-            file.network_delay = scenarios::DistSpec::Const { ms };
         }
     }
+    let file = c.file;
     // What the fitted model says about each record, beside what was measured; the
     // re-simulations are kept as records.
     let fitted = Scenario::compile(&topology.source, file.clone())?;
