@@ -331,6 +331,85 @@ fn bad_burst_and_tower_options_are_refused() {
     );
 }
 
+#[test]
+fn a_sweep_with_an_slo_margin_judges_every_run_against_the_lower_slo() {
+    fails_with(
+        &["sweep", "--slo-margin", "0.6", "--duration", "5"],
+        None,
+        "the SLO margin must be between 0 and 0.5",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = |margin: &str, out: &str| -> Vec<Vec<String>> {
+        let out = dir.path().join(out);
+        let done = sim(
+            &[
+                "sweep",
+                "--scenario",
+                "demo",
+                "--trace",
+                "constant",
+                "--duration",
+                "30",
+                "--ramp",
+                "5",
+                "--scalers",
+                "k8s-cpu-fast",
+                "--full-grid",
+                "--full-runs",
+                "--slo-margin",
+                margin,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            None,
+        );
+        assert!(
+            done.status.success(),
+            "{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        std::fs::read_to_string(out.join("results.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.split(',').map(String::from).collect())
+            .collect()
+    };
+    let (plain, judged) = (sweep("0", "plain"), sweep("0.5", "judged"));
+    let col = |rows: &[Vec<String>], name: &str| -> Vec<String> {
+        let i = rows[0].iter().position(|h| h == name).unwrap();
+        rows[1..].iter().map(|r| r[i].clone()).collect()
+    };
+    // The demo's SLO is 80 ms: judged against 40. The same runs (a fixed target's run does not
+    // depend on the SLO), each verdict taken against its own SLO.
+    assert!(col(&plain, "slo_ms")
+        .iter()
+        .all(|v| v.parse::<f64>().unwrap() == 80.0));
+    assert!(col(&judged, "slo_ms")
+        .iter()
+        .all(|v| v.parse::<f64>().unwrap() == 40.0));
+    assert_eq!(col(&plain, "allocation"), col(&judged, "allocation"));
+    let p99: Vec<f64> = col(&plain, "p99_ms")
+        .iter()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let met = |rows: &[Vec<String>]| -> Vec<bool> {
+        col(rows, "slo_met").iter().map(|v| v == "true").collect()
+    };
+    assert_eq!(
+        met(&plain),
+        p99.iter().map(|&p| p <= 80.0).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        met(&judged),
+        p99.iter().map(|&p| p <= 40.0).collect::<Vec<_>>()
+    );
+    assert_ne!(
+        met(&plain),
+        met(&judged),
+        "the grid must straddle 40-80 ms: {p99:?}"
+    );
+}
+
 /// `sim run` of the demo without a ramp into `out`, with `args`; it must succeed.
 fn demo_run(out: &std::path::Path, args: &[&str]) {
     let mut all = vec![

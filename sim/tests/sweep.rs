@@ -62,6 +62,7 @@ fn settings(dir: &std::path::Path, jobs: usize) -> Settings {
         resume: true,
         burst: 0.5,
         stop_missed: false,
+        draws: 1,
     }
 }
 
@@ -364,4 +365,52 @@ fn burst_baselines_are_also_tried_just_below_full_utilisation() {
     assert_eq!(top(Contender::K8sCpuBurst), 0.95);
     assert_eq!(top(Contender::K8sCpuFastBurst), 0.95);
     assert_eq!(sweep::grid(Contender::K8sCpuFastBurst).len(), 10);
+}
+
+/// With several draws per grid target, each target runs once per seed, the first draw is the
+/// single-draw sweep's run, a descending search stops at the first target most draws meet, and
+/// the best is judged on the draws' mean allocation and median P99.
+#[test]
+fn draws_judge_each_target_on_most_of_its_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let grid = &units()[4..5]; // K8s-CPU-Fast on diurnal, from 0.9 down
+    let mut one = settings(dir.path().join("one").as_path(), 2);
+    one.load = traces::Load::Poisson;
+    let single = sweep::execute(grid, &one, &|_| {}).unwrap();
+    let mut three = one.clone();
+    three.out = dir.path().join("three");
+    three.draws = 3;
+    let rows = sweep::execute(grid, &three, &|_| {}).unwrap();
+    let draws = sweep::settings_of(rows.iter());
+    assert!(
+        draws.len() >= 2,
+        "the search goes past its first target: {rows:?}"
+    );
+    for d in &draws {
+        let seeds: Vec<u64> = d.rows.iter().map(|r| r.seed).collect();
+        assert_eq!(seeds, vec![3, 4, 5]);
+        let first = single.iter().find(|r| r.target1 == d.rows[0].target1);
+        if let Some(first) = first {
+            assert_eq!(
+                first.allocation, d.rows[0].allocation,
+                "the first draw is the run"
+            );
+            assert_eq!(first.p99_ms, d.rows[0].p99_ms);
+        }
+        let mean = d.rows.iter().map(|r| r.allocation).sum::<f64>() / 3.0;
+        assert!((d.allocation - mean).abs() < 1e-12);
+        let mut p99: Vec<f64> = d.rows.iter().map(|r| r.p99_ms).collect();
+        p99.sort_by(f64::total_cmp);
+        if d.rows.iter().all(|r| r.stopped_s.is_none()) {
+            assert_eq!(d.p99_ms, p99[1], "the median");
+        }
+        assert_eq!(d.met, d.rows.iter().filter(|r| r.slo_met).count() >= 2);
+    }
+    // Every target but the last missed on most draws; the last met on most.
+    let (last, before) = draws.split_last().unwrap();
+    assert!(last.met && before.iter().all(|d| !d.met));
+    let best = &sweep::best(&rows)[0];
+    assert_eq!(best.target1.as_deref(), Some(last.rows[0].target1.as_str()));
+    assert_eq!(best.allocation, Some(last.allocation));
+    assert_eq!(best.p99_ms, Some(last.p99_ms));
 }

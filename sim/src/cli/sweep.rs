@@ -55,6 +55,11 @@ pub struct ManyArgs {
     /// full.
     #[arg(long)]
     pub full_runs: bool,
+    /// Run each grid target N times, the arrivals drawn from seeds SEED, SEED+1, ...: a target
+    /// meets the SLO when most of its draws do, and the best setting is judged on their mean
+    /// allocation and median P99. For short workloads, where one run's P99 depends on its draw.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub draws: usize,
 }
 
 impl ManyArgs {
@@ -64,6 +69,9 @@ impl ManyArgs {
             .unwrap_or(default_load)
             .with_think(self.think_time)
             .map_err(|e| anyhow::anyhow!("--think-time: {e}"))?;
+        if self.draws == 0 {
+            bail!("--draws must be at least 1");
+        }
         if !(self.burst_fraction > 0.0 && self.burst_fraction <= 1.0) {
             bail!(
                 "--burst-fraction must be above 0 and at most 1 (the kernel refuses a burst above the quota), got {}",
@@ -82,6 +90,7 @@ impl ManyArgs {
             services_csv: self.services,
             resume: !self.no_resume,
             stop_missed: !self.full_runs && load == Load::Poisson,
+            draws: self.draws,
         })
     }
 
@@ -130,6 +139,12 @@ pub struct SweepArgs {
     /// as the target falls, without the runs below it.
     #[arg(long)]
     pub full_grid: bool,
+    /// Judge every run against the SLO less this fraction of it (0 to 0.5): a run meets the
+    /// SLO only with a P99 of at most (1 - F) x the scenario's slo_ms, so that the targets
+    /// recommended leave room for what the model does not capture. On the live demo the
+    /// model's P99 ran up to 12% below the real one (docs/RESULTS.md); 0.1 covers most of that.
+    #[arg(long, default_value_t = 0.0, value_name = "F")]
+    pub slo_margin: f64,
     #[command(flatten)]
     pub many: ManyArgs,
     /// Output directory: results.csv, best.csv and the run records.
@@ -147,7 +162,18 @@ pub fn grid_for(c: Contender, descending: bool) -> Vec<Targets> {
 }
 
 pub fn cmd(a: SweepArgs) -> Result<()> {
-    let app = Arc::new(Scenario::load(&a.scenario)?);
+    let app = Scenario::load(&a.scenario)?;
+    let app = Arc::new(if a.slo_margin == 0.0 {
+        app
+    } else {
+        let slo = app.slo_ms;
+        let judged = sweep::with_slo_margin(&app, a.slo_margin)?;
+        eprintln!(
+            "every run is judged against an SLO of {:.1} ms: {slo} ms less a margin of {}",
+            judged.slo_ms, a.slo_margin
+        );
+        judged
+    });
     let workload = Workload {
         name: workload_name(&a.trace),
         trace: a.many.trim(app.workload(&a.trace)?)?,
