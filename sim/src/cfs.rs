@@ -14,8 +14,9 @@
 //!   it is spent, every call stalls until the period ends and the period counts as throttled:
 //!   this burst-then-stall behaviour is why throttling predicts latency.
 //! * Counters are kept exactly as `cpu.stat` / `cpuacct.usage` report them: `nr_periods` counts
-//!   periods in which the container had work, `nr_throttled` those in which it ran out of quota,
-//!   `throttled_time` the stalled time, `usage` the CPU consumed.
+//!   periods in which the container had work (per CPU also the idle one after work, which the
+//!   kernel's period timer counts before it stops), `nr_throttled` those in which it ran out of
+//!   quota, `throttled_time` the stalled time, `usage` the CPU consumed.
 //!
 //! Between events every call in service on one CPU (under processor sharing: on the node)
 //! progresses at the same rate, so the container keeps one virtual clock `v` per such lane
@@ -231,6 +232,10 @@ pub struct Container {
     throttled: bool,
     throttled_since: f64,
     period_had_work: bool,
+    /// Per CPU ([`Container::with_cpus`]), `nr_periods` counts as the kernel's period timer
+    /// does: it runs on through one idle period after the last work, and counts it.
+    timer_counts_idle_period: bool,
+    last_period_had_work: bool,
     period_throttled: bool,
     counters: Counters,
     seq: u64,
@@ -271,6 +276,8 @@ impl Container {
             throttled: false,
             throttled_since: 0.0,
             period_had_work: false,
+            timer_counts_idle_period: false,
+            last_period_had_work: false,
             period_throttled: false,
             counters: Counters::default(),
             seq: 0,
@@ -307,9 +314,12 @@ impl Container {
     /// `1 / n` of a core with `n` the runnable threads on that CPU. The `cpus` slice that the
     /// `*_on` methods take holds those counts for the whole node; the engine keeps it, and sets
     /// the rates from it ([`Container::set_cpu_rates`]).
+    ///
+    /// Its `nr_periods` then also counts the idle period after work, as the kernel's does.
     pub fn with_cpus(mut self, cpus: usize) -> Self {
         debug_assert!(cpus >= 1 && self.lanes.iter().all(|l| l.running.is_empty()));
         self.lanes = Lanes::new(cpus, 0.0);
+        self.timer_counts_idle_period = true;
         self
     }
 
@@ -655,9 +665,12 @@ impl Container {
         if self.throttled {
             self.counters.throttled_time += now - self.throttled_since;
         }
-        if self.period_had_work {
+        // `do_sched_cfs_period_timer` counts every run of the timer, and the timer stops only
+        // at the end of a period without work: that idle period is counted too.
+        if self.period_had_work || (self.timer_counts_idle_period && self.last_period_had_work) {
             self.counters.nr_periods += 1;
         }
+        self.last_period_had_work = self.period_had_work;
         if self.period_throttled {
             self.counters.nr_throttled += 1;
         }
@@ -1006,6 +1019,35 @@ mod tests {
         assert_eq!(cpus, [1, 1], "back on the CPUs they were on");
         c.set_cpu_rates(&cpus);
         assert!((c.next_event().unwrap() - (PERIOD + 0.005)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn per_cpu_the_idle_period_after_work_is_counted_as_the_kernels_timer_counts_it() {
+        let mut cpus = [0u32; 2];
+        let mut c = Container::new(0, 8, 0.1).with_cpus(2);
+        c.submit_on(
+            Segment {
+                call: 1,
+                work: 0.005,
+            },
+            &mut cpus,
+        );
+        assert_eq!(run_per_cpu(&mut c, &mut cpus, PERIOD).len(), 1);
+        for k in 1..=3 {
+            c.advance(k as f64 * PERIOD);
+            c.close_period(k as f64 * PERIOD);
+            c.open_period_on(0.1, &mut cpus);
+        }
+        // Work in the first period only: it and the idle one after it.
+        assert_eq!(c.counters().nr_periods, 2);
+
+        let mut ps = Container::new(0, 8, 0.1);
+        ps.submit(Segment {
+            call: 1,
+            work: 0.005,
+        });
+        run(&mut ps, 0.0, 3.0 * PERIOD, 0.1);
+        assert_eq!(ps.counters().nr_periods, 1);
     }
 
     fn runtime(trigger_cpu: f64, work: f64, threads: u32, stop_the_world: bool) -> Runtime {
