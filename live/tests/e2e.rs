@@ -270,8 +270,14 @@ fn captains_and_the_bandit_tower_run_the_demo_app_on_real_cgroups() {
     // out 4-9% high before one record's standard error of 3-6% (measured over eight runs).
     let demo = scenarios::Scenario::builtin("demo").unwrap();
     let truth = scenarios::Scenario::load(app_costs.to_str().unwrap()).unwrap();
-    let seconds = sim::calibrate::observations(&demo, std::slice::from_ref(&r)).unwrap();
-    let fit = sim::calibrate::fit(&demo, &seconds).unwrap();
+    // All of `sim calibrate`: the costs, the delay per hop, each service's variability.
+    let calibration = sim::calibrate::calibrate(
+        &demo,
+        std::slice::from_ref(&r),
+        Some(&dir.path().join("cv-search")),
+    )
+    .unwrap();
+    let fit = &calibration.costs;
     eprintln!("{}", fit.report());
     for (call, def) in &truth.file.calls {
         let true_ms = def.cpu.mean_ms();
@@ -291,22 +297,16 @@ fn captains_and_the_bandit_tower_run_the_demo_app_on_real_cgroups() {
     // tests run beside it) gives each factor loosely: measured 1.12 / 1.00 / 1.17 and 1.00 /
     // 1.13 / 1.46 (gateway / auth / store) in two CI runs. So each within 0.6..1.6, their
     // geometric mean within 0.8..1.25; a broken search ends at its bounds, 1/8 or 8.
-    let costs = fit.apply(&demo.file);
-    let (cvs, _) = sim::calibrate::fit_variability(
-        &costs,
-        std::slice::from_ref(&r),
-        &dir.path().join("cv-search"),
-    )
-    .unwrap();
-    eprintln!("{}", sim::calibrate::variability_report(&cvs));
+    let cvs = calibration.variability.as_ref().unwrap();
+    eprintln!("{}", sim::calibrate::variability_report(cvs));
     let mut log_sum = 0.0;
-    for f in &cvs {
+    for f in cvs {
         let k = f.factor.expect("the demo's calls vary");
         assert!(
             (0.6..1.6).contains(&k),
             "{}: cv x{k:.2}\n{}",
             f.service,
-            sim::calibrate::variability_report(&cvs)
+            sim::calibrate::variability_report(cvs)
         );
         log_sum += k.ln();
     }
@@ -314,7 +314,7 @@ fn captains_and_the_bandit_tower_run_the_demo_app_on_real_cgroups() {
     assert!(
         (0.8..1.25).contains(&mean),
         "geometric mean cv x{mean:.2}\n{}",
-        sim::calibrate::variability_report(&cvs)
+        sim::calibrate::variability_report(cvs)
     );
 
     // The request log holds every request sent, and a re-simulation of the record replays
@@ -394,11 +394,175 @@ fn captains_and_the_bandit_tower_run_the_demo_app_on_real_cgroups() {
     plots::plot(std::slice::from_ref(&r), &png, &plots::Options::default()).unwrap();
     assert!(std::fs::metadata(&png).unwrap().len() > 10_000);
 
+    // The loop closes: the fitted scenario, swept offline, recommends targets that hold live.
+    the_fitted_model_predicts_live_runs_at_the_targets_it_recommends(
+        dir.path(),
+        &calibration.file,
+        &url,
+        &agent_arg,
+    );
+
     // Every group is back at its original quota, then removed with the app.
     assert_eq!(quotas(&root, &group), before, "original quotas restored");
     drop(agent_proc);
     drop(demo_proc);
     assert!(!root.cpu.join(&group).exists(), "groups removed");
+}
+
+/// `sim sweep` on a scenario fitted to a live record (the loop, after measuring and
+/// calibrating): K8s-CPU-Fast and Captains searched from their cheapest target down, each
+/// target judged on eight draws of the arrivals against the SLO less 15% (`--draws 8
+/// --slo-margin 0.15`); then `live run` with each recommended target on the same trace, whose
+/// allocation must be within 10% of the model's draws and whose SLO verdict must be theirs.
+///
+/// The SLO is 120 ms, not the demo's 80: at this load the app's P99 is 71-76 ms with any
+/// target that never throttles (K8s-CPU-Fast 0.1-0.4, Captain 0-0.02, in the model and live),
+/// so at 80 ms every target meets the SLO or misses it by a few milliseconds, and what decides
+/// is the model's P99 error (0-12% low on the live demo, docs/RESULTS.md), not the targets. At
+/// 120 ms the targets decide: each step of either grid moves the P99 by 15-40 ms there. The
+/// margin is the room a user leaves for the model's error and for one short run's spread
+/// (live, Captains at 0.06 gave a P99 of 97.5 and 117.8 ms in two runs, against the model's
+/// median 104-107).
+fn the_fitted_model_predicts_live_runs_at_the_targets_it_recommends(
+    dir: &Path,
+    fitted: &scenarios::ScenarioFile,
+    url: &str,
+    agent_arg: &str,
+) {
+    use sim::sweep::{self, Contender, Settings, Unit, Workload};
+    use std::sync::Arc;
+    const SLO_MS: f64 = 120.0;
+    const MARGIN: f64 = 0.15;
+    const DRAWS: usize = 8;
+    const RAMP: usize = 20;
+    // One period of the measurement's wave (126 s): its peak and its trough.
+    const SECONDS: usize = 120;
+    let trace_file = dir.join("loop-wave.txt");
+    let rps: String = (0..SECONDS)
+        .map(|t| format!("{}\n", (200.0 + 100.0 * (t as f64 / 20.0).sin()) as u32))
+        .collect();
+    std::fs::write(&trace_file, rps).unwrap();
+    let mut fitted = fitted.clone();
+    fitted.slo_ms = SLO_MS;
+    let app = scenarios::Scenario::compile("fitted", fitted).unwrap();
+    let slo = SLO_MS;
+    let judged = Arc::new(sweep::with_slo_margin(&app, MARGIN).unwrap());
+    let workload = Workload {
+        name: "wave".into(),
+        trace: Arc::new(judged.workload(trace_file.to_str().unwrap()).unwrap()),
+    };
+    let units: Vec<Unit> = [Contender::K8sCpuFast, Contender::Captain]
+        .into_iter()
+        .map(|contender| Unit::Grid {
+            app: judged.clone(),
+            workload: workload.clone(),
+            contender,
+            targets: sweep::grid(contender).into_iter().rev().collect(),
+            descending: true,
+        })
+        .collect();
+    let settings = Settings {
+        out: dir.join("sweep"),
+        seed: 1,
+        ramp_s: RAMP,
+        load: traces::Load::Poisson,
+        jobs: 2,
+        services_csv: false,
+        resume: false,
+        burst: 1.0,
+        stop_missed: true,
+        draws: DRAWS,
+    };
+    let rows = sweep::execute(&units, &settings, &|_| {}).unwrap();
+    let best = sweep::best(&rows);
+    eprintln!("{}", sweep::best_table(&best));
+    assert_eq!(best.len(), 2, "{best:?}");
+    let mut lines = Vec::new();
+    for b in &best {
+        let Some(target) = &b.target1 else {
+            panic!(
+                "{}: no target meets {:.1} ms in the sweep",
+                b.scaler, b.slo_ms
+            );
+        };
+        let scaler = if b.scaler == "captain" {
+            "captain"
+        } else {
+            "k8s-cpu-fast"
+        };
+        // What the model predicts for this target: its DRAWS runs, each with its own draw of
+        // the arrivals. One 120-s run's P99 varies by 10-20% and its allocation by up to 4%
+        // either way from one draw to the next (under Captains, where their first scale-downs
+        // land holds for a minute); the live run is one more draw.
+        let draws = sweep::settings_of(rows.iter().filter(|r| r.scaler == b.scaler))
+            .into_iter()
+            .find(|d| d.rows[0].target1 == *target)
+            .unwrap();
+        assert_eq!(draws.rows.len(), DRAWS);
+        let (predicted, p99) = (draws.allocation, draws.p99_ms);
+        let allocations: Vec<f64> = draws.rows.iter().map(|r| r.allocation).collect();
+        let p99s: Vec<f64> = draws.rows.iter().map(|r| r.p99_ms).collect();
+        let (lo, hi) = (
+            allocations.iter().copied().fold(f64::INFINITY, f64::min),
+            allocations.iter().copied().fold(0.0, f64::max),
+        );
+        let out_dir = dir.join(format!("loop-{scaler}"));
+        let out = live_run(
+            &[
+                "--scenario",
+                "demo",
+                "--trace",
+                trace_file.to_str().unwrap(),
+                "--ramp",
+                &RAMP.to_string(),
+                "--scaler",
+                scaler,
+                "--targets",
+                target,
+                "--url",
+                url,
+                "--agent",
+                agent_arg,
+                "--out",
+                out_dir.to_str().unwrap(),
+            ],
+            Duration::from_secs(240),
+        );
+        assert!(
+            out.status.success(),
+            "live run at {scaler} {target} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let live = Record::read(&out_dir).unwrap().info.summary;
+        let line = format!(
+            "{scaler} {target}: allocation live {:.2} / sim {predicted:.2} cores ({:+.1}%; draws {lo:.2}-{hi:.2}), P99 live {:.1} / sim {p99:.1} ms (draws {:.1}-{:.1}), SLO {slo} ms",
+            live.allocation,
+            100.0 * (live.allocation / predicted - 1.0),
+            live.p99_ms,
+            p99s.iter().copied().fold(f64::INFINITY, f64::min),
+            p99s.iter().copied().fold(0.0, f64::max),
+        );
+        eprintln!("{line}");
+        let within = live.allocation >= 0.9 * lo && live.allocation <= 1.1 * hi;
+        // The sweep judged the draws against the SLO less the margin; the verdict is at the SLO.
+        let sim_met = 2 * p99s.iter().filter(|&&p| p <= slo).count() > DRAWS;
+        lines.push((line, within, live.p99_ms <= slo, sim_met));
+    }
+    let all = lines
+        .iter()
+        .map(|l| l.0.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for (line, within, live_met, sim_met) in &lines {
+        // Within 10% of what the model predicts over its draws. Against their mean, live
+        // came out -1.7% and +2.5% under K8s-CPU-Fast, -2.3% to -10% under Captains at 0.04
+        // (docs/RESULTS.md: the model's Captains keep a little more headroom than the real ones).
+        assert!(
+            within,
+            "allocation more than 10% outside the model's draws: {line}\n{all}"
+        );
+        assert_eq!(live_met, sim_met, "SLO verdicts differ: {line}\n{all}");
+    }
 }
 
 #[test]
