@@ -197,7 +197,9 @@ fn a_cfs_burst_absorbs_collections_as_the_model_says() {
     const SEEDS: u64 = 8;
     let bursty = scenario(true);
     let mut rows = Vec::new();
-    for burst in [0.0, 0.5, 1.0] {
+    // Two sizes, none and the full quota (the issue asks for two or three): a third, 0.5,
+    // fell between them in every run (docs/RESULTS.md) and cost CI 45 s.
+    for burst in [0.0, 1.0] {
         let mut sims: Vec<(f64, f64)> = (1..=SEEDS)
             .map(|seed| simulated_with_burst(&bursty, burst, LONG, seed))
             .collect();
