@@ -98,10 +98,22 @@ pub fn free_port() -> u16 {
 
 /// The first of `n` consecutive free ports (a demo app's services listen on them).
 pub fn free_ports(n: u16) -> u16 {
+    // Below the ephemeral range (32768-60999 here), whose ports any outgoing connection may
+    // take between this check and the app's bind, and never a range handed out before in this
+    // process: the paper-apps test starts three apps' demos at once, and two ranges found free
+    // at the same moment overlapped (an app's stub then called another app's services).
+    static NEXT: std::sync::Mutex<u16> = std::sync::Mutex::new(0);
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    if *next == 0 {
+        *next = 20_000 + (std::process::id() % 40) as u16 * 250;
+    }
     loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        if p < 60_000 && (1..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+        if *next as u32 + n as u32 >= 32_000 {
+            *next = 20_000;
+        }
+        let p = *next;
+        *next += n;
+        if (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
             return p;
         }
     }

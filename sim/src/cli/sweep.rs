@@ -56,8 +56,9 @@ pub struct ManyArgs {
     #[arg(long)]
     pub full_runs: bool,
     /// Run each grid target N times, the arrivals drawn from seeds SEED, SEED+1, ...: a target
-    /// meets the SLO when most of its draws do, and the best setting is judged on their mean
-    /// allocation and median P99. For short workloads, where one run's P99 depends on its draw.
+    /// meets the SLO only when every draw does, and the best setting is reported with their
+    /// mean allocation and median P99. For short workloads, where one run's P99 depends on its
+    /// draw.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub draws: usize,
 }
