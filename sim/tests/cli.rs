@@ -338,6 +338,11 @@ fn a_sweep_with_an_slo_margin_judges_every_run_against_the_lower_slo() {
         None,
         "the SLO margin must be between 0 and 0.5",
     );
+    fails_with(
+        &["sweep", "--draws", "0", "--duration", "5"],
+        None,
+        "--draws must be at least 1",
+    );
     let dir = tempfile::tempdir().unwrap();
     let sweep = |margin: &str, out: &str| -> Vec<Vec<String>> {
         let out = dir.path().join(out);
