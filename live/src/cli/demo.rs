@@ -91,14 +91,6 @@ pub fn demo_service(spec: &str, service: &str, listen: SocketAddr, peers: &[Stri
         );
     }
     let svc = live::demo::Service::new(scenario, service, &map)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        live::demo::serve(svc, listener).await;
-        anyhow::Ok(())
-    })
+    live::demo::run(svc, listen)?;
+    Ok(())
 }
