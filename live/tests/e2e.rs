@@ -412,7 +412,8 @@ fn captains_and_the_bandit_tower_run_the_demo_app_on_real_cgroups() {
 /// calibrating): K8s-CPU-Fast and Captains searched from their cheapest target down, each
 /// target judged on eight draws of the arrivals against the SLO less 15% (`--draws 8
 /// --slo-margin 0.15`: every draw must meet it); then `live run` with each recommended target on the same trace, whose
-/// allocation must be within 10% of the model's draws and whose SLO verdict must be theirs.
+/// allocation must be within 10% of the model's (the mean of its draws) and whose SLO verdict
+/// must be theirs.
 ///
 /// The SLO is 120 ms, not the demo's 80: at this load the app's P99 is 71-76 ms with any
 /// target that never throttles (K8s-CPU-Fast 0.1-0.4, Captain 0-0.02, in the model and live),
@@ -543,7 +544,7 @@ fn the_fitted_model_predicts_live_runs_at_the_targets_it_recommends(
             p99s.iter().copied().fold(0.0, f64::max),
         );
         eprintln!("{line}");
-        let within = live.allocation >= 0.9 * lo && live.allocation <= 1.1 * hi;
+        let within = (live.allocation / predicted - 1.0).abs() <= 0.10;
         // The sweep judged the draws against the SLO less the margin; the verdict is at the SLO.
         let sim_met = p99s.iter().all(|&p| p <= slo);
         lines.push((line, within, live.p99_ms <= slo, sim_met));
@@ -554,12 +555,13 @@ fn the_fitted_model_predicts_live_runs_at_the_targets_it_recommends(
         .collect::<Vec<_>>()
         .join("\n");
     for (line, within, live_met, sim_met) in &lines {
-        // Within 10% of what the model predicts over its draws. Against their mean, live
-        // came out -3.1% to +2.5% under K8s-CPU-Fast, -1.6% to -10% under Captains (docs/
-        // RESULTS.md: the model's Captains keep a little more headroom than the real ones).
+        // Within 10% of what the model predicts (its draws' mean, what `sim sweep` reports).
+        // Since the demo's services cost what a release build's do (`demo::run`), live came
+        // out +6.0 and +5.2% under K8s-CPU-Fast, -1.7 and -0.1% under Captains (docs/
+        // RESULTS.md); the draws themselves spread 5-7% either way of their mean.
         assert!(
             within,
-            "allocation more than 10% outside the model's draws: {line}\n{all}"
+            "allocation more than 10% off the model's: {line}\n{all}"
         );
         assert_eq!(live_met, sim_met, "SLO verdicts differ: {line}\n{all}");
     }
