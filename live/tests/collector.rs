@@ -94,6 +94,20 @@ fn live(text: &str, tag: &str) -> f64 {
 /// Throttle ratio and P99 (ms) of the real service under the fixed quota and `burst`, over
 /// `seconds` of load.
 fn live_with_burst(text: &str, tag: &str, burst: Option<Burst>, seconds: usize) -> (f64, f64) {
+    live_on(text, tag, LIMIT, burst, seconds, None)
+}
+
+/// Throttle ratio and P99 (ms) of the real service (`live demo` of the scenario `text`) under
+/// a quota of `limit` cores and `burst`, over `seconds` of load; its threads on the CPUs
+/// `cpus` lists (`taskset`), or on any.
+fn live_on(
+    text: &str,
+    tag: &str,
+    limit: f64,
+    burst: Option<Burst>,
+    seconds: usize,
+    cpus: Option<&str>,
+) -> (f64, f64) {
     let root = cgroup_root();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gc-demo.toml");
@@ -101,8 +115,16 @@ fn live_with_burst(text: &str, tag: &str, burst: Option<Burst>, seconds: usize) 
     let group = fresh_name(tag);
     let port = free_port();
     // Stopped (it removes its groups) even when the test fails.
+    let mut command = match cpus {
+        Some(list) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", list]).arg(env!("CARGO_BIN_EXE_live"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_live")),
+    };
     let demo = Proc(
-        Command::new(env!("CARGO_BIN_EXE_live"))
+        command
             .args(["demo", "--scenario"])
             .arg(&file)
             .args(["--port", &port.to_string(), "--group", &group])
@@ -122,7 +144,7 @@ fn live_with_burst(text: &str, tag: &str, burst: Option<Burst>, seconds: usize) 
     let rel = Path::new(&group).join("svc");
     let mut cg = Cgroup::open("svc", &root, &rel).unwrap();
     cg.set_burst(burst).unwrap();
-    cg.set_limit(LIMIT).unwrap();
+    cg.set_limit(limit).unwrap();
     let before = cg.sample(0.0).unwrap();
     let gen = LoadGen::new(LoadConfig {
         base: format!("http://{addr}"),
@@ -237,6 +259,87 @@ fn a_cfs_burst_absorbs_collections_as_the_model_says() {
             a.0, b.0, a.1, b.1, a.2, b.2, a.3, b.3, a.4, b.4
         );
     }
+}
+
+/// One service of `cost_ms` calls at 40 RPS under a quota of `limit` cores, on a node of
+/// `cores` CPUs scheduled per CPU.
+fn small_service(cost_ms: f64, limit: f64, cores: usize) -> String {
+    format!(
+        r#"
+name = "small"
+slo_ms = 100
+network_delay = {{ kind = "const", ms = 0.05 }}
+initial_limit = {limit}
+[[nodes]]
+name = "local"
+cores = {cores}
+scheduler = "per-cpu"
+[[services]]
+name = "svc"
+node = "local"
+threads = 4
+[[requests]]
+name = "get"
+weight = 1
+call = "svc.get"
+http = {{ method = "GET", path = "/get" }}
+[calls."svc.get"]
+service = "svc"
+cpu = {{ kind = "const", ms = {cost_ms} }}
+"#
+    )
+}
+
+/// What the model does not have yet (issue 10): the kernel hands a cgroup's quota to each CPU
+/// in slices of `sched_cfs_bandwidth_slice_us` (5 ms), and a CPU that finds the pool empty is
+/// throttled while another CPU still holds runtime. A quota of about one slice then throttles
+/// a service spread over two CPUs far more than the same service on one CPU; the model's
+/// quota is one pool, so it gives both the same. Measured here: P99 160-198 ms spread against
+/// 33 pinned (with a 1-ms slice, set by hand, 39.6 spread: the slice is the cause). The test
+/// asserts the kernel's side and prints the model's, the figure a model of the slices must
+/// meet.
+#[test]
+#[ignore = "needs root and writable cgroup v1/v2, and taskset"]
+fn a_quota_of_one_slice_throttles_a_service_on_two_cpus_more_than_on_one() {
+    let _one_at_a_time = serial();
+    // 0.6 ms a call plus the demo's HTTP handling (0.14 ms, measured): 0.03 cores at 40 RPS
+    // against a quota of 0.05 cores, 5 ms a period, one slice.
+    const LIMIT_CORES: f64 = 0.05;
+    const LONG: usize = 25;
+    let demo = small_service(0.6, LIMIT_CORES, 2);
+    let (spread_ratio, spread_p99) = live_on(&demo, "spread", LIMIT_CORES, None, LONG, None);
+    let (pinned_ratio, pinned_p99) = live_on(&demo, "pinned", LIMIT_CORES, None, LONG, Some("0"));
+    let model = |cores: usize| {
+        let text = small_service(0.74, LIMIT_CORES, cores);
+        let runs: Vec<(f64, f64)> = (1..=4)
+            .map(|seed| {
+                let scenario = Arc::new(Scenario::parse("small.toml", &text).unwrap());
+                let mut plan = RunPlan::new(
+                    scenario,
+                    Arc::new(Trace::constant(RPS, LONG)),
+                    ScalerKind::Const,
+                    Targets::new(0.1, 0.1),
+                );
+                plan.ramp_s = 0;
+                plan.load = Load::Poisson;
+                plan.seed = seed;
+                let s = run(&plan, None, &mut |_, _| {}).unwrap().info.summary;
+                (s.throttle_ratio, s.p99_ms)
+            })
+            .collect();
+        let ratio = runs.iter().map(|r| r.0).sum::<f64>() / runs.len() as f64;
+        let worst = runs.iter().map(|r| r.1).fold(0.0, f64::max);
+        (ratio, worst)
+    };
+    let (two, one) = (model(2), model(1));
+    eprintln!(
+        "a {LIMIT_CORES}-core quota: throttle ratio / P99 live on two CPUs {spread_ratio:.3} / {spread_p99:.1} ms, on one {pinned_ratio:.3} / {pinned_p99:.1} ms; model (four seeds: mean ratio / worst P99) on two {:.3} / {:.1} ms, on one {:.3} / {:.1} ms",
+        two.0, two.1, one.0, one.1
+    );
+    assert!(
+        spread_p99 > 2.0 * pinned_p99 && spread_ratio > pinned_ratio,
+        "the slices should throttle the spread service more: P99 {spread_p99:.1} against {pinned_p99:.1} ms pinned, throttle ratio {spread_ratio:.3} against {pinned_ratio:.3}"
+    );
 }
 
 /// One service of exponential 10-ms calls, each on a thread of its own, alone on a 2-CPU node
