@@ -30,6 +30,12 @@ const LIMIT: f64 = 0.4;
 /// of CPU per request, and optionally a Go-like collector: every 100 ms of request CPU, 40 ms
 /// of marking on 4 threads.
 fn scenario(collector: bool) -> String {
+    service(collector, 5.0, LIMIT, 2)
+}
+
+/// [`scenario`]'s service with calls of `cost_ms`, a quota of `limit` cores, on a node of
+/// `cores` CPUs.
+fn service(collector: bool, cost_ms: f64, limit: f64, cores: usize) -> String {
     let runtime = if collector {
         r#"runtime = { kind = "go", alloc_mb_per_cpu_s = 100, live_heap_mb = 10, mark_ms_per_mb = 4, gomaxprocs = 4 }"#
     } else {
@@ -40,10 +46,10 @@ fn scenario(collector: bool) -> String {
 name = "gc-demo"
 slo_ms = 100
 network_delay = {{ kind = "const", ms = 0.05 }}
-initial_limit = {LIMIT}
+initial_limit = {limit}
 [[nodes]]
 name = "local"
-cores = 2
+cores = {cores}
 scheduler = "per-cpu"
 [[services]]
 name = "svc"
@@ -57,7 +63,7 @@ call = "svc.get"
 http = {{ method = "GET", path = "/get" }}
 [calls."svc.get"]
 service = "svc"
-cpu = {{ kind = "const", ms = 5 }}
+cpu = {{ kind = "const", ms = {cost_ms} }}
 "#
     )
 }
@@ -261,35 +267,6 @@ fn a_cfs_burst_absorbs_collections_as_the_model_says() {
     }
 }
 
-/// One service of `cost_ms` calls at 40 RPS under a quota of `limit` cores, on a node of
-/// `cores` CPUs scheduled per CPU.
-fn small_service(cost_ms: f64, limit: f64, cores: usize) -> String {
-    format!(
-        r#"
-name = "small"
-slo_ms = 100
-network_delay = {{ kind = "const", ms = 0.05 }}
-initial_limit = {limit}
-[[nodes]]
-name = "local"
-cores = {cores}
-scheduler = "per-cpu"
-[[services]]
-name = "svc"
-node = "local"
-threads = 4
-[[requests]]
-name = "get"
-weight = 1
-call = "svc.get"
-http = {{ method = "GET", path = "/get" }}
-[calls."svc.get"]
-service = "svc"
-cpu = {{ kind = "const", ms = {cost_ms} }}
-"#
-    )
-}
-
 /// What the model does not have yet (issue 10): the kernel hands a cgroup's quota to each CPU
 /// in slices of `sched_cfs_bandwidth_slice_us` (5 ms), and a CPU that finds the pool empty is
 /// throttled while another CPU still holds runtime. A quota of about one slice then throttles
@@ -306,26 +283,13 @@ fn a_quota_of_one_slice_throttles_a_service_on_two_cpus_more_than_on_one() {
     // against a quota of 0.05 cores, 5 ms a period, one slice.
     const LIMIT_CORES: f64 = 0.05;
     const LONG: usize = 25;
-    let demo = small_service(0.6, LIMIT_CORES, 2);
+    let demo = service(false, 0.6, LIMIT_CORES, 2);
     let (spread_ratio, spread_p99) = live_on(&demo, "spread", LIMIT_CORES, None, LONG, None);
     let (pinned_ratio, pinned_p99) = live_on(&demo, "pinned", LIMIT_CORES, None, LONG, Some("0"));
     let model = |cores: usize| {
-        let text = small_service(0.74, LIMIT_CORES, cores);
+        let text = service(false, 0.74, LIMIT_CORES, cores);
         let runs: Vec<(f64, f64)> = (1..=4)
-            .map(|seed| {
-                let scenario = Arc::new(Scenario::parse("small.toml", &text).unwrap());
-                let mut plan = RunPlan::new(
-                    scenario,
-                    Arc::new(Trace::constant(RPS, LONG)),
-                    ScalerKind::Const,
-                    Targets::new(0.1, 0.1),
-                );
-                plan.ramp_s = 0;
-                plan.load = Load::Poisson;
-                plan.seed = seed;
-                let s = run(&plan, None, &mut |_, _| {}).unwrap().info.summary;
-                (s.throttle_ratio, s.p99_ms)
-            })
+            .map(|seed| simulated_with_burst(&text, 0.0, LONG, seed))
             .collect();
         let ratio = runs.iter().map(|r| r.0).sum::<f64>() / runs.len() as f64;
         let worst = runs.iter().map(|r| r.1).fold(0.0, f64::max);
