@@ -267,14 +267,12 @@ fn a_cfs_burst_absorbs_collections_as_the_model_says() {
     }
 }
 
-/// What the model does not have yet (issue 10): the kernel hands a cgroup's quota to each CPU
-/// in slices of `sched_cfs_bandwidth_slice_us` (5 ms), and a CPU that finds the pool empty is
-/// throttled while another CPU still holds runtime. A quota of about one slice then throttles
-/// a service spread over two CPUs far more than the same service on one CPU; the model's
-/// quota is one pool, so it gives both the same. Measured here: P99 160-198 ms spread against
-/// 33 pinned (with a 1-ms slice, set by hand, 39.6 spread: the slice is the cause). The test
-/// asserts the kernel's side and prints the model's, the figure a model of the slices must
-/// meet.
+/// The kernel hands a cgroup's quota to each CPU in slices of `sched_cfs_bandwidth_slice_us`
+/// (5 ms), and a CPU that finds the pool empty is throttled while another CPU still holds
+/// runtime. A quota of about one slice then throttles a service spread over two CPUs far more
+/// than the same service on one CPU (measured: P99 137-228 ms spread against 31-44 pinned;
+/// with a 1-ms slice, set by hand, 39.6 spread: the slice is the cause). The model's per-CPU
+/// nodes hand out the quota the same way (`sim::cfs`), so it must show the same difference.
 #[test]
 #[ignore = "needs root and writable cgroup v1/v2, and taskset"]
 fn a_quota_of_one_slice_throttles_a_service_on_two_cpus_more_than_on_one() {
@@ -292,13 +290,26 @@ fn a_quota_of_one_slice_throttles_a_service_on_two_cpus_more_than_on_one() {
             .map(|seed| simulated_with_burst(&text, 0.0, LONG, seed))
             .collect();
         let ratio = runs.iter().map(|r| r.0).sum::<f64>() / runs.len() as f64;
-        let worst = runs.iter().map(|r| r.1).fold(0.0, f64::max);
-        (ratio, worst)
+        let mut p99s: Vec<f64> = runs.iter().map(|r| r.1).collect();
+        p99s.sort_by(f64::total_cmp);
+        (ratio, (p99s[1] + p99s[2]) / 2.0, p99s[0], p99s[3])
     };
     let (two, one) = (model(2), model(1));
     eprintln!(
-        "a {LIMIT_CORES}-core quota: throttle ratio / P99 live on two CPUs {spread_ratio:.3} / {spread_p99:.1} ms, on one {pinned_ratio:.3} / {pinned_p99:.1} ms; model (four seeds: mean ratio / worst P99) on two {:.3} / {:.1} ms, on one {:.3} / {:.1} ms",
-        two.0, two.1, one.0, one.1
+        "a {LIMIT_CORES}-core quota: throttle ratio / P99 live on two CPUs {spread_ratio:.3} / {spread_p99:.1} ms, on one {pinned_ratio:.3} / {pinned_p99:.1} ms; model (four seeds: mean ratio / median P99, range) on two {:.3} / {:.1} ms ({:.1}-{:.1}), on one {:.3} / {:.1} ms ({:.1}-{:.1})",
+        two.0, two.1, two.2, two.3, one.0, one.1, one.2, one.3
+    );
+    assert!(
+        two.1 > 2.0 * one.1 && two.0 > one.0,
+        "the model's slices should throttle the spread service more: median P99 {:.1} against {:.1} ms on one CPU, throttle ratio {:.3} against {:.3}",
+        two.1, one.1, two.0, one.0
+    );
+    // The pinned service, where the slices only carry runtime over, within the tolerance of
+    // the collector tests.
+    assert!(
+        (pinned_ratio - one.0).abs() <= 0.05,
+        "one CPU: throttle ratio live {pinned_ratio:.3} against the model's {:.3}",
+        one.0
     );
     assert!(
         spread_p99 > 2.0 * pinned_p99 && spread_ratio > pinned_ratio,
