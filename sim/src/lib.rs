@@ -3,8 +3,8 @@
 //! A trace-driven discrete-event model of a microservice application under Linux CFS bandwidth
 //! control, driving the very controller code the live agent runs.
 //!
-//! * [`cfs`]: one container's CPU: processor sharing (or the kernel's per-CPU run queues),
-//!   worker threads, 100 ms quota periods with
+//! * [`cfs`]: one container's CPU: processor sharing (or the kernel's per-CPU run queues, with
+//!   the quota handed to each CPU in 5-ms slices), worker threads, 100 ms quota periods with
 //!   burst-then-stall throttling, cgroup counters, and the garbage collectors that make real
 //!   containers bursty (a Go-like collection on every idle P, a JVM-like stop-the-world pause).
 //!   Start here to see what "throttled" means.
