@@ -63,7 +63,7 @@ pub const PERIOD: f64 = 0.1;
 const EPS: f64 = 1e-10;
 /// Per CPU, the runtime a CPU takes from the cgroup's pool at a time: the kernel's
 /// `sched_cfs_bandwidth_slice_us` (5000 by default), seconds.
-pub const SLICE: f64 = 0.005;
+const SLICE: f64 = 0.005;
 /// Per CPU, the runtime a CPU keeps when it has nothing of the cgroup left to run (the
 /// kernel's `min_cfs_rq_runtime`, 1 ms); the rest goes back to the pool.
 const KEEP: f64 = 0.001;
@@ -704,6 +704,9 @@ impl Container {
         let mut finish = f64::INFINITY;
         let mut spend = 0.0;
         let mut alloc = 0.0;
+        // Per CPU with a limit: when the first CPU spends the runtime it holds.
+        let mut lane_exhaust = f64::INFINITY;
+        let per_lane = self.slices && self.limit.is_finite();
         for lane in self.lanes.iter() {
             if lane.rate <= 0.0 {
                 continue;
@@ -712,22 +715,18 @@ impl Container {
                 continue;
             };
             finish = finish.min(self.last + ((top.finish_v - lane.v).max(0.0) / lane.rate));
-            spend += lane.rate * lane.running.len() as f64;
+            let lane_spend = lane.rate * lane.running.len() as f64;
+            spend += lane_spend;
             alloc += lane.rate * lane.calls as f64;
+            if per_lane {
+                lane_exhaust = lane_exhaust.min(self.last + lane.local.max(0.0) / lane_spend);
+            }
         }
         if spend <= 0.0 {
             return None;
         }
         let exhaust = if self.slices {
-            if self.limit.is_finite() {
-                self.lanes
-                    .iter()
-                    .filter(|l| l.rate > 0.0 && !l.running.is_empty())
-                    .map(|l| self.last + l.local.max(0.0) / (l.rate * l.running.len() as f64))
-                    .fold(f64::INFINITY, f64::min)
-            } else {
-                f64::INFINITY
-            }
+            lane_exhaust
         } else {
             self.last + self.quota_left.max(0.0) / spend
         };
