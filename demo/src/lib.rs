@@ -51,6 +51,12 @@ pub enum DemoError {
     /// a request template does not parse or cannot be filled.
     #[error("{0}")]
     Config(String),
+    /// The service could not start: its runtime or its listening socket.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
 }
 
 /// CPU time this thread has used, seconds: what a call's burn loop measures, so that a
@@ -489,11 +495,17 @@ pub fn run(service: Service, listen: SocketAddr) -> Result<(), DemoError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| DemoError::Config(format!("cannot start a runtime: {e}")))?;
+        .map_err(|source| DemoError::Io {
+            what: "cannot start a runtime".into(),
+            source,
+        })?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .map_err(|e| DemoError::Config(format!("cannot listen on {listen}: {e}")))?;
+            .map_err(|source| DemoError::Io {
+                what: format!("cannot listen on {listen}"),
+                source,
+            })?;
         serve(service, listener).await;
         Ok(())
     })

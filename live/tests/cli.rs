@@ -77,6 +77,30 @@ fn a_measurement_mix_names_real_request_types_and_sane_weights() {
 }
 
 #[test]
+fn a_demo_service_whose_port_is_taken_says_so_and_exits() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    refused(
+        &[
+            "demo-service",
+            "--scenario",
+            "demo",
+            "--service",
+            "store",
+            "--listen",
+            &addr,
+            "--peer",
+            "gateway=127.0.0.1:1",
+            "--peer",
+            "auth=127.0.0.1:1",
+            "--peer",
+            &format!("store={addr}"),
+        ],
+        &format!("cannot listen on {addr}: "),
+    );
+}
+
+#[test]
 fn durations_that_would_disable_the_safety_net_are_refused() {
     for bad in ["NaN", "inf", "-1", "0"] {
         let flag = format!("--coordinator-timeout={bad}");
