@@ -67,6 +67,12 @@ const SLICE: f64 = 0.005;
 /// Per CPU, the runtime a CPU keeps when it has nothing of the cgroup left to run (the
 /// kernel's `min_cfs_rq_runtime`, 1 ms); the rest goes back to the pool.
 const KEEP: f64 = 0.001;
+/// Per CPU, how long after runtime comes back to the pool the kernel's slack timer hands it
+/// to the throttled CPUs (`cfs_bandwidth_slack_period`, 5 ms), seconds.
+const SLACK_DELAY: f64 = 0.005;
+/// Per CPU, the slack timer neither starts nor acts this close to the period's refill
+/// (`min_bandwidth_expiration`, 2 ms), seconds.
+const SLACK_MARGIN: f64 = 0.002;
 /// The `call` of a collector thread's segment: not a call, never reported as done.
 const COLLECTOR: u32 = u32::MAX;
 /// The `call` of the background work's segment ([`Container::with_background`]).
@@ -257,6 +263,10 @@ pub struct Container {
     slices: bool,
     /// Per CPU: where the search for the least loaded CPU starts next.
     next_cpu: usize,
+    /// Per CPU: when the slack timer fires (`INFINITY`: not started).
+    slack_at: f64,
+    /// When the current period ends (the slack timer's margin is from it).
+    period_end: f64,
     throttled: bool,
     throttled_since: f64,
     period_had_work: bool,
@@ -303,6 +313,8 @@ impl Container {
             burst: 0.0,
             slices: false,
             next_cpu: 0,
+            slack_at: f64::INFINITY,
+            period_end: PERIOD,
             throttled: false,
             throttled_since: 0.0,
             period_had_work: false,
@@ -449,6 +461,19 @@ impl Container {
         }
     }
 
+    /// Whether every lane's rate is what [`set_cpu_rates`](Self::set_cpu_rates) would set from
+    /// `cpus` now (for the engine's checks that skipping a container left nothing stale).
+    pub fn cpu_rates_match(&self, cpus: &[u32]) -> bool {
+        self.lanes.iter().zip(cpus).all(|(lane, &n)| {
+            let want = if self.throttled || lane.throttled || n == 0 {
+                0.0
+            } else {
+                1.0 / n as f64
+            };
+            lane.rate == want || lane.running.is_empty()
+        })
+    }
+
     /// Adds work (the container must be advanced to now).
     pub fn submit(&mut self, seg: Segment) {
         self.submit_on(seg, &mut []);
@@ -470,22 +495,26 @@ impl Container {
     /// Per CPU, after a change at `now`: a CPU with work and no runtime takes a slice from the
     /// pool (`assign_cfs_rq_runtime`: up to `SLICE`, what the pool has) or, with the pool
     /// spent, is throttled to the period's end; a CPU left with nothing to run gives back all
-    /// but `KEEP` of its runtime (`return_cfs_rq_runtime`). The kernel's slack timer, which
-    /// hands returned runtime to throttled CPUs once the pool holds more than a slice, is not
-    /// modelled: on two CPUs a CPU never returns as much.
+    /// but `KEEP` of its runtime (`return_cfs_rq_runtime`); if that leaves more than a slice
+    /// in the pool while a CPU is throttled, the slack timer starts (`start_cfs_slack_bandwidth`:
+    /// it fires `SLACK_DELAY` later, unless the period ends within `SLACK_MARGIN`).
     fn settle_slices(&mut self, now: f64, cpus: &mut [u32]) {
         if !self.limit.is_finite() {
             return;
         }
+        let mut returned = false;
+        let mut any_throttled = false;
         for k in 0..self.lanes.len() {
             let lane = &mut self.lanes[k];
             if lane.throttled {
+                any_throttled = true;
                 continue;
             }
             if lane.running.is_empty() {
                 if lane.local > KEEP {
                     self.quota_left += lane.local - KEEP;
                     lane.local = KEEP;
+                    returned = true;
                 }
                 continue;
             }
@@ -505,6 +534,35 @@ impl Container {
                 cpus[k] -= lane.running.len() as u32;
             }
             self.period_throttled = true;
+            any_throttled = true;
+        }
+        if returned
+            && any_throttled
+            && self.quota_left > SLICE
+            && self.slack_at == f64::INFINITY
+            && self.period_end - now > SLACK_MARGIN
+        {
+            self.slack_at = now + SLACK_DELAY;
+        }
+    }
+
+    /// Per CPU, the slack timer (`do_sched_cfs_slack_timer`): if the pool holds more than a
+    /// slice and the period does not end within `SLACK_MARGIN`, every throttled CPU runs again
+    /// (`distribute_cfs_runtime` gives each only its deficit, so each then takes a slice from
+    /// the pool, in CPU order, and those that find it spent throttle again).
+    fn slack_timer(&mut self, now: f64, cpus: &mut [u32]) {
+        self.slack_at = f64::INFINITY;
+        if self.quota_left <= SLICE || self.period_end - now <= SLACK_MARGIN {
+            return;
+        }
+        for (k, lane) in self.lanes.iter_mut().enumerate() {
+            if lane.throttled {
+                lane.throttled = false;
+                self.counters.throttled_time += now - lane.throttled_since;
+                if let Some(n) = cpus.get_mut(k) {
+                    *n += lane.running.len() as u32;
+                }
+            }
         }
     }
 
@@ -651,6 +709,9 @@ impl Container {
         }
         self.maybe_collect(cpus);
         if self.slices {
+            if now >= self.slack_at - EPS {
+                self.slack_timer(now, cpus);
+            }
             self.settle_slices(now, cpus);
             return;
         }
@@ -723,7 +784,7 @@ impl Container {
             }
         }
         if spend <= 0.0 {
-            return None;
+            return (self.slack_at < f64::INFINITY).then_some(self.slack_at);
         }
         let exhaust = if self.slices {
             lane_exhaust
@@ -737,7 +798,7 @@ impl Container {
                 next = next.min(trigger);
             }
         }
-        Some(next)
+        Some(next.min(self.slack_at))
     }
 
     /// [`next_event`](Self::next_event) under processor sharing: the hot loop's case, kept
@@ -816,6 +877,8 @@ impl Container {
         };
         self.period_runtime = self.quota_left;
         self.limit = limit;
+        self.period_end = self.last + PERIOD;
+        self.slack_at = f64::INFINITY;
         if self.throttled {
             self.lanes.rejoin_cpus(cpus);
         }
@@ -1198,6 +1261,42 @@ mod tests {
         // 6 ms, a carry-over the single pool of processor sharing does not have.
         assert!((c.lanes[0].local - KEEP).abs() < 1e-12);
         assert!((c.lanes[1].local - KEEP).abs() < 1e-12);
+    }
+
+    #[test]
+    fn per_cpu_the_slack_timer_hands_returned_runtime_to_a_throttled_cpu() {
+        // 10 ms a period, two slices: two calls on two CPUs take both, a third call's CPU
+        // finds the pool empty and throttles.
+        let mut cpus = [0u32; 3];
+        let mut c = Container::new(0, 8, 0.1).with_cpus(3);
+        for call in 1..=3 {
+            let work = if call == 3 { 0.002 } else { 0.001 };
+            c.submit_on(Segment { call, work }, &mut cpus);
+        }
+        assert_eq!(cpus, [1, 1, 0], "the third CPU is throttled");
+        let done = run_per_cpu(&mut c, &mut cpus, PERIOD - 1e-9);
+        // At 1 ms both CPUs go idle and give back 3 ms each: 6 ms, more than a slice, so the
+        // slack timer fires 5 ms later and the third CPU takes a slice and runs its 2 ms.
+        let times: Vec<_> = done.iter().map(|&(t, call)| (call, t)).collect();
+        assert_eq!(times.len(), 3, "{times:?}");
+        assert!((times[2].1 - 0.008).abs() < 1e-12, "{times:?}");
+        assert_eq!(times[2].0, 3);
+        let k = c.counters();
+        assert!(
+            (k.throttled_time - 0.006).abs() < 1e-12,
+            "{}",
+            k.throttled_time
+        );
+
+        // Returned runtime that leaves a slice or less in the pool starts no timer: the
+        // throttled CPU waits for the refill (as in the test above).
+        let mut cpus = [0u32; 3];
+        let mut c = Container::new(0, 8, 0.1).with_cpus(3);
+        for (call, work) in [(1, 0.001), (2, 0.02), (3, 0.002)] {
+            c.submit_on(Segment { call, work }, &mut cpus);
+        }
+        let done = run_per_cpu(&mut c, &mut cpus, PERIOD - 1e-9);
+        assert!(done.iter().all(|&(_, call)| call != 3), "{done:?}");
     }
 
     #[test]

@@ -350,3 +350,57 @@ fn the_requests_judged_are_known_before_an_open_loop_run() {
     let users = Engine::new(&scenario, cfg.rates(), traces::Load::users(), &[1.0], 1);
     assert_eq!(users.sends_from(0.0), None);
 }
+
+#[test]
+fn a_node_scheduled_per_cpu_serves_what_processor_sharing_serves() {
+    // Two services on one 4-CPU node, calls of 2 ms at 600 requests per second (a request
+    // calls both: 2.4 cores, so threads often share a CPU), ample limits: per CPU each change
+    // re-rates only the containers with threads on the CPUs it moved (the debug build checks
+    // every container's rates and the node's counts after each change), and the work done
+    // must be processor sharing's.
+    let text = |scheduler: &str| {
+        format!(
+            r#"
+name = "two"
+slo_ms = 1000
+network_delay = {{ kind = "const", ms = 0 }}
+[[nodes]]
+name = "n"
+cores = 4
+scheduler = "{scheduler}"
+[[services]]
+name = "a"
+node = "n"
+[[services]]
+name = "b"
+node = "n"
+[[requests]]
+name = "r"
+weight = 1
+call = "a.x"
+[calls."a.x"]
+service = "a"
+cpu = {{ kind = "exp", mean_ms = 2 }}
+calls = [["b.y"]]
+[calls."b.y"]
+service = "b"
+cpu = {{ kind = "exp", mean_ms = 2 }}
+"#
+        )
+    };
+    let go = |scheduler: &str| {
+        let scenario = Arc::new(Scenario::parse("two.toml", &text(scheduler)).unwrap());
+        let mut cfg = constant(scenario, 600, 120);
+        cfg.initial_limit = Some(4.0);
+        cfg.seed = 3;
+        run(&cfg, None, &mut |_, _| {}).unwrap().info.summary
+    };
+    let (ps, per_cpu) = (go("processor-sharing"), go("per-cpu"));
+    eprintln!(
+        "usage {:.4} / {:.4} cores, P50 {:.2} / {:.2} ms (processor sharing / per CPU)",
+        ps.usage, per_cpu.usage, ps.p50_ms, per_cpu.p50_ms
+    );
+    assert!((ps.usage - per_cpu.usage).abs() < 1e-3 * ps.usage);
+    // A CPU can idle while two threads share another: per CPU is slower, not faster.
+    assert!(per_cpu.p50_ms >= ps.p50_ms);
+}
