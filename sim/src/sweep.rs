@@ -217,10 +217,10 @@ pub enum Unit {
 }
 
 impl Unit {
-    /// How many runs it may take (for progress bars).
-    pub fn max_runs(&self) -> usize {
+    /// How many runs it may take with `draws` runs per grid target (for progress bars).
+    pub fn max_runs(&self, draws: usize) -> usize {
         match self {
-            Unit::Grid { targets, .. } => targets.len(),
+            Unit::Grid { targets, .. } => targets.len() * draws.max(1),
             Unit::Autothrottle { evals, .. } => EXPLORE_RUNS + BANDIT_RUNS + evals.len(),
         }
     }
@@ -465,10 +465,10 @@ fn run_unit(
                     let (info, _) = run_or_resume(&cfg, settings, &dir)?;
                     met += usize::from(info.summary.slo_met);
                     rows.push(row(&info, &workload.name, contender.name(), "grid", &dir));
+                    tick(1);
                 }
-                tick(1);
                 if *descending && met == draws {
-                    tick(targets.len() - i - 1);
+                    tick((targets.len() - i - 1) * draws);
                     break;
                 }
             }

@@ -380,7 +380,15 @@ fn draws_judge_each_target_on_all_of_its_runs() {
     let mut three = one.clone();
     three.out = dir.path().join("three");
     three.draws = 3;
-    let rows = sweep::execute(grid, &three, &|_| {}).unwrap();
+    let ticks = std::sync::atomic::AtomicUsize::new(0);
+    let rows = sweep::execute(grid, &three, &|n| {
+        ticks.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+    })
+    .unwrap();
+    // The progress bar counts runs, not targets: every draw made, and every draw of the
+    // targets the search skipped, add up to the plan.
+    assert_eq!(ticks.into_inner(), grid[0].max_runs(3));
+    assert_eq!(grid[0].max_runs(3), 3 * grid[0].max_runs(1));
     let draws = sweep::settings_of(rows.iter());
     assert!(
         draws.len() >= 2,

@@ -223,7 +223,7 @@ pub fn cmd(a: SweepArgs) -> Result<()> {
 
 /// Runs the units with a progress bar and reports how long they took.
 pub fn execute_with_progress(units: &[Unit], settings: &Settings) -> Result<Vec<sweep::ResultRow>> {
-    let total: usize = units.iter().map(Unit::max_runs).sum();
+    let total: usize = units.iter().map(|u| u.max_runs(settings.draws)).sum();
     let bar = progress_bar(total as u64, "runs");
     let start = Instant::now();
     let rows = sweep::execute(units, settings, &|n| bar.inc(n as u64))?;
