@@ -45,6 +45,6 @@ pub use model::{
     call_rng, mix_phase, mix_phases, CallNode, RequestType, Runtime, Scenario, Service, BUILTIN,
 };
 pub use schema::{
-    CallDef, FlowDef, HttpDef, InitStep, LiveDef, NodeDef, RequestDef, RuntimeDef, ScenarioFile,
-    Scheduler, ServiceDef,
+    CallDef, CfsPeriods, FlowDef, HttpDef, InitStep, LiveDef, NodeDef, RequestDef, RuntimeDef,
+    ScenarioFile, Scheduler, ServiceDef,
 };

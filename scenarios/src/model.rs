@@ -4,7 +4,10 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use crate::{Dist, DistSpec, HttpDef, LiveDef, RuntimeDef, ScenarioError, ScenarioFile, Scheduler};
+use crate::{
+    CfsPeriods, Dist, DistSpec, HttpDef, LiveDef, RuntimeDef, ScenarioError, ScenarioFile,
+    Scheduler,
+};
 
 /// The built-in scenarios.
 pub const BUILTIN: [&str; 4] = [
@@ -38,6 +41,9 @@ pub struct Scenario {
     pub nodes: Vec<(String, f64)>,
     /// Per node: its CPUs if it is scheduled per CPU ([`Scheduler::PerCpu`]), else `None`.
     pub node_cpus: Vec<Option<usize>>,
+    /// Whether every container's CFS periods begin at the same moments
+    /// ([`CfsPeriods::Aligned`]).
+    pub aligned_periods: bool,
     pub services: Vec<Service>,
     pub requests: Vec<RequestType>,
     pub network_delay: Dist,
@@ -312,6 +318,7 @@ impl Scenario {
                 .iter()
                 .map(|n| (n.scheduler == Scheduler::PerCpu).then_some(n.cores as usize))
                 .collect(),
+            aligned_periods: f.cfs_periods == CfsPeriods::Aligned,
             services,
             requests,
             network_delay: f.network_delay.build(),

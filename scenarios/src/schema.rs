@@ -17,6 +17,8 @@ use crate::DistSpec;
 /// aggregate_rps = 20       # the Tower's RPS bucket (default 20)
 /// initial_limit = 8        # cores every container starts with (default: its node's cores)
 /// network_delay = { kind = "const", ms = 0.1 }   # per hop and direction (default 0.1 ms)
+/// cfs_periods = "aligned"  # every container's 100-ms periods at the same moments (default
+///                          # "independent": each on its own, as the kernel runs them)
 ///
 /// [[nodes]]
 /// name = "node-1"
@@ -75,6 +77,9 @@ pub struct ScenarioFile {
     /// Network delay of one hop, each way.
     #[serde(default = "default_delay")]
     pub network_delay: DistSpec,
+    /// How the containers' CFS periods lie against one another (default: independent).
+    #[serde(default, skip_serializing_if = "CfsPeriods::is_default")]
+    pub cfs_periods: CfsPeriods,
     pub nodes: Vec<NodeDef>,
     pub services: Vec<ServiceDef>,
     #[serde(default)]
@@ -134,6 +139,30 @@ pub enum Scheduler {
 impl Scheduler {
     fn is_default(&self) -> bool {
         *self == Scheduler::default()
+    }
+}
+
+/// Where each container's 100-ms CFS periods begin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CfsPeriods {
+    /// `"independent"`: each container's periods run on a grid of its own, offset from the
+    /// others' by a phase drawn from the run's seed, as the kernel runs each cgroup's period
+    /// timer (measured on this machine: four cgroups' refills at 30.2, 72.7, 90.4 and 96.2
+    /// ms past the 100-ms mark, each within 0.1 ms over 30 periods, and a cgroup's phase kept
+    /// across idle spells; docs/RESULTS.md). A limit the controller changes between two
+    /// refills is written at once, and the write refills the quota and ends a throttle, as
+    /// writing `cpu.cfs_quota_us` does.
+    #[default]
+    Independent,
+    /// `"aligned"`: every container's periods begin at the same moments, the controller's
+    /// sampling ticks, where new limits take effect (the model before session 15).
+    Aligned,
+}
+
+impl CfsPeriods {
+    fn is_default(&self) -> bool {
+        *self == CfsPeriods::default()
     }
 }
 

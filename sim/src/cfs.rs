@@ -850,12 +850,58 @@ impl Container {
         if self.period_throttled {
             self.counters.nr_throttled += 1;
         }
+        self.count_burst();
+    }
+
+    /// At a refill: a container that used more than its quota since the last one spent burst
+    /// (`__refill_cfs_bandwidth_runtime` counts it then).
+    fn count_burst(&mut self) {
         if self.burst > 0.0 && self.limit.is_finite() {
             let over = (self.period_runtime - self.quota_left) - quota(self.limit);
             if over > EPS {
                 self.counters.nr_bursts += 1;
                 self.counters.burst_time += over;
             }
+        }
+    }
+
+    /// Sets a new limit between two refills, as writing `cpu.cfs_quota_us` does
+    /// (`tg_set_cfs_bandwidth`, measured on this machine: a throttled group runs again within
+    /// the millisecond): the pool is refilled at once with the new quota (with a burst, what
+    /// is left is kept, up to the burst), every throttle ends, and per CPU the runtime each
+    /// CPU holds is dropped (each takes a fresh slice). The periods keep their grid: the next
+    /// refill comes at the period's end, which then counts as throttled only if it finds the
+    /// container throttled again, as the kernel's period timer counts. Call
+    /// [`advance`](Self::advance) first.
+    pub fn write_limit_on(&mut self, limit: f64, cpus: &mut [u32]) {
+        let now = self.last;
+        self.count_burst();
+        let q = quota(limit);
+        self.quota_left = if self.burst > 0.0 && limit.is_finite() && self.limit.is_finite() {
+            (self.quota_left.max(0.0) + q).min(q * (1.0 + self.burst))
+        } else {
+            q
+        };
+        self.period_runtime = self.quota_left;
+        self.limit = limit;
+        if self.throttled {
+            self.counters.throttled_time += now - self.throttled_since;
+            self.throttled = false;
+            self.lanes.rejoin_cpus(cpus);
+        }
+        for (k, lane) in self.lanes.iter_mut().enumerate() {
+            if lane.throttled {
+                lane.throttled = false;
+                self.counters.throttled_time += now - lane.throttled_since;
+                if let Some(n) = cpus.get_mut(k) {
+                    *n += lane.running.len() as u32;
+                }
+            }
+            lane.local = 0.0;
+        }
+        self.period_throttled = false;
+        if self.slices {
+            self.settle_slices(now, cpus);
         }
     }
 
@@ -1297,6 +1343,59 @@ mod tests {
         }
         let done = run_per_cpu(&mut c, &mut cpus, PERIOD - 1e-9);
         assert!(done.iter().all(|&(_, call)| call != 3), "{done:?}");
+    }
+
+    #[test]
+    fn writing_a_limit_mid_period_refills_the_quota_and_ends_the_throttle() {
+        // 0.1 cores: 10 ms a period, spent by 35 ms of work at 10 ms; then a new limit is
+        // written at 50 ms, between two refills.
+        let mut c = Container::new(0, 8, 0.1);
+        c.submit(Segment {
+            call: 1,
+            work: 0.035,
+        });
+        assert!(run(&mut c, 0.0, 0.05, 0.1).is_empty());
+        assert!(c.throttled);
+        c.advance(0.05);
+        c.write_limit_on(0.2, &mut []);
+        c.set_rate(1.0);
+        assert!(!c.throttled, "the write ends the throttle at once");
+        assert!(
+            (c.quota_left - 0.02).abs() < 1e-12,
+            "a fresh quota of the new limit"
+        );
+        assert!((c.counters().throttled_time - 0.04).abs() < 1e-12);
+        // 20 ms more run at once (to 70 ms), then the call waits for the refill at 100 ms
+        // and finishes 5 ms into the next period.
+        let done = run(&mut c, 0.05, PERIOD - 1e-9, 0.2);
+        assert!(done.is_empty());
+        assert!(c.throttled);
+        c.advance(PERIOD);
+        c.close_period(PERIOD);
+        // Throttled when the period ended: counted once, as the kernel's timer counts.
+        assert_eq!(c.counters().nr_throttled, 1);
+        c.open_period(0.2);
+        c.set_rate(1.0);
+        let done = run(&mut c, PERIOD, 2.0 * PERIOD, 0.2);
+        assert_eq!(done.len(), 1);
+        assert!((done[0].0 - 0.105).abs() < 1e-12, "{done:?}");
+
+        // A throttle the write ends, with nothing throttled at the period's end, is not a
+        // throttled period.
+        let mut c = Container::new(0, 8, 0.1);
+        c.submit(Segment {
+            call: 1,
+            work: 0.015,
+        });
+        assert!(run(&mut c, 0.0, 0.05, 0.1).is_empty());
+        c.advance(0.05);
+        c.write_limit_on(0.1, &mut []);
+        c.set_rate(1.0);
+        assert_eq!(run(&mut c, 0.05, PERIOD - 1e-9, 0.1).len(), 1);
+        c.advance(PERIOD);
+        c.close_period(PERIOD);
+        assert_eq!(c.counters().nr_throttled, 0);
+        assert_eq!(c.counters().nr_periods, 1);
     }
 
     #[test]

@@ -41,6 +41,8 @@ enum Kind {
     Deliver(u32),
     /// Every child of the call's last stage has answered: its CPU after them, or its answer.
     Resume(u32),
+    /// A container's CFS period ends (periods not aligned: the container's own grid).
+    Period(u32),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -124,6 +126,11 @@ pub struct Engine<'a> {
     cpus_before: Vec<u32>,
     /// Scratch: the CPUs whose counts that change moved.
     cpus_moved: Vec<usize>,
+    /// Each container's period phase: its periods end at `k * PERIOD + phase` (0: at the
+    /// controller's ticks, where [`Engine::end_period`] closes them).
+    phases: Vec<f64>,
+    /// Each container's periods ended so far on its own grid.
+    periods_done: Vec<u32>,
     calls: Vec<Call>,
     free: Vec<u32>,
     events: BinaryHeap<Event>,
@@ -213,6 +220,8 @@ impl<'a> Engine<'a> {
             node_cpus,
             cpus_before: Vec::new(),
             cpus_moved: Vec::new(),
+            phases: vec![0.0; scenario.services.len()],
+            periods_done: vec![0; scenario.services.len()],
             calls: Vec::new(),
             free: Vec::new(),
             events: BinaryHeap::new(),
@@ -238,6 +247,18 @@ impl<'a> Engine<'a> {
         for node in 0..e.node_members.len() {
             e.refresh_node(node);
         }
+        if !scenario.aligned_periods {
+            // Each cgroup's period timer keeps the phase it started with; here each
+            // container's is drawn from the run's seed, the same for every scaler.
+            let mut rng = Pcg64Mcg::seed_from_u64(splitmix(seed ^ 0xC0F5_9E21_0D5E));
+            for c in 0..e.containers.len() {
+                let phase = rng.random::<f64>() * PERIOD;
+                e.phases[c] = phase;
+                if phase > 0.0 {
+                    e.push(phase, Kind::Period(c as u32));
+                }
+            }
+        }
         match load {
             Load::Poisson => {
                 if let Some(t) = traces::next_arrival(&e.rates, 0.0, &mut e.arrivals_rng) {
@@ -259,7 +280,9 @@ impl<'a> Engine<'a> {
     /// still drawn from the run's seed.
     pub fn with_arrivals(mut self, times: Vec<f64>, kinds: Vec<u16>) -> Self {
         debug_assert_eq!(times.len(), kinds.len());
-        self.events.clear();
+        // The drawn load's first event goes; the containers' period timers stay.
+        self.events
+            .retain(|e| !matches!(e.kind, Kind::Arrival | Kind::Second(_)));
         self.load = Load::Poisson;
         if let Some(&t) = times.first() {
             self.push(t, Kind::Arrival);
@@ -379,17 +402,45 @@ impl<'a> Engine<'a> {
                     self.submit_call(call, work);
                 }
                 Kind::Resume(call) => self.finish(call, on_done),
+                Kind::Period(c) => self.period_timer(c as usize),
             }
         }
         self.now = until;
     }
 
-    /// Closes the CFS period ending now, lets `limits` pick each container's next limit from
-    /// its counters, and opens the next period.
+    /// Container `c`'s period ends on its own grid: counts it and refills the quota at the
+    /// limit in force (the controller's new limits were written as they came).
+    fn period_timer(&mut self, c: usize) {
+        let now = self.now;
+        let container = &mut self.containers[c];
+        container.advance(now);
+        let before = container.busy();
+        let cpus = &mut self.node_cpus[container.node];
+        self.cpus_before.clone_from(cpus);
+        container.close_period(now);
+        let limit = container.limit();
+        container.open_period_on(limit, cpus);
+        self.touch(c, before);
+        self.periods_done[c] += 1;
+        let next = boundary(u64::from(self.periods_done[c])) + self.phases[c];
+        self.push(next, Kind::Period(c as u32));
+    }
+
+    /// The controller's tick, every `PERIOD`: lets `limits` pick each container's next limit
+    /// from its counters. With aligned periods each container's period ends now and the next
+    /// opens with the new limit; otherwise a changed limit is written at once
+    /// ([`Container::write_limit_on`]) and the periods end on their own grids.
     pub fn end_period(&mut self, mut limits: impl FnMut(usize, Counters) -> f64) {
         let now = self.now;
         for (i, c) in self.containers.iter_mut().enumerate() {
             c.advance(now);
+            if self.phases[i] > 0.0 {
+                let limit = limits(i, c.counters());
+                if limit != c.limit() {
+                    c.write_limit_on(limit, &mut self.node_cpus[c.node]);
+                }
+                continue;
+            }
             c.close_period(now);
             let limit = limits(i, c.counters());
             c.open_period_on(limit, &mut self.node_cpus[c.node]);
