@@ -15,10 +15,15 @@
 //!   this burst-then-stall behaviour is why throttling predicts latency. Per CPU, as the kernel
 //!   does, each CPU takes the quota from the period's pool in slices of up to 5 ms, throttles on
 //!   its own when its slice and the pool are spent (while another CPU may still hold runtime),
-//!   and, when it has nothing left to run, keeps 1 ms and gives the rest back; what a CPU holds
-//!   carries over to the next period. Measured on this machine's kernel (docs/RESULTS.md, "A
-//!   quota of one slice"): a service at 60% of a one-slice quota throttles twice as often on
-//!   two CPUs as on one.
+//!   and, when it has nothing left to run, keeps 1 ms and gives the rest back, which the
+//!   kernel's slack timer hands to throttled CPUs once the pool holds more than a slice; what
+//!   a CPU holds carries over to the next period. Measured on this machine's kernel
+//!   (docs/RESULTS.md, "A quota of one slice"): a service at 60% of a one-slice quota
+//!   throttles twice as often on two CPUs as on one.
+//! * Where a period begins is the engine's business (each container's periods on a grid of
+//!   its own, as the kernel's per-cgroup timers run them); a limit written between two
+//!   refills ([`Container::write_limit_on`]) refills the quota at once and ends a throttle,
+//!   as writing `cpu.cfs_quota_us` does.
 //! * Counters are kept exactly as `cpu.stat` / `cpuacct.usage` report them: `nr_periods` counts
 //!   periods in which the container had work (per CPU also the idle one after work, which the
 //!   kernel's period timer counts before it stops), `nr_throttled` those in which it ran out of

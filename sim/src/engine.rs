@@ -1,9 +1,13 @@
 //! The discrete-event engine: requests arrive, walk their call trees across containers, and
 //! leave; the engine keeps time, the node-level CPU sharing and the events.
 //!
-//! The engine knows nothing about controllers: the runner ([`crate::run`]) advances it one CFS
-//! period at a time with [`Engine::run_until`], then closes the periods, asks the scalers for
-//! new limits and opens the next periods ([`Engine::end_period`]).
+//! The engine knows nothing about controllers: the runner ([`crate::run`]) advances it 100 ms
+//! at a time with [`Engine::run_until`], then asks the scalers for new limits
+//! ([`Engine::end_period`]). Each container's CFS periods end on a grid of its own (a phase
+//! drawn from the run's seed, as the kernel runs one period timer per cgroup): those ends are
+//! events of the engine, and a new limit is written at once, refilling the quota as a write
+//! to `cpu.cfs_quota_us` does. A scenario with `cfs_periods = "aligned"` has every period end
+//! at the runner's ticks instead, where the new limits then take effect.
 //!
 //! Randomness: arrivals and request types come from one seeded stream; everything about one
 //! call (whether it happens, its CPU demands, its network delays) comes from a generator seeded
