@@ -351,23 +351,19 @@ fn the_requests_judged_are_known_before_an_open_loop_run() {
     assert_eq!(users.sends_from(0.0), None);
 }
 
-#[test]
-fn a_node_scheduled_per_cpu_serves_what_processor_sharing_serves() {
-    // Two services on one 4-CPU node, calls of 2 ms at 600 requests per second (a request
-    // calls both: 2.4 cores, so threads often share a CPU), ample limits: per CPU each change
-    // re-rates only the containers with threads on the CPUs it moved (the debug build checks
-    // every container's rates and the node's counts after each change), and the work done
-    // must be processor sharing's.
-    let text = |scheduler: &str| {
-        format!(
-            r#"
-name = "two"
+/// Two services on one node, a request calling `a` then `b` (2 ms of CPU each, exponential,
+/// no network delay); `top` and `node` are extra TOML lines for the file and the node.
+fn chain(top: &str, cores: u32, node: &str) -> Arc<Scenario> {
+    let text = format!(
+        r#"
+name = "chain"
 slo_ms = 1000
 network_delay = {{ kind = "const", ms = 0 }}
+{top}
 [[nodes]]
 name = "n"
-cores = 4
-scheduler = "{scheduler}"
+cores = {cores}
+{node}
 [[services]]
 name = "a"
 node = "n"
@@ -386,10 +382,19 @@ calls = [["b.y"]]
 service = "b"
 cpu = {{ kind = "exp", mean_ms = 2 }}
 "#
-        )
-    };
+    );
+    Arc::new(Scenario::parse("chain.toml", &text).unwrap())
+}
+
+#[test]
+fn a_node_scheduled_per_cpu_serves_what_processor_sharing_serves() {
+    // Two services on one 4-CPU node, calls of 2 ms at 600 requests per second (a request
+    // calls both: 2.4 cores, so threads often share a CPU), ample limits: per CPU each change
+    // re-rates only the containers with threads on the CPUs it moved (the debug build checks
+    // every container's rates and the node's counts after each change), and the work done
+    // must be processor sharing's.
     let go = |scheduler: &str| {
-        let scenario = Arc::new(Scenario::parse("two.toml", &text(scheduler)).unwrap());
+        let scenario = chain("", 4, &format!("scheduler = \"{scheduler}\""));
         let mut cfg = constant(scenario, 600, 120);
         cfg.initial_limit = Some(4.0);
         cfg.seed = 3;
@@ -412,38 +417,8 @@ fn independent_periods_decorrelate_the_stalls_of_a_chain() {
     // before session 15) both refill at the same moment, so the requests a releases at a
     // refill all reach b as it is spending its own fresh quota; with each container's
     // periods on a grid of its own, as the kernel runs them, they reach b mid-period.
-    let text = |periods: &str| {
-        format!(
-            r#"
-name = "chain"
-slo_ms = 1000
-network_delay = {{ kind = "const", ms = 0 }}
-cfs_periods = "{periods}"
-[[nodes]]
-name = "n"
-cores = 8
-[[services]]
-name = "a"
-node = "n"
-[[services]]
-name = "b"
-node = "n"
-[[requests]]
-name = "r"
-weight = 1
-call = "a.x"
-[calls."a.x"]
-service = "a"
-cpu = {{ kind = "exp", mean_ms = 2 }}
-calls = [["b.y"]]
-[calls."b.y"]
-service = "b"
-cpu = {{ kind = "exp", mean_ms = 2 }}
-"#
-        )
-    };
     let go = |periods: &str, seed: u64| {
-        let scenario = Arc::new(Scenario::parse("chain.toml", &text(periods)).unwrap());
+        let scenario = chain(&format!("cfs_periods = \"{periods}\""), 8, "");
         let mut cfg = constant(scenario, 100, 300);
         cfg.initial_limit = Some(0.25);
         cfg.seed = seed;
