@@ -881,14 +881,7 @@ impl Container {
     pub fn write_limit_on(&mut self, limit: f64, cpus: &mut [u32]) {
         let now = self.last;
         self.count_burst();
-        let q = quota(limit);
-        self.quota_left = if self.burst > 0.0 && limit.is_finite() && self.limit.is_finite() {
-            (self.quota_left.max(0.0) + q).min(q * (1.0 + self.burst))
-        } else {
-            q
-        };
-        self.period_runtime = self.quota_left;
-        self.limit = limit;
+        self.refill(limit);
         if self.throttled {
             self.counters.throttled_time += now - self.throttled_since;
             self.throttled = false;
@@ -910,14 +903,8 @@ impl Container {
         }
     }
 
-    /// Starts a new period with a (possibly new) limit: refills the quota and unthrottles.
-    /// With a burst, what the last period left over is kept, up to the burst.
-    pub fn open_period(&mut self, limit: f64) {
-        self.open_period_on(limit, &mut []);
-    }
-
-    /// [`open_period`](Self::open_period) on a node scheduled per CPU.
-    pub fn open_period_on(&mut self, limit: f64, cpus: &mut [u32]) {
+    /// Refills the pool at `limit` (`__refill_cfs_bandwidth_runtime`) and makes it the limit.
+    fn refill(&mut self, limit: f64) {
         let q = quota(limit);
         self.quota_left = if self.burst > 0.0 && limit.is_finite() && self.limit.is_finite() {
             (self.quota_left.max(0.0) + q).min(q * (1.0 + self.burst))
@@ -928,6 +915,17 @@ impl Container {
         };
         self.period_runtime = self.quota_left;
         self.limit = limit;
+    }
+
+    /// Starts a new period with a (possibly new) limit: refills the quota and unthrottles.
+    /// With a burst, what the last period left over is kept, up to the burst.
+    pub fn open_period(&mut self, limit: f64) {
+        self.open_period_on(limit, &mut []);
+    }
+
+    /// [`open_period`](Self::open_period) on a node scheduled per CPU.
+    pub fn open_period_on(&mut self, limit: f64, cpus: &mut [u32]) {
+        self.refill(limit);
         self.period_end = self.last + PERIOD;
         self.slack_at = f64::INFINITY;
         if self.throttled {

@@ -780,12 +780,8 @@ impl<'a> Engine<'a> {
         }
         self.cpus_moved = moved;
         debug_assert!(
-            (0..self.node_cpus[node].len()).all(|k| self.node_cpus[node][k]
-                == self.node_members[node]
-                    .iter()
-                    .map(|&m| self.containers[m as usize].runnable_on(k))
-                    .sum::<u32>()),
-            "node {node}'s per-CPU counts drifted from its containers'"
+            self.cpu_counts_add_up(node),
+            "node {node}'s per-CPU counts drifted"
         );
         self.containers[c].set_cpu_rates(&self.node_cpus[node]);
         debug_assert!(
@@ -797,6 +793,18 @@ impl<'a> Engine<'a> {
         self.schedule(c);
     }
 
+    /// Per CPU: whether each of the node's CPU counts is what its containers have there.
+    fn cpu_counts_add_up(&self, node: usize) -> bool {
+        let cpus = &self.node_cpus[node];
+        (0..cpus.len()).all(|k| {
+            cpus[k]
+                == self.node_members[node]
+                    .iter()
+                    .map(|&m| self.containers[m as usize].runnable_on(k))
+                    .sum::<u32>()
+        })
+    }
+
     /// Recomputes a node's sharing and reschedules all its containers.
     fn refresh_node(&mut self, node: usize) {
         let now = self.now;
@@ -805,12 +813,8 @@ impl<'a> Engine<'a> {
         }
         if !self.node_cpus[node].is_empty() {
             debug_assert!(
-                (0..self.node_cpus[node].len()).all(|k| self.node_cpus[node][k]
-                    == self.node_members[node]
-                        .iter()
-                        .map(|&m| self.containers[m as usize].runnable_on(k))
-                        .sum::<u32>()),
-                "node {node}'s per-CPU counts drifted from its containers'"
+                self.cpu_counts_add_up(node),
+                "node {node}'s per-CPU counts drifted"
             );
             let members = std::mem::take(&mut self.node_members[node]);
             for &m in &members {
