@@ -333,6 +333,12 @@ scheduler = "fifo""#,
             "bad.toml: slo_ms: must be a positive number, got -1",
         ),
         (
+            r#"slo_ms = 50"#,
+            r#"slo_ms = 50
+cfs_periods = "staggered""#,
+            "bad.toml:4:15: cfs_periods: unknown variant `staggered`, expected `independent` or `aligned`",
+        ),
+        (
             r#"cores = 4"#,
             r#"cores = 4
 agent = "10.0.0.1""#,
