@@ -731,17 +731,25 @@ fn each_group_refills_on_its_own_grid_and_a_quota_write_ends_a_throttle() {
     let mut phases = Vec::new();
     for (name, r) in g.names().iter().zip(&runs) {
         assert!(r.len() >= 20, "{name} was throttled every period: {r:?}");
-        // Each group refills on a grid of its own: nearly every resume within 2 ms of one
-        // phase (the one most of them share; a stray stall, such as the first, may not).
+        // Each group refills on a grid of its own: nearly every resume falls within 5 ms
+        // after one phase (the earliest of them: a refill that finds the group's CPU busy
+        // with another group's thread resumes a few ms late; a stray stall, such as the
+        // first, falls anywhere).
         let near = |origin: f64| {
             r.iter()
-                .filter(|&&t| phase_ms(t, origin).abs() < 2.0)
+                .filter(|&&t| (-0.2..5.0).contains(&phase_ms(t, origin)))
                 .count()
         };
-        let origin = r.iter().copied().max_by_key(|&o| near(o)).unwrap();
+        let best = r.iter().map(|&o| near(o)).max().unwrap();
+        let origin = r
+            .iter()
+            .copied()
+            .filter(|&o| near(o) == best)
+            .min_by(|&a, &b| phase_ms(a, b).total_cmp(&0.0))
+            .unwrap();
         let within = near(origin);
         eprintln!(
-            "{name}: {} resumes, {within} within 2 ms of one phase, {:.2} ms",
+            "{name}: {} resumes, {within} within 5 ms after one phase, {:.2} ms",
             r.len(),
             phase_ms(origin, 0.0).rem_euclid(100.0)
         );
