@@ -116,6 +116,12 @@ pub struct RunInfo {
     /// older than it): a resumed sweep reuses a Tower's run only from the same revision.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub tower_revision: u32,
+    /// The simulator's model revision (`sim::MODEL_REVISION`) of a simulated run (0 in live
+    /// records and in simulated ones older than it): a resumed sweep reuses a run only from
+    /// the same revision, since the same scenario and seed give another run after a change
+    /// to the model.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub model_revision: u32,
     pub seed: u64,
     pub slo_ms: f64,
     /// Service names and their target groups, in the order of `services.csv`.
@@ -172,6 +178,7 @@ impl RunInfo {
             tower: TowerKind::None.name().into(),
             explore: 0.0,
             tower_revision: 0,
+            model_revision: 0,
             seed,
             slo_ms: scenario.slo_ms,
             services: scenario
@@ -284,6 +291,7 @@ impl RunInfo {
             tower: "none".into(),
             explore: 0.0,
             tower_revision: 0,
+            model_revision: 0,
             seed: 1,
             slo_ms: 100.0,
             services: vec![("a".into(), 1)],

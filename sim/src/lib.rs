@@ -50,3 +50,18 @@ pub mod run;
 pub mod sweep;
 
 pub use error::{Result, SimError};
+
+/// The model's revision, kept in every simulated run's record: a resumed sweep or evaluation
+/// reuses a run on disk only from the same revision. Bump it whenever the same scenario, plan
+/// and seed give a different run on purpose.
+///
+/// 1: each container's CFS periods on a grid of its own, and limits written between refills
+/// (session 15); 0: every run recorded before.
+pub const MODEL_REVISION: u32 = 1;
+
+/// The description of a simulated run of `cfg`, as its record keeps it.
+pub fn run_info(cfg: &record::RunPlan) -> record::RunInfo {
+    let mut info = cfg.info("sim");
+    info.model_revision = MODEL_REVISION;
+    info
+}

@@ -181,7 +181,7 @@ pub fn run(
     }
     let ran_s = stopped_s.map_or(seconds, |s| s as u64);
     let trace_s = (ran_s as usize).saturating_sub(cfg.ramp_s).max(1) as f64;
-    let mut info = cfg.info("sim");
+    let mut info = crate::run_info(cfg);
     let mut latencies = Latencies::judge(&latency.overall, incomplete, scenario.slo_ms);
     // Certain, whatever the requests sent by then say on their own.
     latencies.slo_met &= stopped_s.is_none();

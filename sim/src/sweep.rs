@@ -760,7 +760,7 @@ fn reusable(cfg: &RunPlan, path: &Path, learning: bool) -> Result<Option<(RunInf
     let Ok(found) = Record::read(path) else {
         return Ok(None);
     };
-    let mut want = cfg.info("sim");
+    let mut want = crate::run_info(cfg);
     want.summary = found.info.summary.clone();
     // A run stopped at its certain miss serves only a search that would stop it too.
     let stopped = found.info.summary.stopped_s.is_some();

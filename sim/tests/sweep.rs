@@ -217,6 +217,33 @@ fn runs_of_an_older_tower_are_not_reused() {
 }
 
 #[test]
+fn runs_of_an_older_model_are_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let grid = &units()[3..4];
+    let first = sweep::execute(grid, &settings(dir.path(), 1), &|_| {}).unwrap();
+    let info_path = dir.path().join(&first[0].run).join("run.json");
+    let text = std::fs::read_to_string(&info_path).unwrap();
+    let tag = format!("\"model_revision\": {}", sim::MODEL_REVISION);
+    assert!(
+        text.contains(&tag),
+        "a simulated run keeps its model's revision: {text}"
+    );
+    // The same record as the model before the revision would have written it.
+    let older: String = text
+        .lines()
+        .filter(|l| !l.contains("model_revision"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&info_path, older).unwrap();
+    let again = sweep::execute(grid, &settings(dir.path(), 1), &|_| {}).unwrap();
+    assert_eq!(first, again, "re-run, the same runs");
+    assert!(
+        std::fs::read_to_string(&info_path).unwrap().contains(&tag),
+        "the run was redone, not reused"
+    );
+}
+
+#[test]
 fn grid_runs_stop_at_a_certain_miss_with_the_verdict_of_a_full_run() {
     let dir = tempfile::tempdir().unwrap();
     let mut open = settings(dir.path(), 2);
