@@ -560,10 +560,26 @@ impl Container {
         if self.quota_left <= SLICE || self.period_end - now <= SLACK_MARGIN {
             return;
         }
+        self.end_throttles(Some(now), cpus);
+    }
+
+    /// Ends every throttle, the container's and each CPU's, and puts their threads back on
+    /// the CPUs. With `now`, adds the time stalled until then to `throttled_time` (a period's
+    /// close has already added it).
+    fn end_throttles(&mut self, now: Option<f64>, cpus: &mut [u32]) {
+        if self.throttled {
+            if let Some(now) = now {
+                self.counters.throttled_time += now - self.throttled_since;
+            }
+            self.lanes.rejoin_cpus(cpus);
+            self.throttled = false;
+        }
         for (k, lane) in self.lanes.iter_mut().enumerate() {
             if lane.throttled {
                 lane.throttled = false;
-                self.counters.throttled_time += now - lane.throttled_since;
+                if let Some(now) = now {
+                    self.counters.throttled_time += now - lane.throttled_since;
+                }
                 if let Some(n) = cpus.get_mut(k) {
                     *n += lane.running.len() as u32;
                 }
@@ -882,19 +898,8 @@ impl Container {
         let now = self.last;
         self.count_burst();
         self.refill(limit);
-        if self.throttled {
-            self.counters.throttled_time += now - self.throttled_since;
-            self.throttled = false;
-            self.lanes.rejoin_cpus(cpus);
-        }
-        for (k, lane) in self.lanes.iter_mut().enumerate() {
-            if lane.throttled {
-                lane.throttled = false;
-                self.counters.throttled_time += now - lane.throttled_since;
-                if let Some(n) = cpus.get_mut(k) {
-                    *n += lane.running.len() as u32;
-                }
-            }
+        self.end_throttles(Some(now), cpus);
+        for lane in self.lanes.iter_mut() {
             lane.local = 0.0;
         }
         self.period_throttled = false;
@@ -928,20 +933,9 @@ impl Container {
         self.refill(limit);
         self.period_end = self.last + PERIOD;
         self.slack_at = f64::INFINITY;
-        if self.throttled {
-            self.lanes.rejoin_cpus(cpus);
-        }
-        self.throttled = false;
         // Per CPU (`distribute_cfs_runtime`): every throttled CPU runs again, and takes its
         // slice from the refilled pool, in CPU order.
-        for (k, lane) in self.lanes.iter_mut().enumerate() {
-            if lane.throttled {
-                lane.throttled = false;
-                if let Some(n) = cpus.get_mut(k) {
-                    *n += lane.running.len() as u32;
-                }
-            }
-        }
+        self.end_throttles(None, cpus);
         self.period_throttled = false;
         self.period_had_work = self.in_service() > 0;
         self.start_background(cpus);

@@ -187,6 +187,17 @@ fn resume_reuses_finished_runs_and_reruns_changed_ones() {
     );
 }
 
+/// Rewrites a record's `run.json` without `field`, as a program older than it wrote records.
+fn forget_field(info_path: &std::path::Path, field: &str) {
+    let text = std::fs::read_to_string(info_path).unwrap();
+    let older: String = text
+        .lines()
+        .filter(|l| !l.contains(field))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(info_path, older).unwrap();
+}
+
 #[test]
 fn runs_of_an_older_tower_are_not_reused() {
     let dir = tempfile::tempdir().unwrap();
@@ -201,12 +212,7 @@ fn runs_of_an_older_tower_are_not_reused() {
         "a Tower's record keeps its revision: {text}"
     );
     // The same record as an older Tower would have written it: no revision.
-    let older: String = text
-        .lines()
-        .filter(|l| !l.contains("tower_revision"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&info_path, older).unwrap();
+    forget_field(&info_path, "tower_revision");
     let again = sweep::execute(chain, &settings(dir.path(), 1), &|_| {}).unwrap();
     assert_eq!(first, again, "re-run, the same runs");
     let rewritten = std::fs::read_to_string(&info_path).unwrap();
@@ -229,12 +235,7 @@ fn runs_of_an_older_model_are_not_reused() {
         "a simulated run keeps its model's revision: {text}"
     );
     // The same record as the model before the revision would have written it.
-    let older: String = text
-        .lines()
-        .filter(|l| !l.contains("model_revision"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&info_path, older).unwrap();
+    forget_field(&info_path, "model_revision");
     let again = sweep::execute(grid, &settings(dir.path(), 1), &|_| {}).unwrap();
     assert_eq!(first, again, "re-run, the same runs");
     assert!(
