@@ -753,7 +753,10 @@ fn each_group_refills_on_its_own_grid_and_a_quota_write_ends_a_throttle() {
             r.len(),
             phase_ms(origin, 0.0).rem_euclid(100.0)
         );
-        assert!(within * 10 >= r.len() * 9, "{name}: {r:?}");
+        // Counted against the 30 refills of 3 s, not the stalls seen: a thread that another
+        // group's thread preempts mid-run stalls too, at no phase (a CI dry run saw 34 stalls,
+        // 30 of them at the refill).
+        assert!(within >= 27, "{name}: {r:?}");
         phases.push(phase_ms(origin, 0.0));
     }
     // And the grids are not one grid: the four phases spread over more than 4 ms (four
