@@ -16,9 +16,6 @@
 //! users ([`Load::Users`]) a request's send time depends on when the user's previous one was
 //! answered, so that holds only for the requests' contents, not their timing.
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
-
 use rand::distr::weighted::WeightedIndex;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_distr::Distribution;
@@ -28,6 +25,7 @@ use traces::Load;
 
 use crate::cfs::{Container, Counters, Segment, PERIOD};
 use crate::earliest::Earliest;
+use crate::queue::EventQueue;
 
 const NONE: u32 = u32::MAX;
 /// The `rtype` of a finished call.
@@ -47,31 +45,6 @@ enum Kind {
     Resume(u32),
     /// A container's CFS period ends (periods not aligned: the container's own grid).
     Period(u32),
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Event {
-    t: f64,
-    seq: u64,
-    kind: Kind,
-}
-
-impl PartialEq for Event {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Event {}
-impl PartialOrd for Event {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Event {
-    /// Reversed: the heap pops the earliest event, ties in scheduling order.
-    fn cmp(&self, other: &Self) -> Ordering {
-        other.t.total_cmp(&self.t).then(other.seq.cmp(&self.seq))
-    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -137,10 +110,9 @@ pub struct Engine<'a> {
     periods_done: Vec<u32>,
     calls: Vec<Call>,
     free: Vec<u32>,
-    events: BinaryHeap<Event>,
+    events: EventQueue<Kind>,
     /// Each container's next completion or quota exhaustion.
     next: Earliest,
-    seq: u64,
     now: f64,
     rates: Vec<f64>,
     arrivals_rng: Pcg64Mcg,
@@ -228,9 +200,8 @@ impl<'a> Engine<'a> {
             periods_done: vec![0; scenario.services.len()],
             calls: Vec::new(),
             free: Vec::new(),
-            events: BinaryHeap::new(),
+            events: EventQueue::new(),
             next: Earliest::new(scenario.services.len()),
-            seq: 0,
             now: 0.0,
             rates,
             arrivals_rng: arrivals_rng(seed),
@@ -286,7 +257,7 @@ impl<'a> Engine<'a> {
         debug_assert_eq!(times.len(), kinds.len());
         // The drawn load's first event goes; the containers' period timers stay.
         self.events
-            .retain(|e| !matches!(e.kind, Kind::Arrival | Kind::Second(_)));
+            .retain(|k| !matches!(k, Kind::Arrival | Kind::Second(_)));
         self.load = Load::Poisson;
         if let Some(&t) = times.first() {
             self.push(t, Kind::Arrival);
@@ -383,7 +354,7 @@ impl<'a> Engine<'a> {
     pub fn run_until(&mut self, until: f64, on_done: &mut impl FnMut(Completion)) {
         loop {
             let (c, tc) = self.next.min();
-            let te = self.events.peek().map_or(f64::INFINITY, |e| e.t);
+            let te = self.events.peek_time();
             if tc.min(te) >= until {
                 break;
             }
@@ -395,9 +366,9 @@ impl<'a> Engine<'a> {
                 self.container_event(c, on_done);
                 continue;
             }
-            let ev = self.events.pop().expect("peeked");
-            self.now = ev.t;
-            match ev.kind {
+            let (t, kind) = self.events.pop().expect("peeked");
+            self.now = t;
+            match kind {
                 Kind::Arrival => self.arrive(),
                 Kind::UserSend(user) => self.user_send(user),
                 Kind::Second(second) => self.second(second as usize),
@@ -459,12 +430,7 @@ impl<'a> Engine<'a> {
     }
 
     fn push(&mut self, t: f64, kind: Kind) {
-        self.seq += 1;
-        self.events.push(Event {
-            t,
-            seq: self.seq,
-            kind,
-        });
+        self.events.push(t, kind);
     }
 
     fn arrive(&mut self) {

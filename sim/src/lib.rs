@@ -46,6 +46,7 @@ pub mod cfs;
 mod earliest;
 pub mod engine;
 mod error;
+mod queue;
 pub mod run;
 pub mod sweep;
 
