@@ -154,6 +154,9 @@ pub struct Stats {
     pub minutes: Vec<Histogram<u64>>,
     /// Latency of every request scheduled from `measure_from_s` on, full precision.
     pub overall: Histogram<u64>,
+    /// The same per kind of the mix (its name, in the mix's order): which requests make the
+    /// tail.
+    pub by_kind: Vec<(String, Histogram<u64>)>,
     /// How late sends went out, in microseconds.
     pub lateness: Histogram<u64>,
     /// Last error message seen (for reports).
@@ -476,6 +479,10 @@ impl LoadGen {
         let minutes = (0..config.rates.len().div_ceil(60))
             .map(|_| histogram())
             .collect();
+        let by_kind = kinds
+            .iter()
+            .map(|k| (k.name.clone(), histogram()))
+            .collect();
         Ok(LoadGen {
             kinds: Arc::new(kinds),
             init,
@@ -485,6 +492,7 @@ impl LoadGen {
                 seconds,
                 minutes,
                 overall: histogram(),
+                by_kind,
                 lateness: histogram(),
                 last_error: None,
             })),
@@ -750,6 +758,7 @@ impl Sender {
         s.minutes[second / 60].saturating_record(us);
         if second >= self.measure_from {
             s.overall.saturating_record(us);
+            s.by_kind[kind].1.saturating_record(us);
         }
         match outcome {
             Ok(Ok(vars)) => Some(vars),

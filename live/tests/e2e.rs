@@ -211,6 +211,27 @@ fn captains_and_the_bandit_tower_run_the_demo_app_on_real_cgroups() {
     );
     assert!(s.requests > 4_500 && s.incomplete == 0, "{s:?}");
     assert!(s.p50_ms > 0.0 && s.p99_ms >= s.p50_ms);
+    // Each request type judged on its own; together they are the run's requests, and the
+    // run's P99 lies between theirs.
+    let by = &s.by_request;
+    assert_eq!(
+        by.iter().map(|t| t.request.as_str()).collect::<Vec<_>>(),
+        ["get", "put"]
+    );
+    assert_eq!(
+        by.iter().map(|t| t.latencies.requests).sum::<u64>(),
+        s.requests
+    );
+    assert_eq!(
+        by.iter().map(|t| t.latencies.incomplete).sum::<u64>(),
+        s.incomplete
+    );
+    let p99 = |t: &record::RequestLatencies| t.latencies.p99_ms;
+    assert!(
+        by.iter().map(p99).fold(f64::INFINITY, f64::min) <= s.p99_ms
+            && s.p99_ms <= by.iter().map(p99).fold(0.0, f64::max),
+        "{by:?}"
+    );
 
     // The Captains took the limits well below the initial 2 cores per service.
     let initial = 2.0 * SERVICES.len() as f64;

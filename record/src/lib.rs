@@ -4,7 +4,7 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | `run.json` | [`RunInfo`]: what ran (scenario, trace, scaler, targets, Tower, seed, SLO) and its [`Summary`] |
+//! | `run.json` | [`RunInfo`]: what ran (scenario, trace, scaler, targets, Tower, seed, SLO) and its [`Summary`] (allocation, usage, latencies and the SLO verdict, the same per request type) |
 //! | `minutes.csv` | one [`MinuteRow`] per minute: RPS, latency percentiles, allocation, Tower targets |
 //! | `services.csv` | one [`ServiceRow`] per second per service: limit, usage, CFS periods (optional) |
 //! | `requests.csv` | one [`RequestRow`] per second per request type: sent and answered (with `services.csv`; what `sim calibrate` fits CPU costs against) |
@@ -271,7 +271,34 @@ impl RunInfo {
             s.p50_ms,
             s.mean_rps,
             s.throttle_ratio
-        )
+        ) + &self.report_by_request()
+    }
+
+    /// One line per request type (none for a single-type mix): where the tail comes from.
+    fn report_by_request(&self) -> String {
+        let types = &self.summary.by_request;
+        if types.len() < 2 {
+            return String::new();
+        }
+        let width = types.iter().map(|t| t.request.len()).max().unwrap_or(0);
+        types
+            .iter()
+            .map(|t| {
+                let l = &t.latencies;
+                format!(
+                    "\n  {:width$}  P50 {:7.1} ms  P99 {:7.1} ms  {} requests{}",
+                    t.request,
+                    l.p50_ms,
+                    l.p99_ms,
+                    l.requests,
+                    if l.incomplete > 0 {
+                        format!(" ({} unfinished)", l.incomplete)
+                    } else {
+                        String::new()
+                    }
+                )
+            })
+            .collect()
     }
 
     /// A small, valid example (for docs and tests).
@@ -339,6 +366,18 @@ pub struct Summary {
     /// covers the run up to that second, and the P99 only the requests sent by then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_s: Option<f64>,
+    /// The same latencies per request type of the mix, in the scenario's order, judged by the
+    /// same rule: which requests make the tail. Empty in older records.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_request: Vec<RequestLatencies>,
+}
+
+/// One request type's latencies over a run ([`Summary::by_request`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestLatencies {
+    pub request: String,
+    #[serde(flatten)]
+    pub latencies: Latencies,
 }
 
 impl Summary {
@@ -365,7 +404,26 @@ impl Summary {
             mean_target1: 0.0,
             mean_target2: 0.0,
             stopped_s: None,
+            by_request: Vec::new(),
         }
+    }
+
+    /// Sets the per-request-type latencies: each type's judged latencies (`completed`, its
+    /// requests that arrived after the ramp and completed) and how many of its judged
+    /// requests never completed, judged against `slo_ms` as the run is.
+    pub fn with_by_request<'a>(
+        mut self,
+        types: impl IntoIterator<Item = (&'a str, &'a hdrhistogram::Histogram<u64>, u64)>,
+        slo_ms: f64,
+    ) -> Summary {
+        self.by_request = types
+            .into_iter()
+            .map(|(request, completed, incomplete)| RequestLatencies {
+                request: request.to_string(),
+                latencies: Latencies::judge(completed, incomplete, slo_ms),
+            })
+            .collect();
+        self
     }
 
     /// Sets the mean targets from the run's minutes: those that start at or after `ramp_s`
@@ -710,6 +768,43 @@ mod tests {
             ..back.gaps[0].clone()
         };
         assert!(closed.covers(11) && !closed.covers(12));
+    }
+
+    #[test]
+    fn latencies_per_request_type_round_trip_and_older_records_have_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut info = RunInfo::example();
+        let text = serde_json::to_string(&info).unwrap();
+        assert!(!text.contains("by_request"), "none, no field: {text}");
+        // A fast type, and a slow one with a request that never finished.
+        let (mut fast, mut slow) = (latency::histogram(), latency::histogram());
+        for ms in 1..=100u64 {
+            fast.record(ms * 100).unwrap();
+            slow.record(ms * 10_000).unwrap();
+        }
+        info.summary = info
+            .summary
+            .with_by_request([("fast", &fast, 0), ("slow", &slow, 1)], 500.0);
+        let by = &info.summary.by_request;
+        assert!(by[0].latencies.slo_met && by[0].latencies.p99_ms < 10.0);
+        assert!(
+            !by[1].latencies.slo_met,
+            "the unfinished request is the P99: {by:?}"
+        );
+        assert_eq!(
+            (by[1].latencies.requests, by[1].latencies.incomplete),
+            (100, 1)
+        );
+        let report = info.report();
+        assert!(
+            report.contains("\n  fast  P50") && report.contains("100 requests (1 unfinished)"),
+            "{report}"
+        );
+        RecordWriter::create(dir.path(), false, false)
+            .unwrap()
+            .finish(&info)
+            .unwrap();
+        assert_eq!(Record::read(dir.path()).unwrap().info, info);
     }
 
     #[test]

@@ -308,12 +308,13 @@ impl<'a> Engine<'a> {
         self.in_flight
     }
 
-    /// Arrival times of the requests still in flight.
-    pub fn in_flight_arrivals(&self) -> Vec<f64> {
+    /// Arrival time and request type (index into the scenario's requests) of each request
+    /// still in flight.
+    pub fn in_flight_requests(&self) -> Vec<(f64, u16)> {
         self.calls
             .iter()
             .filter(|c| c.rtype != DEAD && c.parent == NONE)
-            .map(|c| c.arrival)
+            .map(|c| (c.arrival, c.rtype))
             .collect()
     }
 

@@ -168,11 +168,13 @@ pub fn run(
         engine.run_until(t, &mut |c| latency.record(c));
         engine.end_period(|i, counters| control.sample(i, &counters.sample(t)));
     }
-    let incomplete = engine
-        .in_flight_arrivals()
-        .iter()
-        .filter(|&&a| a >= latency.ramp_end)
-        .count() as u64;
+    let mut incomplete_by_type = vec![0u64; scenario.requests.len()];
+    for (arrival, rtype) in engine.in_flight_requests() {
+        if arrival >= latency.ramp_end {
+            incomplete_by_type[rtype as usize] += 1;
+        }
+    }
+    let incomplete = incomplete_by_type.iter().sum();
 
     let (usage0, periods0, throttled0, arrivals0) = ramp_counters.unwrap_or((0.0, 0, 0, 0));
     if stopped_s.is_some() {
@@ -195,7 +197,16 @@ pub fn run(
             throttle_ratio(throttled_end - throttled0, periods_end - periods0),
         )
     }
-    .with_mean_targets(&minutes.targets, cfg.ramp_s);
+    .with_mean_targets(&minutes.targets, cfg.ramp_s)
+    .with_by_request(
+        scenario
+            .requests
+            .iter()
+            .zip(&latency.by_type)
+            .zip(&incomplete_by_type)
+            .map(|((r, h), &n)| (r.name.as_str(), h, n)),
+        scenario.slo_ms,
+    );
     let memory = control.tower.into_memory();
     if let Some(w) = writer {
         if cfg.tower != TowerKind::None {
@@ -289,6 +300,8 @@ struct Latency {
     slo_us: u64,
     /// Judged requests answered within the SLO so far.
     within_slo: u64,
+    /// The judged requests' latencies per request type.
+    by_type: Vec<Histogram<u64>>,
 }
 
 impl Latency {
@@ -300,6 +313,7 @@ impl Latency {
             answered: vec![0; request_types],
             slo_us: (slo_ms * 1000.0) as u64,
             within_slo: 0,
+            by_type: (0..request_types).map(|_| histogram()).collect(),
         }
     }
 
@@ -310,6 +324,7 @@ impl Latency {
         if c.arrival >= self.ramp_end {
             self.overall.saturating_record(us);
             self.within_slo += u64::from(us <= self.slo_us);
+            self.by_type[c.rtype as usize].saturating_record(us);
         }
     }
 }

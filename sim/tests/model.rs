@@ -436,3 +436,79 @@ fn independent_periods_decorrelate_the_stalls_of_a_chain() {
         assert!(own.p99_ms < 0.95 * aligned.p99_ms);
     }
 }
+
+/// One service serving a light and a heavy request type (1:1), on `cores` cores; the heavy
+/// one alone misses the 50-ms SLO (an exponential 20 ms has its P99 at 92 ms).
+fn two_types(cores: u32) -> Arc<Scenario> {
+    let text = format!(
+        r#"
+name = "two-types"
+slo_ms = 50
+network_delay = {{ kind = "const", ms = 0 }}
+[[nodes]]
+name = "n"
+cores = {cores}
+[[services]]
+name = "s"
+node = "n"
+[[requests]]
+name = "light"
+weight = 1
+call = "s.light"
+[[requests]]
+name = "heavy"
+weight = 1
+call = "s.heavy"
+[calls."s.light"]
+service = "s"
+cpu = {{ kind = "exp", mean_ms = 1 }}
+[calls."s.heavy"]
+service = "s"
+cpu = {{ kind = "exp", mean_ms = 20 }}
+"#
+    );
+    Arc::new(Scenario::parse("two-types.toml", &text).unwrap())
+}
+
+#[test]
+fn each_request_type_is_judged_on_its_own_and_together_they_are_the_run() {
+    // 40 RPS of each half on 4 cores: about 0.4 cores busy, no queue to speak of.
+    let out = run_constant(two_types(4), 40, 600, 1);
+    let s = &out.info.summary;
+    let by = &s.by_request;
+    assert_eq!(
+        by.iter().map(|t| t.request.as_str()).collect::<Vec<_>>(),
+        ["light", "heavy"]
+    );
+    let (light, heavy) = (&by[0].latencies, &by[1].latencies);
+    assert_eq!(light.requests + heavy.requests, s.requests);
+    assert_eq!(light.incomplete + heavy.incomplete, s.incomplete);
+    assert!(
+        heavy.p50_ms > 5.0 * light.p50_ms,
+        "20 ms against 1 ms of CPU: {heavy:?} {light:?}"
+    );
+    assert!(light.slo_met && !heavy.slo_met, "{light:?} {heavy:?}");
+    // A mixture's percentile lies between its parts'.
+    assert!(
+        light.p99_ms <= s.p99_ms && s.p99_ms <= heavy.p99_ms,
+        "{s:?}"
+    );
+    assert!(
+        out.info.report().contains("\n  heavy  P50"),
+        "{}",
+        out.info.report()
+    );
+
+    // Overloaded (about 0.4 cores of work a second on a tenth of a core): requests are left
+    // unfinished at the end, and each type owns its share of them.
+    let mut cfg = constant(two_types(4), 40, 120);
+    cfg.initial_limit = Some(0.1);
+    let out = run(&cfg, None, &mut |_, _| {}).unwrap();
+    let s = &out.info.summary;
+    let unfinished: u64 = s.by_request.iter().map(|t| t.latencies.incomplete).sum();
+    assert!(s.incomplete > 0 && unfinished == s.incomplete, "{s:?}");
+    assert!(s
+        .by_request
+        .iter()
+        .all(|t| t.latencies.incomplete > 0 && !t.latencies.slo_met));
+}

@@ -31,6 +31,11 @@ pub(super) fn summary(spec: &RunSpec, r: &RunState<'_>, s: &Stats) -> Summary {
         .iter()
         .map(|x| x.sent - x.done())
         .sum();
+    let judged = &s.seconds[ramp.min(s.seconds.len())..];
+    let by_kind = s.by_kind.iter().enumerate().map(|(k, (name, h))| {
+        let sent: u64 = judged.iter().map(|x| x.sent_by_kind[k]).sum();
+        (name.as_str(), h, sent.saturating_sub(h.len()))
+    });
     Summary::new(
         Latencies::judge(&s.overall, incomplete, spec.plan.scenario.slo_ms),
         allocation,
@@ -38,4 +43,5 @@ pub(super) fn summary(spec: &RunSpec, r: &RunState<'_>, s: &Stats) -> Summary {
         sent as f64 / trace_s,
         throttle_ratio(throttled, periods),
     )
+    .with_by_request(by_kind, spec.plan.scenario.slo_ms)
 }
