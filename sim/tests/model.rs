@@ -8,10 +8,22 @@ use sim::run::{run, RunOutput, RunPlan};
 use traces::Trace;
 
 fn one_service(threads: u32, cores: u32, mean_ms: f64) -> Arc<Scenario> {
-    let text = format!(
+    serving("queue", 1000.0, cores, Some(threads), &[("r", mean_ms)])
+}
+
+/// One service `s` on one node of `cores` cores, serving each `(request type, mean CPU ms)`
+/// (exponential CPU, equal weights) with no network delay.
+fn serving(
+    name: &str,
+    slo_ms: f64,
+    cores: u32,
+    threads: Option<u32>,
+    types: &[(&str, f64)],
+) -> Arc<Scenario> {
+    let mut text = format!(
         r#"
-name = "queue"
-slo_ms = 1000
+name = "{name}"
+slo_ms = {slo_ms}
 network_delay = {{ kind = "const", ms = 0 }}
 [[nodes]]
 name = "n"
@@ -19,17 +31,21 @@ cores = {cores}
 [[services]]
 name = "s"
 node = "n"
-threads = {threads}
-[[requests]]
-name = "r"
-weight = 1
-call = "s.x"
-[calls."s.x"]
-service = "s"
-cpu = {{ kind = "exp", mean_ms = {mean_ms} }}
 "#
     );
-    Arc::new(Scenario::parse("queue.toml", &text).unwrap())
+    if let Some(threads) = threads {
+        text += &format!("threads = {threads}\n");
+    }
+    for (request, _) in types {
+        text +=
+            &format!("[[requests]]\nname = \"{request}\"\nweight = 1\ncall = \"s.{request}\"\n");
+    }
+    for (request, mean_ms) in types {
+        text += &format!(
+            "[calls.\"s.{request}\"]\nservice = \"s\"\ncpu = {{ kind = \"exp\", mean_ms = {mean_ms} }}\n"
+        );
+    }
+    Arc::new(Scenario::parse(&format!("{name}.toml"), &text).unwrap())
 }
 
 /// A run of a constant load (`value` requests per second, or users) with no ramp, every
@@ -440,34 +456,13 @@ fn independent_periods_decorrelate_the_stalls_of_a_chain() {
 /// One service serving a light and a heavy request type (1:1), on `cores` cores; the heavy
 /// one alone misses the 50-ms SLO (an exponential 20 ms has its P99 at 92 ms).
 fn two_types(cores: u32) -> Arc<Scenario> {
-    let text = format!(
-        r#"
-name = "two-types"
-slo_ms = 50
-network_delay = {{ kind = "const", ms = 0 }}
-[[nodes]]
-name = "n"
-cores = {cores}
-[[services]]
-name = "s"
-node = "n"
-[[requests]]
-name = "light"
-weight = 1
-call = "s.light"
-[[requests]]
-name = "heavy"
-weight = 1
-call = "s.heavy"
-[calls."s.light"]
-service = "s"
-cpu = {{ kind = "exp", mean_ms = 1 }}
-[calls."s.heavy"]
-service = "s"
-cpu = {{ kind = "exp", mean_ms = 20 }}
-"#
-    );
-    Arc::new(Scenario::parse("two-types.toml", &text).unwrap())
+    serving(
+        "two-types",
+        50.0,
+        cores,
+        None,
+        &[("light", 1.0), ("heavy", 20.0)],
+    )
 }
 
 #[test]
