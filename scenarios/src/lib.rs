@@ -2,7 +2,8 @@
 //!
 //! A scenario describes an application the way the simulator and the live coordinator need it:
 //! nodes and their cores, services (containers) with their node, worker threads, Tower target
-//! group and garbage-collecting runtime (Go-like concurrent or JVM-like stop-the-world), request
+//! group, garbage-collecting runtime (Go-like concurrent or JVM-like stop-the-world) and the
+//! work they do whatever their requests (a steady share, or bursts on a timer), request
 //! types with their weights and call trees (calls may run on several threads at once), the
 //! per-hop network delay, the latency SLO, the trace multiplier and the Tower's RPS bucket. It is a TOML file; the schema is
 //! documented field by field on [`ScenarioFile`].
@@ -42,9 +43,10 @@ mod schema;
 pub use dist::{Dist, DistSpec};
 pub use error::ScenarioError;
 pub use model::{
-    call_rng, mix_phase, mix_phases, CallNode, RequestType, Runtime, Scenario, Service, BUILTIN,
+    call_rng, mix_phase, mix_phases, CallNode, Periodic, RequestType, Runtime, Scenario, Service,
+    BUILTIN,
 };
 pub use schema::{
-    CallDef, CfsPeriods, FlowDef, HttpDef, InitStep, LiveDef, NodeDef, RequestDef, RuntimeDef,
-    ScenarioFile, Scheduler, ServiceDef,
+    CallDef, CfsPeriods, FlowDef, HttpDef, InitStep, LiveDef, NodeDef, PeriodicDef, RequestDef,
+    RuntimeDef, ScenarioFile, Scheduler, ServiceDef,
 };

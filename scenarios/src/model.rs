@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use crate::{
-    CfsPeriods, Dist, DistSpec, HttpDef, LiveDef, RuntimeDef, ScenarioError, ScenarioFile,
-    Scheduler,
+    CfsPeriods, Dist, DistSpec, HttpDef, LiveDef, PeriodicDef, RuntimeDef, ScenarioError,
+    ScenarioFile, Scheduler,
 };
 
 /// The built-in scenarios.
@@ -66,6 +66,17 @@ pub struct Service {
     pub runtime: Option<Runtime>,
     /// CPU it uses whatever its requests, cores.
     pub background: f64,
+    /// Work it does on timers.
+    pub periodic: Vec<Periodic>,
+}
+
+/// Work on a timer, as the simulator runs it: every `every` CFS periods, `work` core-seconds
+/// on `threads` threads at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Periodic {
+    pub every: u32,
+    pub work: f64,
+    pub threads: u32,
 }
 
 /// A collector as the simulator runs it: every `trigger_cpu` core-seconds of request CPU, a
@@ -79,6 +90,49 @@ pub struct Runtime {
     pub threads: u32,
     pub min_threads: u32,
     pub stop_the_world: bool,
+}
+
+/// Shortest and longest timer of periodic work, in 100-ms CFS periods (0.1 s to a day).
+const PERIODIC_EVERY: std::ops::RangeInclusive<u32> = 1..=864_000;
+
+impl Periodic {
+    /// Compiles a timer's work for a container on a node of `cores` cores.
+    fn compile(def: &PeriodicDef, cores: f64) -> Result<Periodic, String> {
+        let every = (def.every_s * 10.0).round();
+        if !(def.every_s.is_finite()
+            && (every - def.every_s * 10.0).abs() < 1e-6
+            && every >= *PERIODIC_EVERY.start() as f64
+            && every <= *PERIODIC_EVERY.end() as f64)
+        {
+            return Err(format!(
+                "every_s must be a whole number of 0.1-s CFS periods from 0.1 s to a day, got {}",
+                def.every_s
+            ));
+        }
+        if !(def.cpu_ms.is_finite() && def.cpu_ms > 0.0) {
+            return Err(format!(
+                "cpu_ms must be a positive number, got {}",
+                def.cpu_ms
+            ));
+        }
+        let most = (cores.ceil() as u32).max(1);
+        if !(1..=most).contains(&def.threads) {
+            return Err(format!(
+                "threads must be between 1 and the node's {most} cores, got {}",
+                def.threads
+            ));
+        }
+        Ok(Periodic {
+            every: every as u32,
+            work: def.cpu_ms / 1000.0,
+            threads: def.threads,
+        })
+    }
+
+    /// The share of a core it takes on the mean.
+    pub fn cores(&self) -> f64 {
+        self.work / (self.every as f64 * 0.1)
+    }
 }
 
 impl Runtime {
@@ -545,6 +599,15 @@ impl Check<'_> {
                     ),
                 ));
             }
+            let periodic = s
+                .periodic
+                .iter()
+                .enumerate()
+                .map(|(k, p)| {
+                    Periodic::compile(p, cores)
+                        .map_err(|e| self.invalid(format!("services[{i}].periodic[{k}]"), e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             services.push(Service {
                 name: s.name.clone(),
                 node,
@@ -553,6 +616,7 @@ impl Check<'_> {
                 initial_limit: f.initial_limit.unwrap_or(cores),
                 runtime,
                 background: s.background_cores,
+                periodic,
             });
         }
         Ok((service_index, services))

@@ -189,6 +189,27 @@ pub struct ServiceDef {
     /// fits it (the intercept of the usage fit).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub background_cores: f64,
+    /// Work the container does on a timer, whatever its requests (a database's checkpoint every
+    /// 60 s, a diagnostics sample every second): each spends the CFS quota like any other work
+    /// and can be throttled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub periodic: Vec<PeriodicDef>,
+}
+
+/// Work on a timer: every `every_s` seconds (a whole number of 100-ms CFS periods), `cpu_ms`
+/// core-milliseconds of CPU on `threads` threads at once, starting with a period. Each timer's
+/// phase is drawn from the run's seed.
+///
+/// ```toml
+/// periodic = [{ every_s = 60, cpu_ms = 400 }, { every_s = 1, cpu_ms = 5, threads = 2 }]
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeriodicDef {
+    pub every_s: f64,
+    pub cpu_ms: f64,
+    #[serde(default = "one_thread")]
+    pub threads: u32,
 }
 
 fn is_zero(x: &f64) -> bool {

@@ -679,6 +679,64 @@ fn background_cpu_is_checked_and_written_only_when_set() {
 }
 
 #[test]
+fn periodic_work_is_checked_and_written_only_when_set() {
+    let with = |v: &str| {
+        GOOD.replacen(
+            "node = \"n1\"",
+            &format!("node = \"n1\"\nperiodic = [{v}]"),
+            1,
+        )
+    };
+    let s = Scenario::parse(
+        "timer.toml",
+        &with("{ every_s = 60, cpu_ms = 400 }, { every_s = 0.5, cpu_ms = 4, threads = 2 }"),
+    )
+    .unwrap();
+    let p = &s.services[0].periodic;
+    assert_eq!((p[0].every, p[0].work, p[0].threads), (600, 0.4, 1));
+    assert_eq!((p[1].every, p[1].work, p[1].threads), (5, 0.004, 2));
+    assert!(
+        (p[1].cores() - 0.008).abs() < 1e-12,
+        "4 ms every half second"
+    );
+    assert!(s.services[1].periodic.is_empty(), "none unless set");
+    for (v, why) in [
+        (
+            "{ every_s = 0.25, cpu_ms = 1 }",
+            "services[0].periodic[0]: every_s must be a whole number of 0.1-s CFS periods from 0.1 s to a day, got 0.25",
+        ),
+        (
+            "{ every_s = 0, cpu_ms = 1 }",
+            "periodic[0]: every_s must be a whole number",
+        ),
+        (
+            "{ every_s = nan, cpu_ms = 1 }",
+            "periodic[0]: every_s must be a whole number",
+        ),
+        (
+            "{ every_s = 1, cpu_ms = -1 }",
+            "services[0].periodic[0]: cpu_ms must be a positive number, got -1",
+        ),
+        (
+            "{ every_s = 1, cpu_ms = 1, threads = 0 }",
+            "services[0].periodic[0]: threads must be between 1 and the node's 4 cores, got 0",
+        ),
+        (
+            "{ every_s = 1, cpu_ms = 1, threads = 5 }",
+            "threads must be between 1 and the node's 4 cores, got 5",
+        ),
+        ("{ every_s = 1 }", "missing field `cpu_ms`"),
+        ("{ every_s = 1, cpu_ms = 1, when = 3 }", "unknown field `when`"),
+    ] {
+        let e = err(&with(v));
+        assert!(e.contains(why), "{v}: {e}");
+    }
+    let good = Scenario::parse("good.toml", GOOD).unwrap();
+    assert!(!good.file.to_toml().unwrap().contains("periodic"));
+    assert!(s.file.to_toml().unwrap().contains("every_s = 60"));
+}
+
+#[test]
 fn a_calibration_load_gives_each_request_type_half_of_the_requests_in_turn() {
     let share = |w: &[f64]| -> Vec<f64> {
         let t: f64 = w.iter().sum();

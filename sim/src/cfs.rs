@@ -53,13 +53,18 @@
 //!   its requests (a scenario's `background_cores`, which `sim calibrate` fits): that share of
 //!   a period's work starts at every period, beside the calls, spending the same quota.
 //!
+//! * Periodic work (optional, [`Container::with_periodic`]): work on a timer (a scenario's
+//!   `periodic`: a database's checkpoint, a diagnostics sample), started with a period every so
+//!   many periods, beside the calls, spending the same quota: a burst that can throttle a
+//!   container whose quota is sized to its calls.
+//!
 //! [`rate`]: Container::set_rate
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 
 use controller::CpuSample;
-use scenarios::Runtime;
+use scenarios::{Periodic, Runtime};
 
 /// CFS period length, seconds.
 pub const PERIOD: f64 = 0.1;
@@ -288,6 +293,15 @@ pub struct Container {
     gc: Option<Box<Collector>>,
     /// CPU used whatever the requests, cores: a share of it starts at every period.
     background: f64,
+    /// Work on timers (empty for most containers: no allocation, nothing to walk).
+    timers: Vec<Timer>,
+}
+
+/// A timer's work ([`Container::with_periodic`]) and the periods until it next starts.
+#[derive(Debug, Clone, Copy)]
+struct Timer {
+    work: Periodic,
+    left: u32,
 }
 
 /// The state of a container's garbage collector.
@@ -331,6 +345,37 @@ impl Container {
             calls_running: 0,
             gc: None,
             background: 0.0,
+            timers: Vec::new(),
+        }
+    }
+
+    /// The same container doing `work` on timers: each starts when `first` more periods have
+    /// opened (1: with the next), then every `every` periods, `work` core-seconds on `threads`
+    /// threads at once, as background work (never a call, counted in `cpu.stat`).
+    pub fn with_periodic(mut self, timers: impl IntoIterator<Item = (Periodic, u32)>) -> Self {
+        self.timers = timers
+            .into_iter()
+            .map(|(work, first)| Timer {
+                work,
+                left: first.max(1),
+            })
+            .collect();
+        self
+    }
+
+    fn start_timers(&mut self, cpus: &mut [u32]) {
+        for i in 0..self.timers.len() {
+            let t = &mut self.timers[i];
+            t.left -= 1;
+            if t.left > 0 {
+                continue;
+            }
+            t.left = t.work.every;
+            let (work, threads) = (t.work.work, t.work.threads);
+            for _ in 0..threads {
+                self.push(work / threads as f64, BACKGROUND, cpus);
+            }
+            self.period_had_work = true;
         }
     }
 
@@ -939,6 +984,7 @@ impl Container {
         self.period_throttled = false;
         self.period_had_work = self.in_service() > 0;
         self.start_background(cpus);
+        self.start_timers(cpus);
         if self.slices {
             let now = self.last;
             self.settle_slices(now, cpus);
@@ -992,6 +1038,50 @@ mod tests {
         }
         c.advance(until);
         out
+    }
+
+    #[test]
+    fn a_timers_work_spends_the_quota_every_so_often_and_stalls_the_calls_it_meets() {
+        // 30 ms on one thread every second, on a 0.1-core quota: the work spends three
+        // periods' quota, the first two to their end.
+        let every_s = scenarios::Periodic {
+            every: 10,
+            work: 0.030,
+            threads: 1,
+        };
+        let mut c = Container::new(0, 4, 0.1).with_periodic([(every_s, 3)]);
+        run(&mut c, 0.0, 2.0 + 1e-9, 0.1);
+        let k = c.counters();
+        assert!((k.usage - 0.060).abs() < 1e-6, "two runs of 30 ms: {k:?}");
+        assert_eq!((k.nr_periods, k.nr_throttled), (6, 4), "{k:?}");
+        // A 2-ms call that arrives once a run (started at 0.1 s) has spent the period's quota
+        // waits for the next period, and shares that one with the run's rest: it would take
+        // 2 ms alone.
+        let mut c = Container::new(0, 4, 0.1).with_periodic([(every_s, 1)]);
+        run(&mut c, 0.0, 0.115, 0.1);
+        assert!(c.throttled, "10 ms of the run spent the quota at 0.11 s");
+        c.submit(Segment {
+            call: 7,
+            work: 0.002,
+        });
+        let done = run(&mut c, 0.115, 0.5, 0.1);
+        assert_eq!(done.len(), 1, "only the call is reported: {done:?}");
+        assert!(
+            (0.2..0.21).contains(&done[0].0),
+            "the call ends early in the next period: {done:?}"
+        );
+        // Two threads at once take half the time each.
+        let two = scenarios::Periodic {
+            threads: 2,
+            ..every_s
+        };
+        let mut c = Container::new(0, 4, 1.0).with_periodic([(two, 1)]);
+        run(&mut c, 0.0, 0.1 + 0.015 + 1e-9, 1.0);
+        assert!(
+            (c.counters().usage - 0.030).abs() < 1e-6,
+            "{:?}",
+            c.counters()
+        );
     }
 
     #[test]

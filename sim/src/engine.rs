@@ -162,6 +162,9 @@ impl<'a> Engine<'a> {
             .iter()
             .map(|c| vec![0; c.unwrap_or(0)])
             .collect();
+        // Each timer of periodic work first fires at a period drawn from the run's seed, as
+        // the process that runs it started whenever it did.
+        let mut timers_rng = Pcg64Mcg::seed_from_u64(splitmix(seed ^ 0x0071_313E_550F_F5E7));
         let containers: Vec<Container> = scenario
             .services
             .iter()
@@ -171,8 +174,14 @@ impl<'a> Engine<'a> {
                 if let Some(cpus) = scenario.node_cpus[s.node] {
                     c = c.with_cpus(cpus);
                 }
+                let timers: Vec<_> = s
+                    .periodic
+                    .iter()
+                    .map(|&p| (p, timers_rng.random_range(1..=p.every)))
+                    .collect();
                 c.with_runtime(s.runtime)
                     .with_background_on(s.background, &mut node_cpus[s.node])
+                    .with_periodic(timers)
             })
             .collect();
         let mut node_members = vec![Vec::new(); scenario.nodes.len()];

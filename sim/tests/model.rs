@@ -20,6 +20,20 @@ fn serving(
     threads: Option<u32>,
     types: &[(&str, f64)],
 ) -> Arc<Scenario> {
+    parse(name, &serving_toml(name, slo_ms, cores, threads, types))
+}
+
+fn parse(name: &str, text: &str) -> Arc<Scenario> {
+    Arc::new(Scenario::parse(&format!("{name}.toml"), text).unwrap())
+}
+
+fn serving_toml(
+    name: &str,
+    slo_ms: f64,
+    cores: u32,
+    threads: Option<u32>,
+    types: &[(&str, f64)],
+) -> String {
     let mut text = format!(
         r#"
 name = "{name}"
@@ -45,7 +59,7 @@ node = "n"
             "[calls.\"s.{request}\"]\nservice = \"s\"\ncpu = {{ kind = \"exp\", mean_ms = {mean_ms} }}\n"
         );
     }
-    Arc::new(Scenario::parse(&format!("{name}.toml"), &text).unwrap())
+    text
 }
 
 /// A run of a constant load (`value` requests per second, or users) with no ramp, every
@@ -506,4 +520,37 @@ fn each_request_type_is_judged_on_its_own_and_together_they_are_the_run() {
         .by_request
         .iter()
         .all(|t| t.latencies.incomplete > 0 && !t.latencies.slo_met));
+}
+
+#[test]
+fn a_services_timer_work_runs_beside_its_calls_and_throttles_them() {
+    // 40 ms every second on one thread, beside 20 RPS of 5 ms calls (0.1 cores), under a
+    // quarter-core limit (25 ms a period): the timer's work spends the quota of the periods
+    // it starts in, and the calls caught there wait.
+    let plain = serving_toml("timer", 1000.0, 4, None, &[("r", 5.0)]);
+    let timed = plain.replacen(
+        "node = \"n\"",
+        "node = \"n\"\nperiodic = [{ every_s = 1, cpu_ms = 40 }]",
+        1,
+    );
+    let run_at = |text: &str| {
+        let mut cfg = constant(parse("timer", text), 20, 600);
+        cfg.initial_limit = Some(0.25);
+        run(&cfg, None, &mut |_, _| {}).unwrap().info.summary
+    };
+    let (without, with) = (run_at(&plain), run_at(&timed));
+    assert_eq!(without.requests, with.requests, "the same requests");
+    assert!(
+        (with.usage - without.usage - 0.04).abs() < 0.002,
+        "40 ms a second more: {} against {}",
+        with.usage,
+        without.usage
+    );
+    assert!(
+        with.throttle_ratio > without.throttle_ratio + 0.05,
+        "{} against {}",
+        with.throttle_ratio,
+        without.throttle_ratio
+    );
+    assert!(with.p99_ms > 2.0 * without.p99_ms, "{with:?} {without:?}");
 }

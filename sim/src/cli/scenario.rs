@@ -45,7 +45,7 @@ pub fn cmd(name: &str, placement: bool) -> Result<()> {
     )?;
     writeln!(
         out,
-        "{:<32} {:>5} {:>7} {:>10} {:>6}  collector, background CPU",
+        "{:<32} {:>5} {:>7} {:>10} {:>6}  collector, background and periodic CPU",
         "service", "group", "threads", "ms/request", "share"
     )?;
     for (svc, c) in s.services.iter().zip(&per) {
@@ -67,9 +67,20 @@ pub fn cmd(name: &str, placement: bool) -> Result<()> {
         });
         let background =
             (svc.background > 0.0).then(|| format!("background {:.3} cores", svc.background));
+        let timers = svc.periodic.iter().map(|p| {
+            format!(
+                "every {:.1} s {:.0} core-ms on {} thread{} ({:.3} cores)",
+                p.every as f64 * 0.1,
+                p.work * 1000.0,
+                p.threads,
+                if p.threads == 1 { "" } else { "s" },
+                p.cores()
+            )
+        });
         let extra = gc
             .into_iter()
             .chain(background)
+            .chain(timers)
             .collect::<Vec<_>>()
             .join("; ");
         let line = format!(
