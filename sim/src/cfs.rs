@@ -372,11 +372,17 @@ impl Container {
             }
             t.left = t.work.every;
             let (work, threads) = (t.work.work, t.work.threads);
-            for _ in 0..threads {
-                self.push(work / threads as f64, BACKGROUND, cpus);
-            }
-            self.period_had_work = true;
+            self.start_unattended(work, threads, cpus);
         }
+    }
+
+    /// Starts `work` core-seconds that are no call's (background or a timer's) on `threads`
+    /// threads at once.
+    fn start_unattended(&mut self, work: f64, threads: u32, cpus: &mut [u32]) {
+        for _ in 0..threads {
+            self.push(work / threads as f64, BACKGROUND, cpus);
+        }
+        self.period_had_work = true;
     }
 
     /// The same container with a garbage-collecting runtime.
@@ -431,11 +437,8 @@ impl Container {
 
     fn start_background(&mut self, cpus: &mut [u32]) {
         if self.background > 0.0 {
-            let threads = self.background.ceil();
-            for _ in 0..threads as usize {
-                self.push(self.background * PERIOD / threads, BACKGROUND, cpus);
-            }
-            self.period_had_work = true;
+            let threads = self.background.ceil() as u32;
+            self.start_unattended(self.background * PERIOD, threads, cpus);
         }
     }
 
