@@ -888,9 +888,12 @@ fn app_live(app: support::stubs::App, dir: &Path, users: u32) -> support::stubs:
     assert_eq!(requests.len(), 35 * scenario.requests.len(), "{tag}");
     let sent: u64 = requests.iter().map(|q| q.sent).sum();
     let answered: u64 = requests.iter().map(|q| q.completed).sum();
+    // Every request answered but those the run's end caught in flight: a closed-loop user has
+    // at most one out (a 98% floor failed once on social-network, 235 of 240 answered with 8
+    // users, in a CI dry run where 115 demo processes shared two cores).
     assert!(
-        answered as f64 > 0.98 * sent as f64 && sent > 0,
-        "{tag}: {answered} of {sent} answered ({stderr})"
+        sent > 0 && sent - answered <= u64::from(users),
+        "{tag}: {answered} of {sent} answered, {users} users ({stderr})"
     );
     assert_eq!(
         names
