@@ -742,9 +742,18 @@ fn is_zero<T: Default + PartialEq>(x: &T) -> bool {
 mod tests {
     use super::*;
 
+    /// `info` as a finished record on disk gives it back.
+    fn written_and_read(info: &RunInfo) -> RunInfo {
+        let dir = tempfile::tempdir().unwrap();
+        RecordWriter::create(dir.path(), false, false)
+            .unwrap()
+            .finish(info)
+            .unwrap();
+        Record::read(dir.path()).unwrap().info
+    }
+
     #[test]
     fn gaps_are_optional_and_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
         let mut info = RunInfo::example();
         let text = serde_json::to_string(&info).unwrap();
         assert!(!text.contains("gaps"), "no gaps, no field: {text}");
@@ -756,11 +765,7 @@ mod tests {
             to_s: None,
             reason: "agent lost".into(),
         });
-        RecordWriter::create(dir.path(), false, false)
-            .unwrap()
-            .finish(&info)
-            .unwrap();
-        let back = Record::read(dir.path()).unwrap().info;
+        let back = written_and_read(&info);
         assert_eq!(back, info);
         assert!(!back.gaps[0].covers(9) && back.gaps[0].covers(10) && back.gaps[0].covers(99));
         let closed = Gap {
@@ -772,7 +777,6 @@ mod tests {
 
     #[test]
     fn latencies_per_request_type_round_trip_and_older_records_have_none() {
-        let dir = tempfile::tempdir().unwrap();
         let mut info = RunInfo::example();
         let text = serde_json::to_string(&info).unwrap();
         assert!(!text.contains("by_request"), "none, no field: {text}");
@@ -800,11 +804,7 @@ mod tests {
             report.contains("\n  fast  P50") && report.contains("100 requests (1 unfinished)"),
             "{report}"
         );
-        RecordWriter::create(dir.path(), false, false)
-            .unwrap()
-            .finish(&info)
-            .unwrap();
-        assert_eq!(Record::read(dir.path()).unwrap().info, info);
+        assert_eq!(written_and_read(&info), info);
     }
 
     #[test]

@@ -198,50 +198,39 @@ fn forget_field(info_path: &std::path::Path, field: &str) {
     std::fs::write(info_path, older).unwrap();
 }
 
-#[test]
-fn runs_of_an_older_tower_are_not_reused() {
+/// Runs `units`, checks that the first run's record keeps `field` at `value`, then makes that
+/// record look as a program from before the field wrote it: a second sweep must redo the run
+/// (its record has the field again), not reuse it, and give the same results.
+fn a_record_without_the_field_is_redone(units: &[Unit], field: &str, value: u32) {
     let dir = tempfile::tempdir().unwrap();
-    let chain = &units()[0..1];
-    let first = sweep::execute(chain, &settings(dir.path(), 1), &|_| {}).unwrap();
-    let run = dir.path().join(&first[0].run);
-    let info_path = run.join("run.json");
-    let text = std::fs::read_to_string(&info_path).unwrap();
-    let tag = format!("\"tower_revision\": {}", controller::TOWER_REVISION);
-    assert!(
-        text.contains(&tag),
-        "a Tower's record keeps its revision: {text}"
-    );
-    // The same record as an older Tower would have written it: no revision.
-    forget_field(&info_path, "tower_revision");
-    let again = sweep::execute(chain, &settings(dir.path(), 1), &|_| {}).unwrap();
-    assert_eq!(first, again, "re-run, the same runs");
-    let rewritten = std::fs::read_to_string(&info_path).unwrap();
-    assert!(
-        rewritten.contains(&tag),
-        "the first run was redone, not reused"
-    );
-}
-
-#[test]
-fn runs_of_an_older_model_are_not_reused() {
-    let dir = tempfile::tempdir().unwrap();
-    let grid = &units()[3..4];
-    let first = sweep::execute(grid, &settings(dir.path(), 1), &|_| {}).unwrap();
+    let first = sweep::execute(units, &settings(dir.path(), 1), &|_| {}).unwrap();
     let info_path = dir.path().join(&first[0].run).join("run.json");
     let text = std::fs::read_to_string(&info_path).unwrap();
-    let tag = format!("\"model_revision\": {}", sim::MODEL_REVISION);
-    assert!(
-        text.contains(&tag),
-        "a simulated run keeps its model's revision: {text}"
-    );
-    // The same record as the model before the revision would have written it.
-    forget_field(&info_path, "model_revision");
-    let again = sweep::execute(grid, &settings(dir.path(), 1), &|_| {}).unwrap();
+    let tag = format!("\"{field}\": {value}");
+    assert!(text.contains(&tag), "the record keeps its {field}: {text}");
+    forget_field(&info_path, field);
+    let again = sweep::execute(units, &settings(dir.path(), 1), &|_| {}).unwrap();
     assert_eq!(first, again, "re-run, the same runs");
     assert!(
         std::fs::read_to_string(&info_path).unwrap().contains(&tag),
         "the run was redone, not reused"
     );
+}
+
+#[test]
+fn runs_of_an_older_tower_are_not_reused() {
+    // A learning chain's first run, written before Towers had revisions.
+    a_record_without_the_field_is_redone(
+        &units()[0..1],
+        "tower_revision",
+        controller::TOWER_REVISION,
+    );
+}
+
+#[test]
+fn runs_of_an_older_model_are_not_reused() {
+    // A grid's run, written before the model had revisions.
+    a_record_without_the_field_is_redone(&units()[3..4], "model_revision", sim::MODEL_REVISION);
 }
 
 #[test]
