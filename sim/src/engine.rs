@@ -675,13 +675,14 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// The call is done now: its answer leaves for its parent (or the client).
     fn complete(&mut self, call: u32, on_done: &mut impl FnMut(Completion)) {
-        let now = self.now;
+        let (now, mut call) = (self.now, call);
         let k = self.calls[call as usize];
-        let back = now + k.delay_back;
-        self.calls[call as usize].rtype = DEAD;
-        self.free.push(call);
         if k.parent == NONE {
+            self.calls[call as usize].rtype = DEAD;
+            self.free.push(call);
+            let back = now + k.delay_back;
             self.in_flight -= 1;
             on_done(Completion {
                 arrival: k.arrival,
@@ -696,18 +697,38 @@ impl<'a> Engine<'a> {
             }
             return;
         }
-        if self.node_of(&k).detached {
-            return;
-        }
-        let p = &mut self.calls[k.parent as usize];
-        p.pending -= 1;
-        p.ready_at = p.ready_at.max(back);
-        if p.pending == 0 {
-            let t = p.ready_at;
-            p.stage += 1;
-            if !self.start_stages(k.parent, t) {
-                self.push(t, Kind::Resume(k.parent));
+        // Up the tree while the call that finishes has a parent waiting on it. A parent
+        // inside the tree with no CPU after its children is done when its last answer
+        // arrives, at a time known now, and nothing can happen to it before then: it
+        // completes here, at that time, instead of at an event of its own (a root still
+        // completes at its event: the client's answer and the run's counts happen in time
+        // order).
+        let mut t = now;
+        loop {
+            let k = self.calls[call as usize];
+            self.calls[call as usize].rtype = DEAD;
+            self.free.push(call);
+            if self.node_of(&k).detached {
+                return;
             }
+            let back = t + k.delay_back;
+            let p = &mut self.calls[k.parent as usize];
+            p.pending -= 1;
+            p.ready_at = p.ready_at.max(back);
+            if p.pending > 0 {
+                return;
+            }
+            t = p.ready_at;
+            p.stage += 1;
+            if self.start_stages(k.parent, t) {
+                return;
+            }
+            let p = &self.calls[k.parent as usize];
+            if p.parent == NONE || p.cpu_after > 0.0 {
+                self.push(t, Kind::Resume(k.parent));
+                return;
+            }
+            call = k.parent;
         }
     }
 
