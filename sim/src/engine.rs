@@ -41,7 +41,9 @@ enum Kind {
     Second(u32),
     /// A call reaches its service.
     Deliver(u32),
-    /// Every child of the call's last stage has answered: its CPU after them, or its answer.
+    /// Every child of the call's last stage has answered: its CPU after them, or (a root's)
+    /// its answer. A call inside the tree with no CPU after its children needs no event: it
+    /// completes as its last answer arrives ([`Engine::complete`]).
     Resume(u32),
     /// A container's CFS period ends (periods not aligned: the container's own grid).
     Period(u32),
