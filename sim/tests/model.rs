@@ -383,37 +383,50 @@ fn the_requests_judged_are_known_before_an_open_loop_run() {
 
 /// Two services on one node, a request calling `a` then `b` (2 ms of CPU each, exponential,
 /// no network delay); `top` and `node` are extra TOML lines for the file and the node.
-fn chain(top: &str, cores: u32, node: &str) -> Arc<Scenario> {
-    let text = format!(
+/// An app named `name`: `services` on one node of `cores` cores, the request `r` starting
+/// at `a.x` with the call tree `calls`; `top` and `node` add lines to the app's and the
+/// node's tables.
+fn app(
+    name: &str,
+    delay_ms: f64,
+    top: &str,
+    cores: u32,
+    node: &str,
+    services: &[&str],
+    calls: &str,
+) -> Arc<Scenario> {
+    let mut text = format!(
         r#"
-name = "chain"
+name = "{name}"
 slo_ms = 1000
-network_delay = {{ kind = "const", ms = 0 }}
+network_delay = {{ kind = "const", ms = {delay_ms} }}
 {top}
 [[nodes]]
 name = "n"
 cores = {cores}
 {node}
-[[services]]
-name = "a"
-node = "n"
-[[services]]
-name = "b"
-node = "n"
-[[requests]]
-name = "r"
-weight = 1
-call = "a.x"
+"#
+    );
+    for service in services {
+        text += &format!("[[services]]\nname = \"{service}\"\nnode = \"n\"\n");
+    }
+    text += "[[requests]]\nname = \"r\"\nweight = 1\ncall = \"a.x\"\n";
+    text += calls;
+    parse(name, &text)
+}
+
+/// `a` calls `b`, each 2 ms of CPU on average, no network delay.
+fn chain(top: &str, cores: u32, node: &str) -> Arc<Scenario> {
+    let calls = r#"
 [calls."a.x"]
 service = "a"
-cpu = {{ kind = "exp", mean_ms = 2 }}
+cpu = { kind = "exp", mean_ms = 2 }
 calls = [["b.y"]]
 [calls."b.y"]
 service = "b"
-cpu = {{ kind = "exp", mean_ms = 2 }}
-"#
-    );
-    Arc::new(Scenario::parse("chain.toml", &text).unwrap())
+cpu = { kind = "exp", mean_ms = 2 }
+"#;
+    app("chain", 0.0, top, cores, node, &["a", "b"], calls)
 }
 
 #[test]
@@ -553,4 +566,54 @@ fn a_services_timer_work_runs_beside_its_calls_and_throttles_them() {
         without.throttle_ratio
     );
     assert!(with.p99_ms > 2.0 * without.p99_ms, "{with:?} {without:?}");
+}
+
+/// A request through three services, `a` -> `b` -> `c`, each call 2 ms of CPU and every hop
+/// 1 ms of network; `a` has 2 ms of CPU after its child, `b` has `b_after` (none if 0).
+fn three_deep(b_after: f64) -> Arc<Scenario> {
+    let after = if b_after > 0.0 {
+        format!("cpu_after = {{ kind = \"const\", ms = {b_after} }}")
+    } else {
+        String::new()
+    };
+    let calls = format!(
+        r#"
+[calls."a.x"]
+service = "a"
+cpu = {{ kind = "const", ms = 2 }}
+calls = [["b.y"]]
+cpu_after = {{ kind = "const", ms = 2 }}
+[calls."b.y"]
+service = "b"
+cpu = {{ kind = "const", ms = 2 }}
+calls = [["c.z"]]
+{after}
+[calls."c.z"]
+service = "c"
+cpu = {{ kind = "const", ms = 2 }}
+"#
+    );
+    app("three-deep", 1.0, "", 32, "", &["a", "b", "c"], &calls)
+}
+
+#[test]
+fn a_call_with_nothing_after_its_children_answers_as_its_last_answer_arrives() {
+    // Six hops of 1 ms and four CPU phases of 2 ms: 14 ms, whoever answers when, on a node
+    // with a core for every call.
+    let plain = run_constant(three_deep(0.0), 20, 60, 1);
+    let s = &plain.info.summary;
+    assert!(s.requests > 1000, "{} requests", s.requests);
+    for (what, got) in [("P50", s.p50_ms), ("P99", s.p99_ms), ("mean", s.mean_ms)] {
+        assert!((got - 14.0).abs() < 0.01, "{what} {got} ms, not 14 ms");
+    }
+    // `b`'s answer passes up as `c`'s arrives: no event of its own. With CPU after its child
+    // it needs two (the answer that starts that CPU and the CPU's end), on the same arrivals.
+    let with_after = run_constant(three_deep(1.0), 20, 60, 1);
+    assert_eq!(with_after.stats.arrivals, plain.stats.arrivals);
+    assert!((with_after.info.summary.p99_ms - 15.0).abs() < 0.01);
+    assert_eq!(
+        with_after.stats.events - plain.stats.events,
+        2 * plain.stats.arrivals,
+        "events beyond b's after-CPU phase"
+    );
 }
