@@ -41,6 +41,9 @@ pub struct Scenario {
     pub nodes: Vec<(String, f64)>,
     /// Per node: its CPUs if it is scheduled per CPU ([`Scheduler::PerCpu`]), else `None`.
     pub node_cpus: Vec<Option<usize>>,
+    /// Per node: what a physical core's second busy hardware thread adds, if the node's
+    /// cores are SMT threads ([`crate::schema::NodeDef::smt_yield`]).
+    pub node_smt: Vec<Option<f64>>,
     /// Whether every container's CFS periods begin at the same moments
     /// ([`CfsPeriods::Aligned`]).
     pub aligned_periods: bool,
@@ -372,6 +375,7 @@ impl Scenario {
                 .iter()
                 .map(|n| (n.scheduler == Scheduler::PerCpu).then_some(n.cores as usize))
                 .collect(),
+            node_smt: f.nodes.iter().map(|n| n.smt_yield).collect(),
             aligned_periods: f.cfs_periods == CfsPeriods::Aligned,
             services,
             requests,
@@ -521,6 +525,23 @@ impl Check<'_> {
                         n.cores
                     ),
                 ));
+            }
+            if let Some(y) = n.smt_yield {
+                let reason = if !(0.0..=1.0).contains(&y) {
+                    Some(format!("{y}: must be from 0 to 1"))
+                } else if n.scheduler == Scheduler::PerCpu {
+                    Some("needs processor sharing: per-CPU nodes have no SMT model".into())
+                } else if n.cores.fract() != 0.0 || n.cores % 2.0 != 0.0 {
+                    Some(format!(
+                        "needs an even whole number of cores (two threads a core), got {}",
+                        n.cores
+                    ))
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    return Err(self.invalid(format!("nodes[{i}].smt_yield"), reason));
+                }
             }
             if let Some(a) = &n.agent {
                 let ok = a

@@ -25,6 +25,8 @@ use crate::DistSpec;
 /// cores = 8
 /// agent = "10.0.0.11:7070" # the node's live agent (live runs only)
 /// scheduler = "per-cpu"    # how runnable threads share the CPUs (default "processor-sharing")
+/// # smt_yield = 0.25       # cores are SMT threads, two to a core; what a core's second busy
+///                          # thread adds (processor sharing only; default: whole cores)
 ///
 /// [[services]]
 /// name = "front"
@@ -118,6 +120,15 @@ pub struct NodeDef {
     /// How the node's CPUs are shared among runnable threads (default: processor sharing).
     #[serde(default, skip_serializing_if = "Scheduler::is_default")]
     pub scheduler: Scheduler,
+    /// Simultaneous multithreading: `cores` are hardware threads, two to a physical core, and
+    /// a core with both threads busy does `1 + smt_yield` times the work of one thread alone
+    /// (0 to 1). Threads take a core of their own while there are idle ones, as Linux places
+    /// them; past half the threads busy, each runs slower but the cgroup is charged its whole
+    /// time on the thread, so a burst on many threads spends more quota for the same work.
+    /// Unset: every one of `cores` is a whole core. Needs processor sharing and an even
+    /// number of `cores`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smt_yield: Option<f64>,
 }
 
 /// How a node's CPUs are shared among its containers' runnable threads.

@@ -324,6 +324,25 @@ scheduler = "per-cpu""#,
         (
             r#"cores = 4"#,
             r#"cores = 4
+smt_yield = 1.5"#,
+            "bad.toml: nodes[0].smt_yield: 1.5: must be from 0 to 1",
+        ),
+        (
+            r#"cores = 4"#,
+            r#"cores = 5
+smt_yield = 0.25"#,
+            "bad.toml: nodes[0].smt_yield: needs an even whole number of cores (two threads a core), got 5",
+        ),
+        (
+            r#"cores = 4"#,
+            r#"cores = 4
+smt_yield = 0.25
+scheduler = "per-cpu""#,
+            "bad.toml: nodes[0].smt_yield: needs processor sharing: per-CPU nodes have no SMT model",
+        ),
+        (
+            r#"cores = 4"#,
+            r#"cores = 4
 scheduler = "fifo""#,
             "bad.toml:7:13: nodes[0].scheduler: unknown variant `fifo`, expected `processor-sharing` or `per-cpu`",
         ),

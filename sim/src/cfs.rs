@@ -291,6 +291,10 @@ pub struct Container {
     calls_running: usize,
     /// Boxed: most containers have none, and the hot loop walks containers.
     gc: Option<Box<Collector>>,
+    /// CPU time charged per unit of work done, under processor sharing: 1, or more on an SMT
+    /// node whose busy threads share physical cores (each is charged its whole time on a
+    /// hardware thread, at a fraction of a core's speed).
+    charge: f64,
     /// CPU used whatever the requests, cores: a share of it starts at every period.
     background: f64,
     /// Work on timers (empty for most containers: no allocation, nothing to walk).
@@ -321,6 +325,7 @@ impl Container {
     /// A container with `threads` workers and an initial limit in cores (`INFINITY`: none).
     pub fn new(node: usize, threads: u32, limit: f64) -> Self {
         Container {
+            charge: 1.0,
             node,
             threads: threads.max(1) as usize,
             lanes: Lanes::new(1, 1.0),
@@ -455,7 +460,7 @@ impl Container {
             for lane in self.lanes.iter_mut() {
                 if lane.rate > 0.0 && !lane.running.is_empty() {
                     let per_call = lane.rate * dt;
-                    let used = per_call * lane.running.len() as f64;
+                    let used = per_call * lane.running.len() as f64 * self.charge;
                     lane.v += per_call;
                     self.counters.usage += used;
                     if self.slices {
@@ -490,7 +495,15 @@ impl Container {
     /// Sets the per-call rate from the node's sharing (call [`advance`](Self::advance) first).
     #[inline]
     pub fn set_rate(&mut self, node_rate: f64) {
+        self.set_rates(node_rate, 1.0);
+    }
+
+    /// [`set_rate`](Self::set_rate), each thread charged `charge` CPU-seconds per second of
+    /// work done (more than 1 where SMT threads share a core).
+    #[inline]
+    pub fn set_rates(&mut self, node_rate: f64, charge: f64) {
         self.lanes[0].rate = if self.throttled { 0.0 } else { node_rate };
+        self.charge = charge;
     }
 
     /// This container's runnable threads on CPU `k` (per-CPU scheduling): what the node's
@@ -845,7 +858,7 @@ impl Container {
                 continue;
             };
             finish = finish.min(self.last + ((top.finish_v - lane.v).max(0.0) / lane.rate));
-            let lane_spend = lane.rate * lane.running.len() as f64;
+            let lane_spend = lane.rate * lane.running.len() as f64 * self.charge;
             spend += lane_spend;
             alloc += lane.rate * lane.calls as f64;
             if per_lane {
@@ -880,7 +893,7 @@ impl Container {
         }
         let top = lane.running.peek()?;
         let finish = self.last + ((top.finish_v - lane.v).max(0.0) / lane.rate);
-        let spend = lane.rate * lane.running.len() as f64;
+        let spend = lane.rate * lane.running.len() as f64 * self.charge;
         let left = if self.slices && self.limit.is_finite() {
             lane.local
         } else if self.slices {

@@ -744,11 +744,11 @@ impl<'a> Engine<'a> {
         }
         let busy = self.node_busy[node] + self.containers[c].busy() - before;
         self.node_busy[node] = busy;
-        let rate = node_rate(self.node_cores[node], busy);
+        let (rate, charge) = sharing(self.node_cores[node], self.scenario.node_smt[node], busy);
         if rate != self.node_rate[node] {
             self.refresh_node(node);
         } else {
-            self.containers[c].set_rate(rate);
+            self.containers[c].set_rates(rate, charge);
             self.schedule(c);
         }
     }
@@ -827,12 +827,12 @@ impl<'a> Engine<'a> {
             .iter()
             .map(|&m| self.containers[m as usize].busy())
             .sum();
-        let rate = node_rate(self.node_cores[node], busy);
+        let (rate, charge) = sharing(self.node_cores[node], self.scenario.node_smt[node], busy);
         self.node_busy[node] = busy;
         self.node_rate[node] = rate;
         let members = std::mem::take(&mut self.node_members[node]);
         for &m in &members {
-            self.containers[m as usize].set_rate(rate);
+            self.containers[m as usize].set_rates(rate, charge);
             self.schedule(m as usize);
         }
         self.node_members[node] = members;
@@ -846,13 +846,32 @@ impl<'a> Engine<'a> {
     }
 }
 
-/// Cores each busy call on a node gets: one, unless the node is oversubscribed.
+/// How fast each busy thread on a node runs, in cores, and the CPU time its cgroup is charged
+/// per unit of that work: one core and 1, unless the node is oversubscribed (each gets its
+/// share) or, on an SMT node (`smt`: what a core's second busy thread adds), more than half
+/// its hardware threads are busy. Linux puts a woken thread on an idle core first, so the
+/// first `cores / 2` threads have a core each; past them, threads pair up on cores, each pair
+/// doing `1 + smt` threads' work, and each thread is charged its whole time on its hardware
+/// thread.
 #[inline]
-fn node_rate(cores: f64, busy: usize) -> f64 {
-    if (busy as f64) <= cores {
-        1.0
-    } else {
-        cores / busy as f64
+fn sharing(cores: f64, smt: Option<f64>, busy: usize) -> (f64, f64) {
+    let b = busy as f64;
+    match smt {
+        None if b <= cores => (1.0, 1.0),
+        None => (cores / b, 1.0),
+        Some(y) => {
+            let physical = cores / 2.0;
+            if b <= physical {
+                (1.0, 1.0)
+            } else {
+                // Work done by the node's cores, and the share of time each thread holds a
+                // hardware thread.
+                let work = physical + y * (b.min(cores) - physical);
+                let rate = work / b;
+                let on_cpu = (cores / b).min(1.0);
+                (rate, on_cpu / rate)
+            }
+        }
     }
 }
 

@@ -617,3 +617,59 @@ fn a_call_with_nothing_after_its_children_answers_as_its_last_answer_arrives() {
         "events beyond b's after-CPU phase"
     );
 }
+
+/// `n` requests of 10 ms of CPU each, all sent at 1 ms to one service of 8 threads, on
+/// a node of 4 hardware threads (`smt`: two to a core, or 4 whole cores) and a quota of
+/// `limit` cores that is never refilled (aligned periods, nobody ends one): when each is
+/// answered (`None`: not within 90 ms) and the CPU the cgroup was charged.
+fn burst_on(smt: bool, n: usize, limit: f64) -> (Vec<Option<f64>>, f64) {
+    use sim::engine::Engine;
+    let node = if smt { "smt_yield = 0.25" } else { "" };
+    // A thread for every request, more than the node's hardware threads.
+    let calls = r#"
+[[services]]
+name = "a"
+node = "n"
+threads = 8
+[calls."a.x"]
+service = "a"
+cpu = { kind = "const", ms = 10 }
+"#;
+    let scenario = app("smt", 0.0, "cfs_periods = \"aligned\"", 4, node, &[], calls);
+    let mut engine = Engine::new(&scenario, vec![0.0], traces::Load::Poisson, &[limit], 1)
+        .with_arrivals(vec![0.001; n], vec![0; n]);
+    let mut done = vec![None; 0];
+    engine.run_until(0.09, &mut |c| done.push(Some(c.done)));
+    done.resize(n, None);
+    (done, engine.counters(0).usage)
+}
+
+#[test]
+fn smt_threads_past_half_the_node_run_slower_and_are_charged_their_whole_time() {
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    // Every request answered at `at` (`None`: none within 90 ms), `charged` s of CPU.
+    let check = |smt: bool, n: usize, limit: f64, at: Option<f64>, charged: f64| {
+        let (done, usage) = burst_on(smt, n, limit);
+        let answered = done.iter().all(|d| match (d, at) {
+            (Some(d), Some(at)) => close(*d, at),
+            (None, None) => true,
+            _ => false,
+        });
+        assert!(
+            answered && close(usage, charged),
+            "SMT {smt}, {n} threads, limit {limit}: answered {done:?}, charged {usage}"
+        );
+    };
+    // Two threads: a core each, as without SMT.
+    check(true, 2, 100.0, Some(0.011), 0.020);
+    // Four on two cores: each pair does 1.25 threads' work, so 10 ms of work takes 16 ms,
+    // and each thread is charged those 16 ms.
+    check(true, 4, 100.0, Some(0.017), 0.064);
+    check(false, 4, 100.0, Some(0.011), 0.040);
+    // Eight threads on four hardware threads: half the time on one, at 0.3125 of a core.
+    check(true, 8, 100.0, Some(0.033), 0.128);
+    // The same 40 ms of work spends a 50-ms quota on SMT threads (64 ms would be charged)
+    // and stalls to the period's end; on whole cores it fits.
+    check(true, 4, 0.5, None, 0.050);
+    check(false, 4, 0.5, Some(0.011), 0.040);
+}
