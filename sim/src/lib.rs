@@ -10,7 +10,8 @@
 //!   Start here to see what "throttled" means.
 //! * [`engine`]: requests arrive (open-loop Poisson following the trace, or closed-loop users
 //!   who think between requests, as the paper's Locust load), walk their call trees across
-//!   containers and nodes (a call may run on several threads at once), and leave.
+//!   containers and nodes (a call may run on several threads at once; a node's cores may be
+//!   SMT threads, two to a core), and leave.
 //! * [`sweep`]: target sweeps, the Autothrottle warm-up protocol and the paper's evaluation
 //!   grid, in parallel, sharded and resumable.
 //! * [`calibrate`]: fitting a scenario's CPU costs, network delay and each service's calls'
