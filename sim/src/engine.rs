@@ -678,42 +678,38 @@ impl<'a> Engine<'a> {
     }
 
     /// The call is done now: its answer leaves for its parent (or the client).
-    fn complete(&mut self, call: u32, on_done: &mut impl FnMut(Completion)) {
-        let (now, mut call) = (self.now, call);
-        let k = self.calls[call as usize];
-        if k.parent == NONE {
-            self.calls[call as usize].rtype = DEAD;
-            self.free.push(call);
-            let back = now + k.delay_back;
-            self.in_flight -= 1;
-            on_done(Completion {
-                arrival: k.arrival,
-                done: back,
-                rtype: k.rtype,
-            });
-            if let Some(slot) = self.user_of.get_mut(call as usize) {
-                let user = std::mem::replace(slot, NONE);
-                if user != NONE {
-                    self.user_answered(user, back);
-                }
-            }
-            return;
-        }
-        // Up the tree while the call that finishes has a parent waiting on it. A parent
-        // inside the tree with no CPU after its children is done when its last answer
-        // arrives, at a time known now, and nothing can happen to it before then: it
-        // completes here, at that time, instead of at an event of its own (a root still
-        // completes at its event: the client's answer and the run's counts happen in time
-        // order).
-        let mut t = now;
+    ///
+    /// Then up the tree while the call that finished has a parent waiting on it: a parent
+    /// inside the tree with no CPU after its children is done when its last answer arrives,
+    /// at a time known now, and nothing can happen to it before then, so it completes here,
+    /// at that time, instead of at an event of its own. A root completes only at an event
+    /// (now): the client's answer and the run's counts happen in time order.
+    fn complete(&mut self, mut call: u32, on_done: &mut impl FnMut(Completion)) {
+        let mut t = self.now;
         loop {
             let k = self.calls[call as usize];
             self.calls[call as usize].rtype = DEAD;
             self.free.push(call);
+            let back = t + k.delay_back;
+            if k.parent == NONE {
+                debug_assert_eq!(t, self.now, "a root completed ahead of its time");
+                self.in_flight -= 1;
+                on_done(Completion {
+                    arrival: k.arrival,
+                    done: back,
+                    rtype: k.rtype,
+                });
+                if let Some(slot) = self.user_of.get_mut(call as usize) {
+                    let user = std::mem::replace(slot, NONE);
+                    if user != NONE {
+                        self.user_answered(user, back);
+                    }
+                }
+                return;
+            }
             if self.node_of(&k).detached {
                 return;
             }
-            let back = t + k.delay_back;
             let p = &mut self.calls[k.parent as usize];
             p.pending -= 1;
             p.ready_at = p.ready_at.max(back);
