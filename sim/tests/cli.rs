@@ -587,3 +587,19 @@ fn scenario_placement_lists_every_service_on_its_node() {
         || l.ends_with(" worker-3")
         || l.ends_with(" worker-4")));
 }
+
+#[test]
+fn scenario_listing_says_which_nodes_are_smt_threads() {
+    let listing = |name: &str| {
+        let out = sim(&["scenario", name], None);
+        assert!(out.status.success(), "{name}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let hotel = listing("hotel-reservation");
+    assert!(
+        hotel.contains("SMT threads, two to a core: worker-1 (yield 0.36), worker-2 (yield 0.36)"),
+        "{hotel}"
+    );
+    // The demo's node is this machine's two CPUs: whole cores, nothing to say.
+    assert!(!listing("demo").contains("SMT"));
+}

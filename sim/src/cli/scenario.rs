@@ -38,6 +38,16 @@ pub fn cmd(name: &str, placement: bool) -> Result<()> {
     if !per_cpu.is_empty() {
         writeln!(out, "scheduled per CPU: {}", per_cpu.join(", "))?;
     }
+    let smt: Vec<String> = s
+        .nodes
+        .iter()
+        .zip(&s.node_smt)
+        .filter_map(|((name, _), y)| y.map(|y| format!("{name} (yield {y})")))
+        .collect();
+    if !smt.is_empty() {
+        // Cores there are hardware threads: say so, since it changes what a quota buys.
+        writeln!(out, "SMT threads, two to a core: {}", smt.join(", "))?;
+    }
     writeln!(
         out,
         "CPU per request on the mix: {:.2} ms of request CPU (collectors not included)",
