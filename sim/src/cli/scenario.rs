@@ -29,24 +29,21 @@ pub fn cmd(name: &str, placement: bool) -> Result<()> {
         s.slo_ms,
         s.multiplier
     )?;
-    let per_cpu: Vec<String> = s
-        .nodes
-        .iter()
-        .zip(&s.node_cpus)
-        .filter_map(|((name, _), cpus)| cpus.map(|n| format!("{name} ({n} CPUs)")))
-        .collect();
-    if !per_cpu.is_empty() {
-        writeln!(out, "scheduled per CPU: {}", per_cpu.join(", "))?;
-    }
-    let smt: Vec<String> = s
-        .nodes
-        .iter()
-        .zip(&s.node_smt)
-        .filter_map(|((name, _), y)| y.map(|y| format!("{name} (yield {y})")))
-        .collect();
-    if !smt.is_empty() {
-        // Cores there are hardware threads: say so, since it changes what a quota buys.
-        writeln!(out, "SMT threads, two to a core: {}", smt.join(", "))?;
+    // Nodes that are not plain processor-shared whole cores: a quota buys something else there.
+    let special = [
+        (
+            "scheduled per CPU",
+            nodes_with(&s, &s.node_cpus, |n| format!("{n} CPUs")),
+        ),
+        (
+            "SMT threads, two to a core",
+            nodes_with(&s, &s.node_smt, |y| format!("yield {y}")),
+        ),
+    ];
+    for (what, nodes) in special {
+        if !nodes.is_empty() {
+            writeln!(out, "{what}: {nodes}")?;
+        }
     }
     writeln!(
         out,
@@ -105,4 +102,18 @@ pub fn cmd(name: &str, placement: bool) -> Result<()> {
     }
     std::io::stdout().write_all(out.as_bytes())?;
     Ok(())
+}
+
+/// "name (detail), ..." for the nodes where `per_node` has a value.
+fn nodes_with<T: Copy>(
+    s: &Scenario,
+    per_node: &[Option<T>],
+    detail: impl Fn(T) -> String,
+) -> String {
+    s.nodes
+        .iter()
+        .zip(per_node)
+        .filter_map(|((name, _), v)| v.map(|v| format!("{name} ({})", detail(v))))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
