@@ -603,3 +603,67 @@ fn scenario_listing_says_which_nodes_are_smt_threads() {
     // The demo's node is this machine's two CPUs: whole cores, nothing to say.
     assert!(!listing("demo").contains("SMT"));
 }
+
+#[test]
+fn an_evaluation_is_compared_with_measured_targets_and_a_bad_file_refused_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    // A shard's results: the two baselines' grids on one cell, one target each met.
+    let shard = dir.path().join("shard");
+    std::fs::create_dir(&shard).unwrap();
+    let row = |scaler: &str, t: &str, met: bool| {
+        format!("hotel-reservation,diurnal,{scaler},grid,{t},{t},{t},{t},1,20.0,10.0,5.0,80.0,100.0,{met},2000.0,0.05,runs/x-{scaler}-{t},\n")
+    };
+    std::fs::write(
+        shard.join("results.csv"),
+        "app,workload,scaler,phase,target1,target2,mean_target1,mean_target2,seed,allocation,usage,p50_ms,p99_ms,slo_ms,slo_met,mean_rps,throttle_ratio,run,stopped_s\n"
+            .to_string()
+            + &row("k8s-cpu", "0.7", false)
+            + &row("k8s-cpu", "0.6", true)
+            + &row("k8s-cpu-fast", "0.9", true),
+    )
+    .unwrap();
+    let measured = p("measured.csv");
+    std::fs::write(
+        &measured,
+        "app,workload,k8s_cpu,k8s_cpu_fast\nhotel-reservation,diurnal,0.7,0.7\n",
+    )
+    .unwrap();
+    let out = p("merged");
+    let merged = sim(
+        &[
+            "merge",
+            shard.to_str().unwrap(),
+            "--out",
+            &out,
+            "--compare-targets",
+            &measured,
+        ],
+        None,
+    );
+    assert!(
+        merged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&merged.stderr)
+    );
+    let md = std::fs::read_to_string(dir.path().join("merged/calibration.md")).unwrap();
+    assert!(
+        md.contains("| hotel-reservation | diurnal | 0.7 / 0.7 | 0.6 / 0.9 | 1 of 2 |"),
+        "{md}"
+    );
+    assert!(md.contains("1 of 2 baseline cells within 0.1"), "{md}");
+    // A bad file is refused before a single run starts.
+    std::fs::write(&measured, "app,workload,k8s_cpu\nh,d,0.7\n").unwrap();
+    fails_with(
+        &[
+            "evaluate",
+            "--compare-targets",
+            &measured,
+            "--out",
+            &p("eval"),
+        ],
+        None,
+        "line 2: expected app,workload,k8s_cpu,k8s_cpu_fast",
+    );
+    assert!(!dir.path().join("eval").exists());
+}

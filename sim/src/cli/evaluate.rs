@@ -10,6 +10,7 @@ use scenarios::Scenario;
 use sim::sweep::{self, Contender, Unit, Workload};
 use traces::{Load, Trace};
 
+use super::compare;
 use super::sweep::{execute_with_progress, grid_for, ManyArgs};
 
 #[derive(Args)]
@@ -51,6 +52,11 @@ pub struct EvaluateArgs {
     /// (`autothrottle+cv`), as a column of table-burst.md.
     #[arg(long)]
     pub with_variability: bool,
+    /// Compare the best K8s-CPU and K8s-CPU-Fast targets with ones measured elsewhere: a CSV
+    /// of `app,workload,k8s_cpu,k8s_cpu_fast` (../shared/calibration/paper-best-targets.csv);
+    /// writes calibration.md.
+    #[arg(long)]
+    pub compare_targets: Option<PathBuf>,
     #[command(flatten)]
     pub many: ManyArgs,
     /// Output directory: results.csv, best.csv, table.csv, table.md, plots/ and run records.
@@ -59,6 +65,12 @@ pub struct EvaluateArgs {
 }
 
 pub fn cmd(a: EvaluateArgs) -> Result<()> {
+    // Read first: a bad file should not wait for an hour of runs to be refused.
+    let measured = a
+        .compare_targets
+        .as_deref()
+        .map(compare::read)
+        .transpose()?;
     let trace = |name: &str, app: &Scenario| -> Result<Arc<Trace>> {
         let t = match (&a.trace_dir, name) {
             (_, "constant") => app.workload("constant")?,
@@ -129,7 +141,7 @@ pub fn cmd(a: EvaluateArgs) -> Result<()> {
     let units = a.many.shard(sweep::split_grids(chains))?;
     let settings = a.many.settings(&a.out, Load::users())?;
     let rows = execute_with_progress(&units, &settings)?;
-    finish_evaluation(&a.out, rows, !a.no_plots)
+    finish_evaluation(&a.out, rows, !a.no_plots, measured.as_deref())
 }
 
 /// Writes results, best, the table (CSV and Markdown) and, optionally, the comparison plots.
@@ -137,6 +149,7 @@ fn finish_evaluation(
     out: &std::path::Path,
     rows: Vec<sweep::ResultRow>,
     plots: bool,
+    measured: Option<&[compare::Measured]>,
 ) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
     let best = sweep::best(&rows);
@@ -155,6 +168,12 @@ fn finish_evaluation(
         let md = sweep::burst_table_markdown(&best);
         std::fs::write(out.join("table-burst.md"), &md)
             .with_context(|| format!("{}: cannot write table-burst.md", out.display()))?;
+        print!("\n{md}");
+    }
+    if let Some(measured) = measured {
+        let md = compare::markdown(&best, measured);
+        std::fs::write(out.join("calibration.md"), &md)
+            .with_context(|| format!("{}: cannot write calibration.md", out.display()))?;
         print!("\n{md}");
     }
     if plots {
@@ -207,14 +226,22 @@ pub struct MergeArgs {
     /// Also draw the evaluation plots (needs the shards' run records under --out).
     #[arg(long)]
     pub plots: bool,
+    /// As `sim evaluate --compare-targets`: the merged best targets against measured ones.
+    #[arg(long)]
+    pub compare_targets: Option<PathBuf>,
 }
 
 pub fn merge(a: MergeArgs) -> Result<()> {
+    let measured = a
+        .compare_targets
+        .as_deref()
+        .map(compare::read)
+        .transpose()?;
     let parts = a
         .dirs
         .iter()
         .map(|d| sweep::read_results(&d.join("results.csv")))
         .collect::<sim::Result<Vec<_>>>()?;
     let rows = sweep::merge(parts)?;
-    finish_evaluation(&a.out, rows, a.plots)
+    finish_evaluation(&a.out, rows, a.plots, measured.as_deref())
 }

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod calibrate;
+pub mod compare;
 pub mod evaluate;
 pub mod plot;
 pub mod replay;
