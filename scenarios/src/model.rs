@@ -85,7 +85,8 @@ pub struct Periodic {
 /// A collector as the simulator runs it: every `trigger_cpu` core-seconds of request CPU, a
 /// collection of `work` core-seconds on up to `threads` threads (at least `min_threads` of
 /// them even when the calls are busy: Go's dedicated mark workers). With `stop_the_world`,
-/// no call runs until the collection is done.
+/// no call runs until the collection is done. With `follows`, both scale with the load (a
+/// heap that holds something per connection: [`crate::schema::RuntimeDef::Go`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Runtime {
     pub trigger_cpu: f64,
@@ -93,6 +94,24 @@ pub struct Runtime {
     pub threads: u32,
     pub min_threads: u32,
     pub stop_the_world: bool,
+    pub follows: Option<HeapFollows>,
+}
+
+/// A live heap that grows with the load up to its full size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HeapFollows {
+    /// The load (users, or requests a second) at and above which the heap is full.
+    pub full_at: f64,
+    /// The smallest share of the full heap's trigger: Go's 4 MB heap goal.
+    pub min_trigger: f64,
+}
+
+impl HeapFollows {
+    /// (trigger, work) as shares of the full heap's, at load `load`.
+    pub fn scale(&self, load: f64) -> (f64, f64) {
+        let f = (load / self.full_at).clamp(0.0, 1.0);
+        (f.max(self.min_trigger), f)
+    }
 }
 
 /// Shortest and longest timer of periodic work, in 100-ms CFS periods (0.1 s to a day).
@@ -174,8 +193,12 @@ impl Runtime {
                 gogc,
                 mark_ms_per_mb,
                 gomaxprocs,
+                full_heap_users,
             } => {
                 positive("alloc_mb_per_cpu_s", alloc_mb_per_cpu_s)?;
+                if let Some(u) = full_heap_users {
+                    positive("full_heap_users", u)?;
+                }
                 positive("live_heap_mb", live_heap_mb)?;
                 positive("gogc", gogc)?;
                 positive("mark_ms_per_mb", mark_ms_per_mb)?;
@@ -189,6 +212,10 @@ impl Runtime {
                     // GC background utilisation goal: 25% of the Ps, rounded.
                     min_threads: ((procs as f64) * 0.25).round().max(1.0) as u32,
                     stop_the_world: false,
+                    follows: full_heap_users.map(|full_at| HeapFollows {
+                        full_at,
+                        min_trigger: GO_MIN_HEAP_MB / cycle_mb,
+                    }),
                 })
             }
             RuntimeDef::Jvm {
@@ -212,6 +239,7 @@ impl Runtime {
                     threads: n,
                     min_threads: n,
                     stop_the_world: true,
+                    follows: None,
                 })
             }
         }

@@ -239,7 +239,11 @@ pub enum RuntimeDef {
     /// Its mark work, `live_heap_mb * mark_ms_per_mb` core-milliseconds, runs beside the calls
     /// on every P they leave idle: a quarter of `gomaxprocs` as dedicated workers, and idle
     /// workers on the rest, up to `gomaxprocs` threads in all. `gomaxprocs` defaults to the
-    /// node's cores, as Go sizes it from the host, not from the CFS quota.
+    /// node's cores, as Go sizes it from the host, not from the CFS quota. With
+    /// `full_heap_users`, the live heap holds something per client connection: it is
+    /// `live_heap_mb` from that many users (requests a second under open-loop load) up and
+    /// proportionally less below (the load's value each 100-ms tick; never under Go's 4 MB
+    /// heap goal), so collections during a ramp are small and frequent. Unset: fixed.
     Go {
         alloc_mb_per_cpu_s: f64,
         live_heap_mb: f64,
@@ -248,6 +252,8 @@ pub enum RuntimeDef {
         mark_ms_per_mb: f64,
         #[serde(default)]
         gomaxprocs: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        full_heap_users: Option<f64>,
     },
     /// A JVM with the throughput (Parallel) collector, Java 8's server-class default: every
     /// `young_mb` MB allocated, a young collection stops every application thread while

@@ -416,6 +416,16 @@ name = "b""#,
 [[services]]
 name = "b""#,
             r#"node = "n1"
+runtime = { kind = "go", alloc_mb_per_cpu_s = 100, live_heap_mb = 10, mark_ms_per_mb = 2, full_heap_users = 0 }
+[[services]]
+name = "b""#,
+            "bad.toml: services[0].runtime.full_heap_users: must be a positive number, got 0",
+        ),
+        (
+            r#"node = "n1"
+[[services]]
+name = "b""#,
+            r#"node = "n1"
 runtime = { kind = "jvm", alloc_mb_per_cpu_s = 100, young_mb = 300, pause_cpu_ms = 10, gc_threads = 5000 }
 [[services]]
 name = "b""#,
@@ -794,4 +804,33 @@ fn a_calibration_load_gives_each_request_type_half_of_the_requests_in_turn() {
             }
         }
     }
+}
+
+#[test]
+fn a_heap_that_follows_the_load_scales_its_collections_down_to_gos_minimum() {
+    let go = GOOD.replacen(
+        "node = \"n1\"",
+        "node = \"n1\"\nruntime = { kind = \"go\", alloc_mb_per_cpu_s = 100, live_heap_mb = 50, mark_ms_per_mb = 2, full_heap_users = 1000 }",
+        1,
+    );
+    let rt = Scenario::parse("go.toml", &go).unwrap().services[0]
+        .runtime
+        .unwrap();
+    // Compiled at the full heap, as without the field.
+    assert!((rt.trigger_cpu - 0.5).abs() < 1e-12 && (rt.work - 0.1).abs() < 1e-12);
+    let follows = rt.follows.expect("follows the load");
+    // Half the users: half the heap, so half the trigger and half the mark work.
+    assert_eq!(follows.scale(500.0), (0.5, 0.5));
+    // Full from 1,000 users up.
+    assert_eq!(follows.scale(4000.0), (1.0, 1.0));
+    // Ten users: a 0.5 MB heap marks a hundredth of the work, but Go's heap goal never drops
+    // under 4 MB, so a cycle still waits for 4 MB of allocation (4 / 50 of the full trigger).
+    let (trigger, work) = follows.scale(10.0);
+    assert!((trigger - 0.08).abs() < 1e-12 && (work - 0.01).abs() < 1e-12);
+    // Without the field the heap is fixed.
+    let fixed = go.replace(", full_heap_users = 1000", "");
+    let rt = Scenario::parse("go.toml", &fixed).unwrap().services[0]
+        .runtime
+        .unwrap();
+    assert!(rt.follows.is_none());
 }

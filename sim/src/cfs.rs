@@ -311,6 +311,8 @@ struct Timer {
 /// The state of a container's garbage collector.
 #[derive(Debug, Clone)]
 struct Collector {
+    /// The runtime as compiled: at its full heap when it follows the load.
+    full: Runtime,
     runtime: Runtime,
     /// Request CPU since the last collection started (what drives allocation).
     since_last: f64,
@@ -390,10 +392,24 @@ impl Container {
         self.period_had_work = true;
     }
 
+    /// A collector whose heap follows the load sizes its next collections to `load` (the
+    /// trace's value now): a collection already running keeps its work. The caller
+    /// reschedules the container, whose next trigger time this moves.
+    pub fn follow_load(&mut self, load: f64) {
+        let Some(gc) = &mut self.gc else { return };
+        let Some(follows) = gc.full.follows else {
+            return;
+        };
+        let (trigger, work) = follows.scale(load);
+        gc.runtime.trigger_cpu = gc.full.trigger_cpu * trigger;
+        gc.runtime.work = gc.full.work * work;
+    }
+
     /// The same container with a garbage-collecting runtime.
     pub fn with_runtime(mut self, runtime: Option<Runtime>) -> Self {
         self.gc = runtime.map(|runtime| {
             Box::new(Collector {
+                full: runtime,
                 runtime,
                 since_last: 0.0,
                 active: 0,
@@ -1537,6 +1553,7 @@ mod tests {
             threads,
             min_threads: threads / 4,
             stop_the_world,
+            follows: None,
         }
     }
 
@@ -1590,6 +1607,43 @@ mod tests {
             "{}",
             c.counters().usage
         );
+    }
+
+    #[test]
+    fn a_heap_that_follows_the_load_collects_smaller_and_more_often() {
+        // One call of 210 ms of CPU; at full heap a 40-ms mark every 100 ms of request CPU.
+        let full = runtime(0.1, 0.04, 4, false);
+        let follows = |load: f64| {
+            let mut c = Container::new(0, 1, f64::INFINITY).with_runtime(Some(Runtime {
+                follows: Some(scenarios::HeapFollows {
+                    full_at: 100.0,
+                    min_trigger: 0.1,
+                }),
+                ..full
+            }));
+            c.follow_load(load);
+            c.submit(Segment {
+                call: 1,
+                work: 0.21,
+            });
+            let done = run(&mut c, 0.0, 1.0, f64::INFINITY);
+            assert_eq!(done.len(), 1);
+            (c.collections(), c.counters().usage)
+        };
+        // At full load as without the field: two collections, 80 ms of marking.
+        let (n, usage) = follows(100.0);
+        assert_eq!(n, 2);
+        assert!((usage - 0.29).abs() < 1e-9, "{usage}");
+        // At a quarter of it, a quarter of the heap: a 10-ms mark every 25 ms of requests,
+        // the same share of the CPU in eight smaller collections.
+        let (n, usage) = follows(25.0);
+        assert_eq!(n, 8);
+        assert!((usage - 0.29).abs() < 1e-9, "{usage}");
+        // Below Go's heap goal (a tenth of the full trigger here) collections come no more
+        // often, only smaller: at 1% of the load, 21 of a tenth the spacing, 0.4 ms each.
+        let (n, usage) = follows(1.0);
+        assert_eq!(n, 21);
+        assert!((usage - (0.21 + 21.0 * 0.0004)).abs() < 1e-9, "{usage}");
     }
 
     #[test]

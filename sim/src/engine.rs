@@ -419,8 +419,11 @@ impl<'a> Engine<'a> {
     /// ([`Container::write_limit_on`]) and the periods end on their own grids.
     pub fn end_period(&mut self, mut limits: impl FnMut(usize, Counters) -> f64) {
         let now = self.now;
+        // The load's value this second (users, or requests a second), for heaps that follow it.
+        let load = self.rates.get(now as usize).copied().unwrap_or(0.0);
         for (i, c) in self.containers.iter_mut().enumerate() {
             c.advance(now);
+            c.follow_load(load);
             if self.phases[i] > 0.0 {
                 let limit = limits(i, c.counters());
                 if limit != c.limit() {
