@@ -235,15 +235,16 @@ fn is_zero(x: &f64) -> bool {
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum RuntimeDef {
     /// Go's concurrent mark-and-sweep collector. A cycle starts once the calls have allocated
-    /// `live_heap_mb * gogc / 100` MB since the last one (at least 4 MB: Go's minimum heap).
+    /// `live_heap_mb * gogc / 100` MB since the last one, or more where that would leave the
+    /// heap goal (the live heap plus this) under Go's 4 MB minimum: with 1 MB live, every 3 MB.
     /// Its mark work, `live_heap_mb * mark_ms_per_mb` core-milliseconds, runs beside the calls
     /// on every P they leave idle: a quarter of `gomaxprocs` as dedicated workers, and idle
     /// workers on the rest, up to `gomaxprocs` threads in all. `gomaxprocs` defaults to the
     /// node's cores, as Go sizes it from the host, not from the CFS quota. With
     /// `full_heap_users`, the live heap holds something per client connection: it is
     /// `live_heap_mb` from that many users (requests a second under open-loop load) up and
-    /// proportionally less below (the load's value each 100-ms tick; never under Go's 4 MB
-    /// heap goal), so collections during a ramp are small and frequent. Unset: fixed.
+    /// proportionally less below (the load's value each 100-ms tick; the heap goal never
+    /// under Go's 4 MB), so collections during a ramp are small and frequent. Unset: fixed.
     Go {
         alloc_mb_per_cpu_s: f64,
         live_heap_mb: f64,

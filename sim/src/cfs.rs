@@ -1615,9 +1615,11 @@ mod tests {
         let full = runtime(0.1, 0.04, 4, false);
         let follows = |load: f64| {
             let mut c = Container::new(0, 1, f64::INFINITY).with_runtime(Some(Runtime {
+                // 40 MB live at full load: a cycle every 40 MB, never under Go's 4 MB goal.
                 follows: Some(scenarios::HeapFollows {
                     full_at: 100.0,
-                    min_trigger: 0.1,
+                    live_mb: 40.0,
+                    gogc: 100.0,
                 }),
                 ..full
             }));
@@ -1639,11 +1641,11 @@ mod tests {
         let (n, usage) = follows(25.0);
         assert_eq!(n, 8);
         assert!((usage - 0.29).abs() < 1e-9, "{usage}");
-        // Below Go's heap goal (a tenth of the full trigger here) collections come no more
-        // often, only smaller: at 1% of the load, 21 of a tenth the spacing, 0.4 ms each.
+        // Near Go's 4 MB heap goal collections come no more often, only smaller: at 1% of the
+        // load 0.4 MB live, a cycle every 3.6 MB (0.09 of the full spacing), 0.4 ms each.
         let (n, usage) = follows(1.0);
-        assert_eq!(n, 21);
-        assert!((usage - (0.21 + 21.0 * 0.0004)).abs() < 1e-9, "{usage}");
+        assert_eq!(n, 23);
+        assert!((usage - (0.21 + 23.0 * 0.0004)).abs() < 1e-9, "{usage}");
     }
 
     #[test]
