@@ -7,7 +7,8 @@
 set -e
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+down=
+trap '[ -z "$down" ] || kill $down 2>/dev/null; rm -rf "$work"' EXIT
 for p in grpc http; do
     mkdir -p "$work/src/goheap/$p"
     cp "$here/$p/main.go" "$work/src/goheap/$p/"
@@ -15,12 +16,15 @@ for p in grpc http; do
 done
 # The cluster's pods had GOMAXPROCS = the node's 32 CPUs.
 GOMAXPROCS=32 "$work/grpc" -mode down -addr 127.0.0.1:50052 &
+down=$!
 sleep 0.5
 GOMAXPROCS=32 GODEBUG=gctrace=1 "$work/grpc" -mode server -secs 20 2> "$work/gctrace" &
 server=$!
 sleep 0.5
 "$work/grpc" -mode load -rps 1000 -secs 21
 wait $server
+kill $down
+down=
 python3 - "$work/gctrace" <<'PY'
 import re, sys
 cpu = sorted(sum(map(float, m.groups()))
@@ -32,8 +36,12 @@ for users in 0 400 800 1500; do
     "$work/http" -mode server -secs 20 &
     server=$!
     sleep 0.3
-    if [ "$users" -gt 0 ]; then "$work/http" -mode load -users "$users" -secs 21 & fi
+    if [ "$users" -gt 0 ]; then
+        "$work/http" -mode load -users "$users" -secs 21 &
+        down=$!
+    fi
     wait $server
     echo "  ($users clients)"
-    kill $(jobs -p) 2>/dev/null || true
+    [ -z "$down" ] || wait $down
+    down=
 done
