@@ -43,8 +43,8 @@ mod schema;
 pub use dist::{Dist, DistSpec};
 pub use error::ScenarioError;
 pub use model::{
-    call_rng, mix_phase, mix_phases, CallNode, HeapFollows, Periodic, RequestType, Runtime,
-    Scenario, Service, BUILTIN,
+    call_rng, go_cycle_mb, mix_phase, mix_phases, CallNode, HeapFollows, Periodic, RequestType,
+    Runtime, Scenario, Service, BUILTIN,
 };
 pub use schema::{
     CallDef, CfsPeriods, FlowDef, HttpDef, InitStep, LiveDef, NodeDef, PeriodicDef, RequestDef,
