@@ -21,6 +21,9 @@ const DECISION_SLACK: f64 = 1e-4;
 const USAGE_HISTORY: usize = 50;
 /// The margin (in standard deviations of usage) a fresh Captain keeps above peak usage.
 const INITIAL_MARGIN: f64 = 3.0;
+/// Samples a [`Captain::smoothed`] Captain averages into each usage-history entry: one
+/// second, the decision period.
+pub const SMOOTH_SAMPLES: usize = 10;
 
 /// Throttle-ratio controller for one container.
 ///
@@ -35,6 +38,14 @@ const INITIAL_MARGIN: f64 = 3.0;
 /// standard deviation includes those zeros and the first scale-downs are cautious), and a
 /// decision falls on the first sample at least a second after the previous one, on the sample
 /// clock, whatever number of samples that took.
+///
+/// Beyond the paper, [`smoothed`](Self::smoothed) makes each usage-history entry the mean of
+/// the last second's samples instead of one 100-ms sample. A container whose bursts (a Go
+/// collection on 32 threads, an inference) spend most of a period's quota shows a sample near
+/// its limit every few seconds, and the original's scale-down estimate, the largest sample,
+/// then never falls to 90% of the limit: any limit that carries the burst is a fixed point,
+/// whatever the target (docs/RESULTS.md, "Why the Captains do not go lower"). Averaged over a
+/// second, the burst weighs what it costs, and the throttle ratio decides as it should.
 #[derive(Debug, Clone)]
 pub struct Captain {
     target: f64,
@@ -45,6 +56,10 @@ pub struct Captain {
     throttled: VecDeque<f64>,
     /// Last [`USAGE_HISTORY`] usage rates (cores), zero-filled at start.
     usage: VecDeque<f64>,
+    /// Last `smooth` per-sample usage rates, zero-filled at start (used when `smooth > 1`).
+    recent: VecDeque<f64>,
+    /// How many samples each usage-history entry averages (1: the original).
+    smooth: usize,
     last_was_scale_down: bool,
     last_decision_t: f64,
     prev: Option<CpuSample>,
@@ -64,6 +79,8 @@ impl Captain {
             margin: INITIAL_MARGIN,
             throttled: zeros(SAMPLES_PER_PERIOD),
             usage: zeros(USAGE_HISTORY),
+            recent: VecDeque::new(),
+            smooth: 1,
             last_was_scale_down: false,
             last_decision_t: f64::NAN,
             prev: None,
@@ -77,6 +94,24 @@ impl Captain {
         self.limit = clamp_limit(self.limit, ceiling);
         self.last_limit = clamp_limit(self.last_limit, ceiling);
         self
+    }
+
+    /// The same Captain with each usage-history entry the mean of the last `samples` samples
+    /// (zero-filled at start like the histories); 1 is the original.
+    pub fn with_usage_samples(mut self, samples: usize) -> Self {
+        self.smooth = samples.max(1);
+        self.recent = if self.smooth > 1 {
+            zeros(self.smooth)
+        } else {
+            VecDeque::new()
+        };
+        self
+    }
+
+    /// The same Captain sizing its scale-downs from one-second means of usage
+    /// ([`SMOOTH_SAMPLES`] samples each).
+    pub fn smoothed(self) -> Self {
+        self.with_usage_samples(SMOOTH_SAMPLES)
     }
 
     /// The current safety margin, in standard deviations of usage.
@@ -128,8 +163,16 @@ impl Scaler for Captain {
         self.prev = Some(*now);
         self.throttled.pop_front();
         self.throttled.push_back(d.throttled as f64);
+        let rate = d.usage / d.dt;
+        let entry = if self.smooth > 1 {
+            self.recent.pop_front();
+            self.recent.push_back(rate);
+            self.recent.iter().sum::<f64>() / self.smooth as f64
+        } else {
+            rate
+        };
         self.usage.pop_front();
-        self.usage.push_back(d.usage / d.dt);
+        self.usage.push_back(entry);
 
         let ratio = self.throttle_ratio();
         if self.last_was_scale_down && ratio > 3.0 * self.target {
@@ -162,7 +205,11 @@ impl Scaler for Captain {
     }
 
     fn name(&self) -> &'static str {
-        "captain"
+        if self.smooth > 1 {
+            "captain-smooth"
+        } else {
+            "captain"
+        }
     }
 }
 
@@ -189,6 +236,45 @@ fn max_and_stdev(xs: &VecDeque<f64>) -> (f64, f64) {
 mod tests {
     use super::*;
     use crate::scaler::test_support::Feed;
+
+    /// A second of usage at 1 core with one 100-ms burst of 3.8 cores: the demand each sample
+    /// brings, served up to the limit (throttled above it). Returns the limit at the end and
+    /// the share of the last 20 s's samples that were throttled.
+    fn bursty_minute(mut c: Captain) -> (f64, f64) {
+        let mut feed = Feed::default();
+        c.sample(&feed.start());
+        let (mut throttled, mut counted) = (0, 0);
+        for i in 0..600 {
+            let demand = if i % 10 == 9 { 3.8 } else { 1.0 };
+            let limit = c.limit();
+            let hit = demand > limit;
+            c.sample(&feed.next(demand.min(limit), hit));
+            if i >= 400 {
+                counted += 1;
+                throttled += usize::from(hit);
+            }
+        }
+        (c.limit(), throttled as f64 / counted as f64)
+    }
+
+    #[test]
+    fn a_burst_near_the_limit_pins_the_original_but_not_the_smoothed_captain() {
+        // The original's estimate is the largest sample, the burst: within 90% of a 4-core
+        // limit, so it never scales down and never throttles, far below its target.
+        let (limit, ratio) = bursty_minute(Captain::new(0.1, 4.0));
+        assert_eq!(limit, 4.0);
+        assert_eq!(ratio, 0.0);
+        // One-second means weigh the burst at what it costs (1.28 cores a second): the limit
+        // comes down until the bursts are throttled, and no further than the steady 1 core.
+        let (limit, ratio) = bursty_minute(Captain::new(0.1, 4.0).smoothed());
+        assert!((1.0..2.0).contains(&limit), "limit {limit}");
+        assert!(ratio > 0.0 && ratio <= 0.3, "throttled {ratio}");
+        // Averaging one sample is the original.
+        assert_eq!(
+            bursty_minute(Captain::new(0.1, 4.0).with_usage_samples(1)),
+            bursty_minute(Captain::new(0.1, 4.0))
+        );
+    }
 
     #[test]
     fn first_sample_only_sets_the_baseline() {

@@ -12,8 +12,13 @@ pub enum ControllerError {
     /// A K8s-CPU period or window that cannot work.
     #[error("k8s-cpu needs 0 < period <= window, got period {period} s, window {window} s")]
     BadWindow { period: f64, window: f64 },
+    /// A Captain averaging a number of usage samples it cannot hold.
+    #[error("a Captain averages 1 to 50 usage samples per history entry, got {0}")]
+    BadUsageSamples(usize),
     /// An unknown scaler name.
-    #[error("unknown scaler '{0}' (expected captain, k8s-cpu, k8s-cpu-fast or const)")]
+    #[error(
+        "unknown scaler '{0}' (expected captain, captain-smooth, k8s-cpu, k8s-cpu-fast or const)"
+    )]
     UnknownScaler(String),
     /// A Tower parameter that cannot work.
     #[error("bad tower setting: {0}")]

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::captain::SMOOTH_SAMPLES;
 use crate::sample::{clamp_limit, CpuSample, MIN_LIMIT};
 use crate::{Captain, ControllerError, K8sCpu};
 
@@ -64,6 +65,9 @@ impl Scaler for Const {
 pub enum ScalerKind {
     /// Autothrottle's Captain: `target` is a throttle ratio.
     Captain,
+    /// Beyond the paper: a Captain that sizes its scale-downs from one-second means of usage
+    /// ([`Captain::smoothed`]).
+    CaptainSmooth,
     /// Kubernetes-style utilisation scaler, 15 s period, 300 s window.
     K8sCpu,
     /// Kubernetes-style utilisation scaler, 1 s period, 20 s window.
@@ -74,17 +78,24 @@ pub enum ScalerKind {
 
 impl ScalerKind {
     /// All kinds, in the order tables list them.
-    pub const ALL: [ScalerKind; 4] = [
+    pub const ALL: [ScalerKind; 5] = [
         ScalerKind::K8sCpu,
         ScalerKind::K8sCpuFast,
         ScalerKind::Captain,
+        ScalerKind::CaptainSmooth,
         ScalerKind::Const,
     ];
+
+    /// Whether its target is a throttle ratio (a Captain), which a Tower can set.
+    pub fn is_captain(self) -> bool {
+        matches!(self, ScalerKind::Captain | ScalerKind::CaptainSmooth)
+    }
 
     /// The name users type.
     pub fn name(self) -> &'static str {
         match self {
             ScalerKind::Captain => "captain",
+            ScalerKind::CaptainSmooth => "captain-smooth",
             ScalerKind::K8sCpu => "k8s-cpu",
             ScalerKind::K8sCpuFast => "k8s-cpu-fast",
             ScalerKind::Const => "const",
@@ -97,6 +108,12 @@ impl ScalerKind {
             ScalerKind::Captain => ScalerConfig::Captain {
                 target,
                 initial_limit,
+                usage_samples: 1,
+            },
+            ScalerKind::CaptainSmooth => ScalerConfig::Captain {
+                target,
+                initial_limit,
+                usage_samples: SMOOTH_SAMPLES,
             },
             ScalerKind::K8sCpu => ScalerConfig::K8sCpu {
                 target,
@@ -137,8 +154,14 @@ impl std::str::FromStr for ScalerKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ScalerConfig {
-    /// See [`Captain`].
-    Captain { target: f64, initial_limit: f64 },
+    /// See [`Captain`]; `usage_samples` per usage-history entry (1, the original's, when
+    /// absent: [`Captain::with_usage_samples`]).
+    Captain {
+        target: f64,
+        initial_limit: f64,
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        usage_samples: usize,
+    },
     /// See [`K8sCpu`].
     K8sCpu {
         target: f64,
@@ -157,8 +180,12 @@ impl ScalerConfig {
             ScalerConfig::Captain {
                 target,
                 initial_limit,
+                usage_samples,
             } => {
                 check_target(target, 0.0, 1.0)?;
+                if !(1..=USAGE_SAMPLES_MAX).contains(&usage_samples) {
+                    return Err(ControllerError::BadUsageSamples(usage_samples));
+                }
                 check_limit(initial_limit, true)
             }
             ScalerConfig::K8sCpu {
@@ -197,7 +224,12 @@ impl ScalerConfig {
             ScalerConfig::Captain {
                 target,
                 initial_limit,
-            } => Box::new(Captain::new(target, initial_limit).with_ceiling(ceiling)),
+                usage_samples,
+            } => Box::new(
+                Captain::new(target, initial_limit)
+                    .with_usage_samples(usage_samples)
+                    .with_ceiling(ceiling),
+            ),
             ScalerConfig::K8sCpu {
                 target,
                 period_s,
@@ -219,6 +251,17 @@ impl ScalerConfig {
             ScalerConfig::Const { .. } => None,
         }
     }
+}
+
+/// The most samples a Captain may average per usage-history entry (its whole 5-s history).
+pub const USAGE_SAMPLES_MAX: usize = 50;
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 pub(crate) fn check_target(value: f64, min: f64, max: f64) -> Result<(), ControllerError> {
@@ -297,6 +340,37 @@ mod tests {
             assert_eq!(c.sample(&feed.next(3.0, true)), MIN_LIMIT);
         }
         assert_eq!(Const::new(2.5).limit(), 2.5);
+    }
+
+    #[test]
+    fn the_smoothed_captain_travels_in_the_config_and_older_configs_still_read() {
+        let smooth = ScalerKind::CaptainSmooth.config(0.1, 4.0);
+        let json = serde_json::to_string(&smooth).unwrap();
+        assert!(json.contains("\"usage_samples\":10"), "{json}");
+        assert_eq!(serde_json::from_str::<ScalerConfig>(&json).unwrap(), smooth);
+        assert_eq!(smooth.build().unwrap().name(), "captain-smooth");
+        // The original's config is written as before (records and agents of earlier
+        // versions read it) and reads back as one sample per entry.
+        let original = ScalerKind::Captain.config(0.1, 4.0);
+        let json = serde_json::to_string(&original).unwrap();
+        assert_eq!(
+            json,
+            r#"{"kind":"captain","target":0.1,"initial_limit":4.0}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<ScalerConfig>(&json).unwrap(),
+            original
+        );
+        for bad in [0, USAGE_SAMPLES_MAX + 1] {
+            let c = ScalerConfig::Captain {
+                target: 0.1,
+                initial_limit: 4.0,
+                usage_samples: bad,
+            };
+            let e = c.validate().unwrap_err();
+            assert!(e.to_string().contains("1 to 50 usage samples"), "{e}");
+        }
+        assert!(ScalerKind::CaptainSmooth.is_captain() && !ScalerKind::K8sCpu.is_captain());
     }
 
     #[test]

@@ -28,9 +28,9 @@ pub fn check_setup(
         })?;
     }
     tower.validate()?;
-    if tower != TowerKind::None && scaler != ScalerKind::Captain {
+    if tower != TowerKind::None && !scaler.is_captain() {
         return Err(ControllerError::Setup(format!(
-            "a Tower sets throttle targets, so it needs the captain scaler (got {scaler})"
+            "a Tower sets throttle targets, so it needs the captain scaler or captain-smooth (got {scaler})"
         )));
     }
     Ok(())

@@ -49,7 +49,8 @@ pub struct ControlArgs {
     /// Mean think time of a user, seconds (--load users).
     #[arg(long, default_value_t = traces::THINK_S)]
     pub think_time: f64,
-    /// captain, k8s-cpu, k8s-cpu-fast or const.
+    /// captain, captain-smooth (beyond the paper: scale-downs sized from one-second means of
+    /// usage), k8s-cpu, k8s-cpu-fast or const.
     #[arg(long, default_value = "captain")]
     pub scaler: ScalerKind,
     /// Targets: "G1,G2" (CPU-heavy group, the rest) or one value for both. Throttle ratio for

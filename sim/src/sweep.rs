@@ -63,10 +63,14 @@ pub enum Contender {
     /// The Autothrottle protocol with the load's variability in the Tower's context
     /// ([`controller::BanditConfig::with_variability`]).
     AutothrottleCv,
+    /// The Autothrottle protocol over Captains that size their scale-downs from one-second
+    /// means of usage ([`controller::Captain::smoothed`]).
+    AutothrottleSmooth,
+    AutothrottleSmoothBurst,
 }
 
 impl Contender {
-    pub const ALL: [Contender; 10] = [
+    pub const ALL: [Contender; 12] = [
         Contender::K8sCpu,
         Contender::K8sCpuFast,
         Contender::Captain,
@@ -77,6 +81,8 @@ impl Contender {
         Contender::AutothrottleBurst,
         Contender::AutothrottleOriginal,
         Contender::AutothrottleCv,
+        Contender::AutothrottleSmooth,
+        Contender::AutothrottleSmoothBurst,
     ];
 
     pub fn name(self) -> &'static str {
@@ -91,6 +97,8 @@ impl Contender {
             Contender::AutothrottleBurst => "autothrottle+burst",
             Contender::AutothrottleOriginal => "autothrottle-original",
             Contender::AutothrottleCv => "autothrottle+cv",
+            Contender::AutothrottleSmooth => "autothrottle-smooth",
+            Contender::AutothrottleSmoothBurst => "autothrottle-smooth+burst",
         }
     }
 
@@ -107,6 +115,8 @@ impl Contender {
             Contender::AutothrottleBurst => "Autothrottle + burst",
             Contender::AutothrottleOriginal => "Autothrottle (original Tower)",
             Contender::AutothrottleCv => "Autothrottle + variability",
+            Contender::AutothrottleSmooth => "Autothrottle, 1-s Captains",
+            Contender::AutothrottleSmoothBurst => "Autothrottle, 1-s Captains + burst",
         }
     }
 
@@ -117,6 +127,7 @@ impl Contender {
             Contender::K8sCpuFastBurst => Contender::K8sCpuFast,
             Contender::CaptainBurst => Contender::Captain,
             Contender::AutothrottleBurst => Contender::Autothrottle,
+            Contender::AutothrottleSmoothBurst => Contender::AutothrottleSmooth,
             c => c,
         }
     }
@@ -132,6 +143,7 @@ impl Contender {
             Contender::K8sCpu => Contender::K8sCpuBurst,
             Contender::K8sCpuFast => Contender::K8sCpuFastBurst,
             Contender::Captain => Contender::CaptainBurst,
+            Contender::AutothrottleSmooth => Contender::AutothrottleSmoothBurst,
             _ => Contender::AutothrottleBurst,
         }
     }
@@ -144,8 +156,20 @@ impl Contender {
     pub fn is_autothrottle(self) -> bool {
         matches!(
             self.base(),
-            Contender::Autothrottle | Contender::AutothrottleOriginal | Contender::AutothrottleCv
+            Contender::Autothrottle
+                | Contender::AutothrottleOriginal
+                | Contender::AutothrottleCv
+                | Contender::AutothrottleSmooth
         )
+    }
+
+    /// The Captains an Autothrottle contender runs.
+    pub fn captain(self) -> ScalerKind {
+        if self.base() == Contender::AutothrottleSmooth {
+            ScalerKind::CaptainSmooth
+        } else {
+            ScalerKind::Captain
+        }
     }
 }
 
@@ -156,7 +180,7 @@ impl std::str::FromStr for Contender {
             .into_iter()
             .find(|c| c.name() == s)
             .ok_or_else(|| {
-                format!("unknown scaler '{s}' (expected k8s-cpu, k8s-cpu-fast, captain or autothrottle, each also with +burst, autothrottle-original or autothrottle+cv)")
+                format!("unknown scaler '{s}' (expected k8s-cpu, k8s-cpu-fast, captain, autothrottle or autothrottle-smooth, each also with +burst, autothrottle-original or autothrottle+cv)")
             })
     }
 }
@@ -495,7 +519,14 @@ fn run_unit(
             let mut memory = explored.memory;
             for i in 0..BANDIT_RUNS {
                 let tower = learner(WARMUP_EXPLORE);
-                let mut cfg = captain_config(app, &warmup.trace, settings, tower, memory.clone());
+                let mut cfg = captain_config(
+                    app,
+                    &warmup.trace,
+                    settings,
+                    contender.captain(),
+                    tower,
+                    memory.clone(),
+                );
                 cfg.seed = settings.seed + 1 + (EXPLORE_RUNS + i) as u64;
                 cfg.burst = burst_of(*contender, settings);
                 let dir = warmup_dir(unit, "warmup-bandit", i);
@@ -505,7 +536,14 @@ fn run_unit(
                 rows.push(row(&info, &warmup.name, name, "warmup-bandit", &dir));
             }
             for w in evals {
-                let mut cfg = captain_config(app, &w.trace, settings, learner(0.0), memory.clone());
+                let mut cfg = captain_config(
+                    app,
+                    &w.trace,
+                    settings,
+                    contender.captain(),
+                    learner(0.0),
+                    memory.clone(),
+                );
                 cfg.burst = burst_of(*contender, settings);
                 let dir = format!("runs/{}/{name}/eval-{}", app.name, w.name);
                 let (info, _) = run_or_resume(&cfg, settings, &dir)?;
@@ -549,7 +587,14 @@ fn explore_plan(unit: &Unit, settings: &Settings, i: usize, memory: TowerMemory)
     } else {
         TowerKind::Explore
     };
-    let mut cfg = captain_config(app, &warmup.trace, settings, explorer, memory);
+    let mut cfg = captain_config(
+        app,
+        &warmup.trace,
+        settings,
+        contender.captain(),
+        explorer,
+        memory,
+    );
     cfg.seed = settings.seed + 1 + i as u64;
     cfg.burst = burst_of(*contender, settings);
     cfg
@@ -704,13 +749,14 @@ fn captain_config(
     app: &Arc<Scenario>,
     trace: &Arc<Trace>,
     settings: &Settings,
+    captain: ScalerKind,
     tower: TowerKind,
     memory: TowerMemory,
 ) -> RunPlan {
     let initial = controller::BanditConfig::new(app.slo_ms, app.aggregate_rps)
         .initial
         .targets();
-    let mut cfg = RunPlan::new(app.clone(), trace.clone(), ScalerKind::Captain, initial);
+    let mut cfg = RunPlan::new(app.clone(), trace.clone(), captain, initial);
     cfg.seed = settings.seed;
     cfg.ramp_s = settings.ramp_s;
     cfg.load = settings.load;
@@ -1079,13 +1125,15 @@ pub fn table_markdown(rows: &[TableRow]) -> String {
 /// project's Autothrottle, in cores, each with its saving over the best baseline without a
 /// burst (the paper's reference) in brackets.
 pub fn burst_table_markdown(best: &[Best]) -> String {
-    const COLUMNS: [Contender; 7] = [
+    const COLUMNS: [Contender; 9] = [
         Contender::K8sCpuBurst,
         Contender::K8sCpuFastBurst,
         Contender::AutothrottleOriginal,
         Contender::Autothrottle,
         Contender::AutothrottleCv,
         Contender::AutothrottleBurst,
+        Contender::AutothrottleSmooth,
+        Contender::AutothrottleSmoothBurst,
         Contender::CaptainBurst,
     ];
     let present: Vec<Contender> = COLUMNS

@@ -69,7 +69,20 @@ fn settings(dir: &std::path::Path, jobs: usize) -> Settings {
 #[test]
 fn extra_contenders_run_as_they_say_and_get_their_own_columns() {
     let dir = tempfile::tempdir().unwrap();
-    let rows = sweep::execute(&units(), &settings(dir.path(), 2), &|_| {}).unwrap();
+    let mut units = units();
+    let Unit::Autothrottle {
+        app, warmup, evals, ..
+    } = units[0].clone()
+    else {
+        unreachable!("units() starts with Autothrottle")
+    };
+    units.push(Unit::Autothrottle {
+        app,
+        warmup,
+        evals,
+        contender: Contender::AutothrottleSmooth,
+    });
+    let rows = sweep::execute(&units, &settings(dir.path(), 2), &|_| {}).unwrap();
     let bursting: Vec<&ResultRow> = rows
         .iter()
         .filter(|r| r.scaler == "k8s-cpu-fast+burst")
@@ -86,12 +99,20 @@ fn extra_contenders_run_as_they_say_and_get_their_own_columns() {
         if let Some(base) = r.scaler.strip_suffix("+burst") {
             assert_eq!(info.scaler, base, "a burst contender runs its base scaler");
         }
+        if r.scaler.starts_with("autothrottle") {
+            let captain = if r.scaler == "autothrottle-smooth" {
+                "captain-smooth"
+            } else {
+                "captain"
+            };
+            assert_eq!(info.scaler, captain, "{}", r.run);
+        }
         let tower = match (r.scaler.as_str(), r.phase.as_str()) {
             ("autothrottle+cv", "warmup-explore") => "explore-cv",
             ("autothrottle+cv", _) => "bandit-cv",
             (_, "warmup-explore") => "explore",
             ("autothrottle-original", _) => "original",
-            ("autothrottle", _) => "bandit",
+            ("autothrottle" | "autothrottle-smooth", _) => "bandit",
             _ => "none",
         };
         assert_eq!(info.tower, tower, "{}", r.run);
@@ -102,6 +123,13 @@ fn extra_contenders_run_as_they_say_and_get_their_own_columns() {
         md.starts_with(
             "| App | Workload | best baseline | K8s-CPU-Fast + burst | Autothrottle (original Tower) | Autothrottle | Autothrottle + variability |"
         ),
+        "{md}"
+    );
+    assert!(
+        md.lines()
+            .next()
+            .unwrap()
+            .contains("| Autothrottle, 1-s Captains |"),
         "{md}"
     );
     assert_eq!(md.lines().count(), 2 + 2, "two cells: {md}");

@@ -52,6 +52,11 @@ pub struct EvaluateArgs {
     /// (`autothrottle+cv`), as a column of table-burst.md.
     #[arg(long)]
     pub with_variability: bool,
+    /// Also run the Autothrottle protocol over Captains that size their scale-downs from
+    /// one-second means of usage (`autothrottle-smooth`; with --with-burst also
+    /// `autothrottle-smooth+burst`), as columns of table-burst.md.
+    #[arg(long)]
+    pub with_smooth: bool,
     /// Compare the best K8s-CPU and K8s-CPU-Fast targets with ones measured elsewhere: a CSV
     /// of `app,workload,k8s_cpu,k8s_cpu_fast` (../shared/calibration/paper-best-targets.csv);
     /// writes calibration.md.
@@ -102,6 +107,12 @@ pub fn cmd(a: EvaluateArgs) -> Result<()> {
         }
         if a.with_variability {
             contenders.push(Contender::AutothrottleCv);
+        }
+        if a.with_smooth {
+            contenders.push(Contender::AutothrottleSmooth);
+            if a.with_burst {
+                contenders.push(Contender::AutothrottleSmoothBurst);
+            }
         }
         for contender in contenders {
             chains.push(Unit::Autothrottle {

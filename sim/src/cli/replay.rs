@@ -6,7 +6,8 @@ use controller::{CpuSample, ScalerKind};
 
 #[derive(Args)]
 pub struct ReplayArgs {
-    /// captain, k8s-cpu, k8s-cpu-fast or const.
+    /// captain, captain-smooth (beyond the paper: scale-downs sized from one-second means of
+    /// usage), k8s-cpu, k8s-cpu-fast or const.
     #[arg(long)]
     pub scaler: ScalerKind,
     /// Throttle ratio (captain) or utilisation (k8s-cpu*); ignored by const.
