@@ -107,6 +107,31 @@ fn captain_scales_down_and_stop_restores() {
 }
 
 #[test]
+fn a_smoothed_captain_runs_here_and_a_bad_one_is_refused() {
+    let mut f = fixture(&["web"]);
+    let bad = ScalerConfig::Captain {
+        target: 0.1,
+        initial_limit: 8.0,
+        usage_samples: 0,
+    };
+    let r = start(&mut f, "web", bad);
+    assert!(!r.ok, "{r:?}");
+    let e = format!("{:?}", r.error);
+    assert!(e.contains("usage samples"), "{e}");
+    assert_eq!(cpu_max(&f, "web"), "max 100000\n", "nothing written");
+    let r = start(&mut f, "web", ScalerKind::CaptainSmooth.config(0.1, 8.0));
+    assert!(r.ok, "{r:?}");
+    f.agent.tick(0.0);
+    run_second(&mut f, "web", 0.0, 1.0);
+    // The first second's one-second means climb from 0.1 to 1 core: the scale-down is the
+    // original's halving.
+    assert_eq!(cpu_max(&f, "web"), "400000 100000\n");
+    let stop: StopReply = f.agent.handle(req(Call::Stop), 1.1).result_as().unwrap();
+    assert_eq!(stop.restored, ["web"]);
+    assert_eq!(cpu_max(&f, "web"), "max 100000\n");
+}
+
+#[test]
 fn bad_requests_change_nothing() {
     let mut f = fixture(&["web"]);
     assert!(start(&mut f, "web", ScalerKind::Const.config(0.0, 2.0)).ok);
