@@ -52,12 +52,12 @@ mod setup;
 mod tower;
 
 pub use bandit::{BanditConfig, BanditTower, CV_BUCKET};
-pub use captain::Captain;
+pub use captain::{Captain, SMOOTH_SAMPLES};
 pub use error::ControllerError;
 pub use k8s::K8sCpu;
 pub use original::OriginalTower;
 pub use sample::{CpuSample, MIN_LIMIT};
-pub use scaler::{Const, Scaler, ScalerConfig, ScalerKind};
+pub use scaler::{Const, Scaler, ScalerConfig, ScalerKind, USAGE_SAMPLES_MAX};
 pub use setup::{check_setup, TowerKind, TOWER_REVISION};
 pub use tower::rps_cv;
 pub use tower::{
