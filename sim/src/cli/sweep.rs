@@ -122,9 +122,10 @@ pub struct SweepArgs {
     /// Workload: built-in trace, constant-N, `constant` (the scenario's) or a trace file.
     #[arg(long, default_value = "diurnal")]
     pub trace: String,
-    /// Comma-separated: k8s-cpu, k8s-cpu-fast, captain (fixed targets), autothrottle; each
-    /// also as NAME+burst (every container with a CFS burst of --burst-fraction times its
-    /// quota).
+    /// Comma-separated: k8s-cpu, k8s-cpu-fast, captain (fixed targets), autothrottle,
+    /// autothrottle-smooth (over Captains on one-second usage); each also as NAME+burst (every
+    /// container with a CFS burst of --burst-fraction times its quota); autothrottle-original
+    /// and autothrottle+cv.
     #[arg(
         long,
         default_value = "k8s-cpu,k8s-cpu-fast,autothrottle",
