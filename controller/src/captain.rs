@@ -56,10 +56,9 @@ pub struct Captain {
     throttled: VecDeque<f64>,
     /// Last [`USAGE_HISTORY`] usage rates (cores), zero-filled at start.
     usage: VecDeque<f64>,
-    /// Last `smooth` per-sample usage rates, zero-filled at start (used when `smooth > 1`).
+    /// The last per-sample usage rates that each usage-history entry averages, zero-filled at
+    /// start; empty for the original, whose entries are single samples.
     recent: VecDeque<f64>,
-    /// How many samples each usage-history entry averages (1: the original).
-    smooth: usize,
     last_was_scale_down: bool,
     last_decision_t: f64,
     prev: Option<CpuSample>,
@@ -80,7 +79,6 @@ impl Captain {
             throttled: zeros(SAMPLES_PER_PERIOD),
             usage: zeros(USAGE_HISTORY),
             recent: VecDeque::new(),
-            smooth: 1,
             last_was_scale_down: false,
             last_decision_t: f64::NAN,
             prev: None,
@@ -99,9 +97,8 @@ impl Captain {
     /// The same Captain with each usage-history entry the mean of the last `samples` samples
     /// (zero-filled at start like the histories); 1 is the original.
     pub fn with_usage_samples(mut self, samples: usize) -> Self {
-        self.smooth = samples.max(1);
-        self.recent = if self.smooth > 1 {
-            zeros(self.smooth)
+        self.recent = if samples > 1 {
+            zeros(samples)
         } else {
             VecDeque::new()
         };
@@ -164,12 +161,12 @@ impl Scaler for Captain {
         self.throttled.pop_front();
         self.throttled.push_back(d.throttled as f64);
         let rate = d.usage / d.dt;
-        let entry = if self.smooth > 1 {
+        let entry = if self.recent.is_empty() {
+            rate
+        } else {
             self.recent.pop_front();
             self.recent.push_back(rate);
-            self.recent.iter().sum::<f64>() / self.smooth as f64
-        } else {
-            rate
+            self.recent.iter().sum::<f64>() / self.recent.len() as f64
         };
         self.usage.pop_front();
         self.usage.push_back(entry);
@@ -205,10 +202,10 @@ impl Scaler for Captain {
     }
 
     fn name(&self) -> &'static str {
-        if self.smooth > 1 {
-            "captain-smooth"
-        } else {
+        if self.recent.is_empty() {
             "captain"
+        } else {
+            "captain-smooth"
         }
     }
 }

@@ -13,8 +13,8 @@ pub enum ControllerError {
     #[error("k8s-cpu needs 0 < period <= window, got period {period} s, window {window} s")]
     BadWindow { period: f64, window: f64 },
     /// A Captain averaging a number of usage samples it cannot hold.
-    #[error("a Captain averages 1 to 50 usage samples per history entry, got {0}")]
-    BadUsageSamples(usize),
+    #[error("a Captain averages 1 to {max} usage samples per history entry, got {got}")]
+    BadUsageSamples { got: usize, max: usize },
     /// An unknown scaler name.
     #[error(
         "unknown scaler '{0}' (expected captain, captain-smooth, k8s-cpu, k8s-cpu-fast or const)"

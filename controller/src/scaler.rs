@@ -184,7 +184,10 @@ impl ScalerConfig {
             } => {
                 check_target(target, 0.0, 1.0)?;
                 if !(1..=USAGE_SAMPLES_MAX).contains(&usage_samples) {
-                    return Err(ControllerError::BadUsageSamples(usage_samples));
+                    return Err(ControllerError::BadUsageSamples {
+                        got: usage_samples,
+                        max: USAGE_SAMPLES_MAX,
+                    });
                 }
                 check_limit(initial_limit, true)
             }
