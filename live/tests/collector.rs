@@ -124,12 +124,22 @@ fn live(text: &str, tag: &str) -> f64 {
 /// Throttle ratio and P99 (ms) of the real service under the fixed quota and `burst`, over
 /// `seconds` of load.
 fn live_with_burst(text: &str, tag: &str, burst: Option<Burst>, seconds: usize) -> (f64, f64) {
-    live_on(text, tag, LIMIT, burst, seconds, None)
+    let l = live_on(text, tag, LIMIT, burst, seconds, None);
+    (l.ratio, l.p99_ms)
 }
 
-/// Throttle ratio and P99 (ms) of the real service (`live demo` of the scenario `text`) under
-/// a quota of `limit` cores and `burst`, over `seconds` of load; its threads on the CPUs
-/// `cpus` lists (`taskset`), or on any.
+/// What one live run of the demo service measured.
+struct Live {
+    ratio: f64,
+    p99_ms: f64,
+    /// The cgroup's CPU per answered request, ms: the call's own cost plus the demo's HTTP
+    /// handling, which depends on the machine the test runs on.
+    cpu_ms: f64,
+}
+
+/// Throttle ratio, P99 and CPU per request of the real service (`live demo` of the scenario
+/// `text`) under a quota of `limit` cores and `burst`, over `seconds` of load; its threads on
+/// the CPUs `cpus` lists (`taskset`), or on any.
 fn live_on(
     text: &str,
     tag: &str,
@@ -137,7 +147,7 @@ fn live_on(
     burst: Option<Burst>,
     seconds: usize,
     cpus: Option<&str>,
-) -> (f64, f64) {
+) -> Live {
     let root = cgroup_root();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gc-demo.toml");
@@ -197,15 +207,26 @@ fn live_on(
         .block_on(gen.run())
         .unwrap();
     let after = cg.sample(1.0).unwrap();
-    let p99 = quantile_ms(&gen.stats().lock().unwrap().overall, 0.99);
+    let (p99, answered) = {
+        let stats = gen.stats();
+        let stats = stats.lock().unwrap();
+        let answered: u64 = stats.seconds.iter().map(|s| s.done()).sum();
+        (quantile_ms(&stats.overall, 0.99), answered)
+    };
     drop(demo);
     let periods = after.nr_periods - before.nr_periods;
     let throttled = after.nr_throttled - before.nr_throttled;
+    let used = after.usage - before.usage;
+    let cpu_ms = 1e3 * used / answered.max(1) as f64;
     eprintln!(
-        "{tag}: {throttled} of {periods} periods throttled, {:.3} cores, P99 {p99:.1} ms",
-        (after.usage - before.usage) / seconds as f64
+        "{tag}: {throttled} of {periods} periods throttled, {:.3} cores, {cpu_ms:.3} ms a request, P99 {p99:.1} ms",
+        used / seconds as f64
     );
-    (throttled as f64 / periods.max(1) as f64, p99)
+    Live {
+        ratio: throttled as f64 / periods.max(1) as f64,
+        p99_ms: p99,
+        cpu_ms,
+    }
 }
 
 #[test]
@@ -297,31 +318,51 @@ fn a_cfs_burst_absorbs_collections_as_the_model_says() {
 #[ignore = "needs root and writable cgroup v1/v2, and taskset"]
 fn a_quota_of_one_slice_throttles_a_service_on_two_cpus_more_than_on_one() {
     let _one_at_a_time = serial();
-    // 0.6 ms a call plus the demo's HTTP handling (0.14 ms, measured): 0.03 cores at 40 RPS
-    // against a quota of 0.05 cores, 5 ms a period, one slice.
+    // 0.6 ms a call plus the demo's HTTP handling: about 0.03 cores at 40 RPS against a quota
+    // of 0.05 cores, 5 ms a period, one slice.
     const LIMIT_CORES: f64 = 0.05;
     const LONG: usize = 25;
     let demo = service(false, 0.6, LIMIT_CORES, 2);
-    let (spread_ratio, spread_p99) = live_on(&demo, "spread", LIMIT_CORES, None, LONG, None);
-    let (pinned_ratio, pinned_p99) = live_on(&demo, "pinned", LIMIT_CORES, None, LONG, Some("0"));
-    let model = |cores: usize| {
-        simulated_over_seeds(&service(false, 0.74, LIMIT_CORES, cores), 0.0, LONG, 4)
+    let spread = live_on(&demo, "spread", LIMIT_CORES, None, LONG, None);
+    let pinned = live_on(&demo, "pinned", LIMIT_CORES, None, LONG, Some("0"));
+    // The model's calls cost what the pinned service's requests measured: the HTTP handling
+    // is 0.14 ms a request on one day of this machine and 0.2-0.27 ms on a slower one (0.74
+    // against 0.80-0.87 ms in all). At 60-70% of a one-slice quota the ratio is steep in the
+    // cost, in both worlds: the model over four seeds 0.062 at 0.74 ms, 0.131 at 0.80, 0.248
+    // at 0.87 (live 0.148 at 0.80 and 0.188 at 0.87). So the pinned service is held to the
+    // model at its measured cost give or take 5% (what of the measured CPU is the demo's own
+    // idle work, and how a request's charge varies within a run), within the tolerance of the
+    // collector tests.
+    let cost_ms = pinned.cpu_ms;
+    let model = |cost: f64, cores: usize| {
+        simulated_over_seeds(&service(false, cost, LIMIT_CORES, cores), 0.0, LONG, 4)
     };
-    let (two, one) = (model(2), model(1));
+    let (two, one) = (model(cost_ms, 2), model(cost_ms, 1));
+    let (one_low, one_high) = (
+        model(0.95 * cost_ms, 1).ratio,
+        model(1.05 * cost_ms, 1).ratio,
+    );
+    let (spread_ratio, spread_p99) = (spread.ratio, spread.p99_ms);
+    let (pinned_ratio, pinned_p99) = (pinned.ratio, pinned.p99_ms);
     eprintln!(
-        "a {LIMIT_CORES}-core quota: throttle ratio / P99 live on two CPUs {spread_ratio:.3} / {spread_p99:.1} ms, on one {pinned_ratio:.3} / {pinned_p99:.1} ms; model (four seeds: mean ratio / median P99, range) on two {:.3} / {:.1} ms ({:.1}-{:.1}), on one {:.3} / {:.1} ms ({:.1}-{:.1})",
+        "a {LIMIT_CORES}-core quota: throttle ratio / P99 live on two CPUs {spread_ratio:.3} / {spread_p99:.1} ms, on one {pinned_ratio:.3} / {pinned_p99:.1} ms; model at {cost_ms:.3} ms a call (four seeds: mean ratio / median P99, range) on two {:.3} / {:.1} ms ({:.1}-{:.1}), on one {:.3} / {:.1} ms ({:.1}-{:.1}); on one at 5% less / more {one_low:.3} / {one_high:.3}",
         two.ratio, two.p99, two.p99_low, two.p99_high, one.ratio, one.p99, one.p99_low, one.p99_high
+    );
+    // The pinned service must have measured a cost near what the scenario asks (0.6 ms and the
+    // handling), or the comparison is not of a one-slice quota.
+    assert!(
+        (0.6..1.0).contains(&cost_ms),
+        "the pinned service's CPU per request: {cost_ms:.3} ms"
     );
     assert!(
         two.p99 > 2.0 * one.p99 && two.ratio > one.ratio,
         "the model's slices should throttle the spread service more: median P99 {:.1} against {:.1} ms on one CPU, throttle ratio {:.3} against {:.3}",
         two.p99, one.p99, two.ratio, one.ratio
     );
-    // The pinned service, where the slices only carry runtime over, within the tolerance of
-    // the collector tests.
+    // The pinned service, where the slices only carry runtime over.
     assert!(
-        (pinned_ratio - one.ratio).abs() <= 0.05,
-        "one CPU: throttle ratio live {pinned_ratio:.3} against the model's {:.3}",
+        pinned_ratio >= one_low.min(one_high) - 0.05 && pinned_ratio <= one_low.max(one_high) + 0.05,
+        "one CPU: throttle ratio live {pinned_ratio:.3} against the model's {:.3} ({one_low:.3}-{one_high:.3} at 5% less / more CPU a call)",
         one.ratio
     );
     assert!(
