@@ -420,9 +420,9 @@ fn two_cpus_are_shared_per_cpu_as_the_model_says() {
         t += gap.sample(&mut rng);
     }
     // What a job costs this machine beyond its CPU when it has the CPUs to itself: starting
-    // its thread, and the wall time its CPU time takes (0.3-1 ms, more on a slower or busier
-    // day). Measured on 200 jobs run one at a time, and taken off the live mean below: the
-    // model knows only the sharing.
+    // its thread, and the wall time its CPU time takes (0.23-0.34 ms on a slow day). Measured
+    // on 200 jobs run one at a time, and taken off the live mean below: the model knows only
+    // the sharing.
     let overhead_ms = {
         let alone: Vec<f64> = jobs
             .iter()
@@ -493,7 +493,7 @@ fn two_cpus_are_shared_per_cpu_as_the_model_says() {
         jobs.len()
     );
     // Measured on this machine (30 s), before the overhead was taken off: live 16.78, 16.90,
-    // 17.17 ms on one day, 17.64 and 18.09 on a slower one, per-CPU 16.48, processor sharing
+    // 17.17 ms on one day, 17.64-18.09 on a slower one, per-CPU 16.48, processor sharing
     // 15.34. (20 s gave live 17.81 and 18.05 against 16.83: too near the bound.)
     assert!(
         (live_ms - per_cpu).abs() < (live_ms - ps).abs(),
