@@ -400,6 +400,12 @@ cpu = {{ kind = "exp", mean_ms = 10 }}
     Arc::new(Scenario::parse("sharing.toml", &text).unwrap())
 }
 
+/// A job's work: spins until this thread has had `cpu` seconds of CPU.
+fn spin(cpu: f64) {
+    let t0 = live::os::thread_cpu_seconds();
+    while live::os::thread_cpu_seconds() - t0 < cpu {}
+}
+
 #[test]
 #[ignore = "needs two otherwise idle CPUs"]
 fn two_cpus_are_shared_per_cpu_as_the_model_says() {
@@ -429,12 +435,7 @@ fn two_cpus_are_shared_per_cpu_as_the_model_says() {
             .take(200)
             .map(|&(_, cpu)| {
                 let t0 = Instant::now();
-                std::thread::spawn(move || {
-                    let c0 = live::os::thread_cpu_seconds();
-                    while live::os::thread_cpu_seconds() - c0 < cpu {}
-                })
-                .join()
-                .unwrap();
+                std::thread::spawn(move || spin(cpu)).join().unwrap();
                 t0.elapsed().as_secs_f64() - cpu
             })
             .collect();
@@ -449,8 +450,7 @@ fn two_cpus_are_shared_per_cpu_as_the_model_says() {
             let due = start + Duration::from_secs_f64(at);
             std::thread::sleep(due.saturating_duration_since(Instant::now()));
             std::thread::spawn(move || {
-                let t0 = live::os::thread_cpu_seconds();
-                while live::os::thread_cpu_seconds() - t0 < cpu {}
+                spin(cpu);
                 due.elapsed().as_secs_f64()
             })
         })
